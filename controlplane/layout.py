@@ -1,0 +1,277 @@
+"""Python mirror of ``bpf/shared.h``: limits, the stats enum and the map structs.
+
+The only Python copy of these layouts. ``tests/bpf/test_layout.py`` compares every
+struct (size, field names, offsets) and enum value against what bcc compiled, so a
+change on one side that is not made on the other fails the build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from enum import IntEnum
+
+from icegate.inet import addr16, from_addr16
+
+# Limits that are not configurable (the configurable ones are RelayLimits in config.py).
+MAX_ROUTE_KEYS = 16
+MAX_STUN_ATTRS = 16
+MAX_USERNAME_LEN = 508
+MAX_UFRAG_LEN = 32
+TOKEN_CHARS = 24
+TOKEN_BYTES = 18
+
+
+class Verdict(IntEnum):
+    """What happened to a packet; the ``verdict`` label of the packet counters."""
+
+    PASS = 0  # not relay traffic, handed to the kernel untouched
+    FORWARD = 1  # forwarded in the datapath
+    SLOW = 2  # handed to the control plane's sockets
+    DROP = 3
+
+
+class Stat(IntEnum):
+    """``enum stat``: index of the per-CPU counters. Append only."""
+
+    PASS_NOT_IP = 0
+    PASS_NOT_UDP = 1
+    PASS_NOT_RELAY = 2
+    PASS_FRAGMENT = 3
+    FWD_FLOW = 4
+    FWD_PENDING = 5
+    FWD_NEW_FLOW = 6
+    FWD_REROUTE = 7
+    FWD_RETURN = 8
+    FWD_RETURN_PENDING = 9
+    FWD_CONFIRM = 10
+    SLOW_NO_FLOW = 11
+    SLOW_RETURN_NO_FLOW = 12
+    SLOW_NO_NEIGH = 13
+    DROP_MALFORMED_IP = 14
+    DROP_MALFORMED_UDP = 15
+    DROP_NOT_WEBRTC = 16
+    DROP_STUN_MALFORMED = 17
+    DROP_USERNAME_MISSING = 18
+    DROP_USERNAME_TOO_LONG = 19
+    DROP_USERNAME_NO_COLON = 20
+    DROP_TOKEN_LENGTH = 21
+    DROP_TOKEN_ALPHABET = 22
+    DROP_TOKEN_VERSION = 23
+    DROP_TOKEN_KEY = 24
+    DROP_TOKEN_MAC = 25
+    DROP_BACKEND_UNKNOWN = 26
+    DROP_BACKEND_DRAINING = 27
+    DROP_BACKEND_DEAD = 28
+    DROP_RATE_SOURCE = 29
+    DROP_RATE_GLOBAL = 30
+    DROP_RATE_SLOW_PATH = 31
+    DROP_GENEVE_MALFORMED = 32
+    DROP_GENEVE_UNSUPPORTED = 33
+    DROP_INNER_MALFORMED = 34
+    DROP_RETURN_NOT_VIP = 35
+    DROP_RETURN_WRONG_BACKEND = 36
+    DROP_FIB = 37
+    DROP_FRAG_NEEDED = 38
+    DROP_INTERNAL = 39
+
+    @property
+    def verdict(self) -> Verdict:
+        return _VERDICT_BY_PREFIX[self.name.split("_", 1)[0]]
+
+    @property
+    def reason(self) -> str:
+        """The ``reason`` label: the name without its verdict prefix, lower case."""
+        return self.name.split("_", 1)[1].lower()
+
+    @classmethod
+    def drop(cls, reason: str) -> Stat:
+        """The DROP_* member for a reason such as ``TokenError.reason`` (``"token_mac"``)."""
+        return cls[f"DROP_{reason.upper()}"]
+
+
+STAT_MAX = len(Stat)
+_VERDICT_BY_PREFIX = {
+    "PASS": Verdict.PASS,
+    "FWD": Verdict.FORWARD,
+    "SLOW": Verdict.SLOW,
+    "DROP": Verdict.DROP,
+}
+
+
+class BackendState(IntEnum):
+    ACTIVE = 1
+    DRAINING = 2
+    DEAD = 3
+
+
+class FlowEventKind(IntEnum):
+    CREATED = 1
+    REROUTED = 2
+
+
+# ---- structs. Field names and order exactly as in shared.h; padding explicit. ----
+# Ports are __be16 on the C side: the structs hold network byte order, the helper
+# properties convert.
+
+Addr16 = ctypes.c_uint8 * 16
+
+
+def _ntohs(value: int) -> int:
+    return ((value & 0xFF) << 8) | (value >> 8)
+
+
+class Counter(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class VipKey(ctypes.Structure):
+    _fields_ = [("addr", Addr16), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+    @classmethod
+    def of(cls, host: str, port: int) -> VipKey:
+        return cls(Addr16(*addr16(host)), _ntohs(port), 0)
+
+    @property
+    def host(self) -> str:
+        return from_addr16(bytes(self.addr))
+
+    @property
+    def host_port(self) -> int:
+        return _ntohs(self.port)
+
+
+class VipValue(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("flags", ctypes.c_uint32)]
+
+
+class BackendKey(ctypes.Structure):
+    _fields_ = [("cluster", ctypes.c_uint16), ("index", ctypes.c_uint16)]
+
+
+class BackendValue(ctypes.Structure):
+    _fields_ = [
+        ("addr", Addr16),
+        ("port", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("state", ctypes.c_uint8),
+        ("generation", ctypes.c_uint32),
+    ]
+
+    @classmethod
+    def of(cls, host: str, port: int, state: BackendState, generation: int = 0) -> BackendValue:
+        family = 6 if ":" in host else 4
+        return cls(Addr16(*addr16(host)), _ntohs(port), family, int(state), generation)
+
+    @property
+    def host(self) -> str:
+        return from_addr16(bytes(self.addr))
+
+    @property
+    def host_port(self) -> int:
+        return _ntohs(self.port)
+
+
+class FlowKey(ctypes.Structure):
+    _fields_ = [("client_addr", Addr16), ("client_port", ctypes.c_uint16), ("vip_index", ctypes.c_uint16)]
+
+    @classmethod
+    def of(cls, host: str, port: int, vip_index: int) -> FlowKey:
+        return cls(Addr16(*addr16(host)), _ntohs(port), vip_index)
+
+    @property
+    def client_host(self) -> str:
+        return from_addr16(bytes(self.client_addr))
+
+    @property
+    def client_host_port(self) -> int:
+        return _ntohs(self.client_port)
+
+
+class FlowValue(ctypes.Structure):
+    _fields_ = [
+        ("backend", BackendKey),
+        ("token_tag", ctypes.c_uint32),
+        ("created_ns", ctypes.c_uint64),
+        ("last_seen_ns", ctypes.c_uint64),
+        ("packets_in", ctypes.c_uint64),
+        ("bytes_in", ctypes.c_uint64),
+        ("packets_out", ctypes.c_uint64),
+        ("bytes_out", ctypes.c_uint64),
+    ]
+
+
+class RouteKey(ctypes.Structure):
+    _fields_ = [
+        ("k0", ctypes.c_uint64),
+        ("k1", ctypes.c_uint64),
+        ("valid", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+    @classmethod
+    def of(cls, key: bytes) -> RouteKey:
+        if len(key) != 16:
+            raise ValueError(f"route key must be 16 bytes, got {len(key)}")
+        return cls(int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"), 1, 0)
+
+    @property
+    def key(self) -> bytes:
+        return self.k0.to_bytes(8, "little") + self.k1.to_bytes(8, "little")
+
+
+class RelayConfigMap(ctypes.Structure):
+    """``struct relay_config``."""
+
+    _fields_ = [
+        ("tunnel_addr4", Addr16),
+        ("tunnel_addr6", Addr16),
+        ("tunnel_port", ctypes.c_uint16),
+        ("pad0", ctypes.c_uint16),
+        ("flags", ctypes.c_uint32),
+        ("source_interval_ns", ctypes.c_uint64),
+        ("source_tolerance_ns", ctypes.c_uint64),
+        ("global_interval_ns", ctypes.c_uint64),
+        ("global_tolerance_ns", ctypes.c_uint64),
+        ("slow_interval_ns", ctypes.c_uint64),
+        ("slow_tolerance_ns", ctypes.c_uint64),
+    ]
+
+
+class FlowEvent(ctypes.Structure):
+    _fields_ = [
+        ("key", FlowKey),
+        ("backend", BackendKey),
+        ("kind", ctypes.c_uint32),
+        ("token_tag", ctypes.c_uint32),
+        ("ts_ns", ctypes.c_uint64),
+    ]
+
+
+# Every mirrored struct, by its C name: what test_layout.py walks.
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "counter": Counter,
+    "vip_key": VipKey,
+    "vip_value": VipValue,
+    "backend_key": BackendKey,
+    "backend_value": BackendValue,
+    "flow_key": FlowKey,
+    "flow_value": FlowValue,
+    "route_key": RouteKey,
+    "relay_config": RelayConfigMap,
+    "flow_event": FlowEvent,
+}
+
+# Python 3.11 ctypes gives no packed=...; every struct above is naturally aligned, and
+# these sizes are what shared.h documents.
+EXPECTED_SIZES = {
+    "counter": 16,
+    "vip_key": 20,
+    "vip_value": 8,
+    "backend_key": 4,
+    "backend_value": 24,
+    "flow_key": 20,
+    "flow_value": 56,
+    "route_key": 24,
+    "relay_config": 88,
+    "flow_event": 40,
+}

@@ -1,0 +1,70 @@
+"""Fixtures for every tier. Everything a fixture creates it removes, also when the test fails.
+
+Tiers (directories): unit (no root), bpf (BPF_PROG_TEST_RUN), integration (netns +
+veth + real traffic), e2e (WebRTC sessions through the lab). The root tiers fail,
+rather than skip, without root: a skipped tier in CI would be a green lie.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from icegate import netns
+from tests.support import Processes, RedisServer, redis_server
+
+ROOT_TIERS = ("bpf", "integration", "e2e")
+_ns_counter = itertools.count()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in ROOT_TIERS:
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(autouse=True)
+def _require_root(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.fail("this tier needs root: run `sudo scripts/test`")
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    """Start subprocesses through this; they are ended by pid after the test."""
+    owned = Processes()
+    try:
+        yield owned
+    finally:
+        owned.stop_all()
+
+
+@pytest.fixture(scope="session")
+def session_procs() -> Iterator[Processes]:
+    owned = Processes()
+    try:
+        yield owned
+    finally:
+        owned.stop_all()
+
+
+@pytest.fixture(scope="session")
+def redis(session_procs: Processes) -> Iterator[RedisServer]:
+    """One real redis-server on loopback for the whole session (tests use distinct regions/keys)."""
+    with redis_server(session_procs) as server:
+        yield server
+
+
+@pytest.fixture
+def ns_prefix() -> Iterator[str]:
+    """A unique namespace-name prefix; every namespace carrying it is removed afterwards."""
+    prefix = f"icgt{os.getpid() % 10000}x{next(_ns_counter)}-"
+    try:
+        yield prefix
+    finally:
+        netns.remove_prefixed(prefix)
