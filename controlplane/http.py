@@ -1,0 +1,58 @@
+"""The relay's HTTP endpoint (aiohttp): ``/metrics``, ``/livez``, ``/readyz``.
+
+``/livez`` answers 200 while the event loop runs (no dependency checks: a liveness
+probe that fails on a Redis outage would restart a relay that is forwarding fine).
+``/readyz`` answers 200 only when nothing is degraded; otherwise 503, and the body
+names each problem, one per line (``redis: ...``, ``datapath: ...``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+Problems = Callable[[], list[str]]
+
+
+def make_app(registry: CollectorRegistry, problems: Problems) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def livez(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        found = problems()
+        if found:
+            return web.Response(status=503, text="".join(f"{p}\n" for p in found))
+        return web.Response(text="ready\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+class HttpServer:
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self.host = host
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0 and self._runner.addresses:  # tests ask for any free port
+            self.port = int(self._runner.addresses[0][1])
+        log.info("http listening address=%s port=%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

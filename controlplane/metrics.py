@@ -1,0 +1,173 @@
+"""Prometheus metrics, pulled at scrape time by one collector.
+
+Nothing here counts on its own: :class:`RelayCollector` reads the datapath counters
+(the kernel's per-CPU array summed, or the twin's array), the map fill levels and the
+control plane's own counters when Prometheus scrapes, and turns them into metric
+families. Names are ``icegate_relay_<what>_<unit>``, counters end in ``_total``, and
+every label has a bounded set of values (verdict, reason, map, state, result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controlplane.config import RelayLimits
+from controlplane.flowcache import FlowCache
+from controlplane.layout import MAX_ROUTE_KEYS, BackendState, Stat
+from controlplane.recovery import Recovery
+from controlplane.redisio import RedisStore
+from controlplane.store import MapStore
+from controlplane.sync import ClusterSync
+
+PREFIX = "icegate_relay"
+
+
+class CounterSource(Protocol):
+    def counters(self) -> Sequence[tuple[int, int]]:
+        """``(packets, bytes)`` per :class:`Stat` index, summed over CPUs."""
+        ...
+
+
+def map_fill(maps: MapStore) -> dict[str, int]:
+    """Entries per map, counted by walking the maps."""
+    return {
+        "flows": sum(1 for _ in maps.flows()),
+        "pending": sum(1 for _ in maps.pending()),
+        "backends": len(maps.backends()),
+        "vips": len(maps.vips()),
+        "route_keys": len(maps.route_keys()),
+    }
+
+
+def map_capacity(limits: RelayLimits) -> dict[str, int]:
+    return {
+        "flows": limits.max_flows,
+        "pending": limits.max_pending,
+        "backends": limits.max_backends,
+        "vips": limits.max_vips,
+        "route_keys": MAX_ROUTE_KEYS,
+    }
+
+
+@dataclass
+class ControlPlane:
+    """The parts whose counters the collector reads; any may be absent (the CLI has none)."""
+
+    redis: RedisStore | None = None
+    sync: ClusterSync | None = None
+    flow_cache: FlowCache | None = None
+    recovery: Recovery | None = None
+
+
+class RelayCollector(Collector):
+    def __init__(
+        self,
+        maps: MapStore,
+        counters: CounterSource,
+        limits: RelayLimits,
+        parts: ControlPlane | None = None,
+        datapath_up: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.maps = maps
+        self.source = counters
+        self.limits = limits
+        self.parts = parts or ControlPlane()
+        self.datapath_up = datapath_up
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._datapath()
+        yield from self._maps()
+        yield from self._control_plane()
+
+    def _datapath(self) -> Iterator[Metric]:
+        labels = ["verdict", "reason"]
+        packets = CounterMetricFamily(
+            f"{PREFIX}_packets", "Packets seen by the datapath, by verdict.", labels=labels
+        )
+        octets = CounterMetricFamily(
+            f"{PREFIX}_bytes", "Bytes seen by the datapath, by verdict.", labels=labels
+        )
+        for stat, (n, b) in zip(Stat, self.source.counters(), strict=False):
+            values = [stat.verdict.name.lower(), stat.reason]
+            packets.add_metric(values, n)
+            octets.add_metric(values, b)
+        yield packets
+        yield octets
+        up = GaugeMetricFamily(
+            f"{PREFIX}_datapath_up", "1 while the XDP program is attached or the twin runs."
+        )
+        up.add_metric([], 1.0 if self.datapath_up() else 0.0)
+        yield up
+
+    def _maps(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily(f"{PREFIX}_map_entries", "Entries in each relay map.", labels=["map"])
+        capacity = GaugeMetricFamily(f"{PREFIX}_map_capacity", "Capacity of each relay map.", labels=["map"])
+        for name, count in map_fill(self.maps).items():
+            entries.add_metric([name], count)
+        for name, size in map_capacity(self.limits).items():
+            capacity.add_metric([name], size)
+        yield entries
+        yield capacity
+        by_state = dict.fromkeys(BackendState, 0)
+        for backend in self.maps.backends():
+            by_state[backend.state] += 1
+        backends = GaugeMetricFamily(
+            f"{PREFIX}_backends", "Transceivers in the backends map.", labels=["state"]
+        )
+        for state, count in by_state.items():
+            backends.add_metric([state.name.lower()], count)
+        yield backends
+
+    def _control_plane(self) -> Iterator[Metric]:
+        p = self.parts
+        if p.redis is not None:
+            yield _counter("redis_errors", "Redis commands that failed.", p.redis.errors_total)
+            yield _gauge(
+                "redis_degraded", "1 while Redis is unreachable (degraded mode).", float(p.redis.degraded)
+            )
+            yield _counter(
+                "redis_restores", "Reconnections to Redis followed by a full sync.", p.redis.restores_total
+            )
+        if p.sync is not None:
+            lag = p.sync.lag_s()
+            yield _gauge("sync_lag_seconds", "Seconds since backends and route keys last matched Redis.", lag)
+            yield _counter(
+                "sync_changes", "Backend and route-key map changes made by sync.", p.sync.changes_total
+            )
+        if p.flow_cache is not None:
+            fc = p.flow_cache
+            yield _counter(
+                "flow_cache_events", "Flow events received for the Redis flow cache.", fc.events_total
+            )
+            yield _counter("flow_cache_writes", "Flows written to the Redis flow cache.", fc.writes_total)
+            yield _counter(
+                "flow_cache_refreshes", "Flow-cache TTLs refreshed for live flows.", fc.refreshes_total
+            )
+            yield _counter(
+                "flow_cache_dropped", "Flow events dropped from a full write queue.", fc.dropped_total
+            )
+            yield _gauge("flow_cache_queued", "Flow-cache writes waiting for Redis.", fc.queued)
+        if p.recovery is not None:
+            family = CounterMetricFamily(
+                f"{PREFIX}_recoveries", "Slow-path flow recoveries from Redis, by result.", labels=["result"]
+            )
+            for result, count in sorted(p.recovery.results.items()):
+                family.add_metric([result], count)
+            yield family
+
+
+def _counter(name: str, doc: str, value: float) -> Metric:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
+    family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> Metric:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+    family.add_metric([], value)
+    return family
