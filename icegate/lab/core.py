@@ -1,0 +1,519 @@
+"""The :class:`Lab`: build, describe and tear down one lab, and run processes inside it.
+
+State lives in two places only: the kernel (namespaces named ``<lab>-<host>``, pins
+under ``/sys/fs/bpf/icegate/<lab>-*``) and ``/run/icegate/lab/<lab>/`` (``lab.json``
+with the config used, one JSON record and one log per process). ``down`` relies on the
+names, not on the files, so it also cleans up after a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from icegate import netns
+from icegate.config import build, merge
+from icegate.errors import LinkError
+from icegate.lab import kernel
+from icegate.lab.config import DEFAULT_NAME, LabConfig, load_lab_config
+from icegate.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
+from icegate.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology, plan
+
+if TYPE_CHECKING:
+    from controlplane.config import RelayConfig
+
+RUN_DIR = Path("/run/icegate/lab")
+BPFFS = Path("/sys/fs/bpf")
+REDIS_PROCESS = "redis"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    name: str
+    namespace: str
+    address: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class TransceiverSettings:
+    """What a transceiver in the lab needs to know (``Lab.transceivers()``)."""
+
+    name: str  # host name, e.g. "tx1"
+    namespace: str
+    address: str  # its tunnel address: the Geneve socket binds here, relays send here
+    tunnel_port: int
+    signaling_port: int
+    signaling_url: str  # http://10.70.0.11:8080
+    cluster: int
+    index: int
+    region: str
+    redis_url: str
+    relay_tunnel: str  # the relay's private address, the outer source of forwarded Geneve
+    vips: tuple[tuple[str, int], ...]
+
+    def config_section(self) -> dict[str, Any]:
+        """The ``transceiver`` YAML section (``transceiver.config.TransceiverConfig``) for this host."""
+        return {
+            "cluster": self.cluster,
+            "index": self.index,
+            "region": self.region,
+            "relays": [{"address": a, "port": p, "tunnel_port": self.tunnel_port} for a, p in self.vips],
+            "tunnel_bind": self.address,
+            "tunnel_port": self.tunnel_port,
+            "signaling_host": self.address,
+            "signaling_port": self.signaling_port,
+            "signaling_url": self.signaling_url,
+            "redis_url": self.redis_url,
+        }
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """What ``down`` removed."""
+
+    name: str
+    processes: tuple[str, ...]  # registered processes that were still running
+    strays: tuple[int, ...]  # pids found in the lab's namespaces without a record
+    namespaces: tuple[str, ...]
+    pins: tuple[str, ...]
+    seconds: float
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.processes or self.strays or self.namespaces or self.pins)
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise LinkError(f"lab {what} needs root (network namespaces, bpffs): run it with sudo")
+
+
+class Lab:
+    def __init__(
+        self, config: LabConfig | None = None, *, run_dir: Path = RUN_DIR, bpffs: Path = BPFFS
+    ) -> None:
+        self.config = config or LabConfig()
+        self.topology: Topology = plan(self.config)
+        self.run_dir = run_dir
+        self.bpffs = bpffs
+        self.registry = Registry(self.dir)
+
+    @classmethod
+    def load(
+        cls,
+        name: str | None = None,
+        *,
+        config_path: Path | str | None = None,
+        run_dir: Path = RUN_DIR,
+        bpffs: Path = BPFFS,
+    ) -> Lab:
+        """The lab ``name`` with the configuration ``up`` recorded; without a record, from
+        ``config_path`` (or the defaults) under that name."""
+        config = load_lab_config(config_path, {"name": name})
+        state = _read_json(run_dir / config.name / STATE_FILE)
+        if state and isinstance(state.get("config"), Mapping):
+            config = build(LabConfig, state["config"], "lab")
+        return cls(config, run_dir=run_dir, bpffs=bpffs)
+
+    # ---- names ---------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def prefix(self) -> str:
+        return self.config.prefix
+
+    @property
+    def dir(self) -> Path:
+        """``/run/icegate/lab/<lab>``: lab.json, process records and logs."""
+        return self.run_dir / self.name
+
+    @property
+    def pin_root(self) -> Path:
+        return self.bpffs / "icegate"
+
+    @property
+    def redis_url(self) -> str:
+        return self.config.redis_url
+
+    @property
+    def vips(self) -> tuple[tuple[str, int], ...]:
+        return tuple((vip, self.config.public.vip_port) for vip in self.config.public.vips)
+
+    def namespace(self, host: str) -> str:
+        """The namespace of ``host`` ("relay", "tx1"); a full namespace name of this lab is accepted too."""
+        if host in self.config.host_names:
+            return f"{self.prefix}{host}"
+        if host.startswith(self.prefix) and host[len(self.prefix) :] in self.config.host_names:
+            return host
+        raise LinkError(f"lab {self.name} has no host {host!r} (hosts: {', '.join(self.config.host_names)})")
+
+    def exists(self) -> bool:
+        return bool(netns.names(self.prefix))
+
+    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        return netns.command(self.namespace(host), argv)
+
+    def run(self, host: str, argv: Sequence[str], *, check: bool = True, timeout: float = 30) -> str:
+        return netns.run(self.namespace(host), argv, check=check, timeout=timeout)
+
+    # ---- up --------------------------------------------------------------------------
+    def up(self, progress: Progress | None = None) -> None:
+        """Build the lab and start Redis; on any failure (or Ctrl-C) tear down what was built."""
+        say = progress or (lambda _message: None)
+        require_root("up")
+        leftovers = netns.names(self.prefix)
+        if leftovers:
+            raise LinkError(
+                f"lab {self.name} already exists ({', '.join(leftovers)}): "
+                f"run `icegate lab down --name {self.name}` first"
+            )
+        started = time.monotonic()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self._write_state("building")
+        try:
+            netem = self._build(say)
+        except BaseException:
+            say("failed: removing what was built")
+            self.down()
+            raise
+        self._write_state("up", netem=netem, build_seconds=round(time.monotonic() - started, 3))
+        say(f"lab {self.name} is up")
+
+    def _build(self, say: Progress) -> dict[str, Any]:
+        cfg, topo = self.config, self.topology
+        say(f"creating {len(topo.hosts)} namespaces {self.prefix}{{{','.join(h.name for h in topo.hosts)}}}")
+        for h in topo.hosts:
+            ns = self.namespace(h.name)
+            netns.create(ns)
+            # IPv4 only: no IPv6 link-local addresses, DAD or router solicitations in captures.
+            for scope in ("all", "default"):
+                kernel.sysctl(ns, f"net.ipv6.conf.{scope}.disable_ipv6", "1", missing_ok=True)
+        for host in topo.forwarding:
+            kernel.sysctl(self.namespace(host), "net.ipv4.ip_forward", "1")
+
+        say(f"wiring {len(topo.wires)} veth pairs and the dc bridge")
+        for w in topo.wires:
+            netns.veth(self.namespace(w.a), w.a_if, self.namespace(w.b), w.b_if, mtu=w.mtu)
+        netns.bridge(self.namespace("dc"), "br0", topo.bridge_ports, mtu=cfg.private.mtu)
+
+        say("addresses and routes")
+        for a in topo.addresses:
+            netns.address(self.namespace(a.host), a.ifname, f"{a.address}/{a.prefixlen}")
+        for r in topo.routes:
+            netns.route(self.namespace(r.host), r.dst, gateway=r.gateway)
+
+        say("offloads: tx checksum off everywhere, GRO on where the relay's XDP sends (see docs/LAB.md)")
+        ends: dict[str, list[tuple[str, bool]]] = {}
+        for w in topo.wires:
+            ends.setdefault(w.a, []).append((w.a_if, False))
+            ends.setdefault(w.b, []).append((w.b_if, w.b_gro))
+        for host, ifnames in ends.items():
+            kernel.set_offloads(self.namespace(host), ifnames)
+
+        if topo.neighbours:
+            say(f"{len(topo.neighbours)} permanent neighbour entries on the relay")
+            for n in topo.neighbours:
+                mac = netns.mac_of(self.namespace(n.peer), n.peer_if)
+                netns.neighbour(self.namespace(n.host), n.ifname, n.ip, mac)
+
+        available, reason = kernel.netem_available(self.namespace("inet"))
+        applied = False
+        if cfg.client_latency_ms > 0:
+            if available:
+                say(f"netem: {cfg.client_latency_ms} ms each way on client links")
+                for host, ifname in topo.latency_links:
+                    kernel.add_delay(self.namespace(host), ifname, cfg.client_latency_ms)
+                applied = True
+            else:
+                say(f"netem unavailable ({reason}): client_latency_ms={cfg.client_latency_ms} not applied")
+
+        say(f"starting redis-server on {cfg.redis_url} in {self.namespace('dc')}")
+        self._start_redis()
+        return {"available": available, "reason": reason, "applied": applied}
+
+    def _start_redis(self) -> None:
+        priv = self.config.private
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise LinkError("redis-server is not installed: run scripts/setup")
+        argv = [
+            binary,
+            "--bind",
+            priv.redis_address,
+            "--port",
+            str(priv.redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--loglevel",
+            "notice",
+        ]
+        ns = self.namespace("dc")
+        record = self.registry.start(REDIS_PROCESS, ns, argv, infra=True)
+        kernel.wait_redis(ns, priv.redis_address, priv.redis_port, 10.0, lambda: record.alive)
+
+    # ---- down ------------------------------------------------------------------------
+    def down(
+        self, progress: Progress | None = None, *, timeout: float = 3.0, keep_logs: bool = False
+    ) -> Teardown:
+        """End the lab's processes, remove its namespaces, pins and records. A missing lab is fine.
+
+        Works from names alone: registered processes are ended by pid (identity-checked),
+        then any process still inside a ``<lab>-*`` namespace, then the namespaces (their
+        veths go with them) and ``<bpffs>/icegate/<lab>-*``.
+        """
+        say = progress or (lambda _message: None)
+        require_root("down")
+        started = time.monotonic()
+        records = self.registry.all()
+        ended: list[str] = []
+        if records:
+            say(f"ending {len(records)} registered processes")
+            # Components first, then the lab's own (Redis), so they can deregister cleanly.
+            ended += self.registry.stop([r for r in records if not r.infra], timeout)
+            ended += self.registry.stop([r for r in records if r.infra], timeout)
+        namespaces = netns.names(self.prefix)
+        strays = [t for t in map(identity, kernel.pids_in(namespaces)) if t is not None]
+        if strays:
+            say(f"ending {len(strays)} unregistered processes inside {self.prefix}*")
+            end(strays, timeout)
+        if namespaces:
+            say(f"removing {len(namespaces)} namespaces")
+            netns.remove_prefixed(self.prefix)
+        pins = self._remove_pins()
+        if pins:
+            say(f"removed pins {', '.join(pins)}")
+        if self.dir.exists():
+            if keep_logs:
+                for path in self.dir.iterdir():
+                    if path.suffix != ".log":
+                        path.unlink()
+            else:
+                shutil.rmtree(self.dir)
+        reap()
+        return Teardown(
+            name=self.name,
+            processes=tuple(ended),
+            strays=tuple(pid for pid, _ in strays),
+            namespaces=tuple(namespaces),
+            pins=tuple(pins),
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _remove_pins(self) -> list[str]:
+        if not self.pin_root.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.pin_root.glob(f"{self.prefix}*")):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(str(path))
+        return removed
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.down()
+
+    # ---- processes -------------------------------------------------------------------
+    def start_process(
+        self,
+        name: str,
+        ns: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        cwd: str | Path | None = None,
+    ) -> LabProcess:
+        """Start ``argv`` in host (or namespace) ``ns`` of the lab; ``lab down`` ends it.
+
+        ``env`` adds to this process's environment. Output goes to ``<lab dir>/<name>.log``.
+        """
+        namespace = self.namespace(ns)
+        if not netns.exists(namespace):
+            raise LinkError(f"lab {self.name} is not up (no namespace {namespace})")
+        return self.registry.start(name, namespace, argv, env, cwd=cwd)
+
+    def stop_process(self, name: str, timeout: float = 3.0) -> bool:
+        """End process ``name`` (SIGTERM, then SIGKILL after ``timeout``); False if it was not running."""
+        record = self.registry.read(name)
+        return bool(record and self.registry.stop([record], timeout))
+
+    def process(self, name: str) -> LabProcess | None:
+        return self.registry.read(name)
+
+    def processes(self) -> list[LabProcess]:
+        return self.registry.all()
+
+    # ---- settings for the components ---------------------------------------------------
+    def relay_section(self) -> dict[str, Any]:
+        """The ``relay`` YAML section for the lab's relay (``controlplane.config.RelayConfig``)."""
+        cfg = self.config
+        return {
+            "name": cfg.relay_name,
+            "vips": [{"address": a, "port": p} for a, p in self.vips],
+            "tunnel": {"address4": cfg.private.relay_address, "port": cfg.private.tunnel_port},
+            "interfaces": list(XDP_INTERFACES),
+            "bpffs": str(self.bpffs),
+            "clusters": [cfg.cluster],
+            "redis": {"url": self.redis_url, "region": cfg.region},
+        }
+
+    def relay_config(self, overrides: Mapping[str, Any] | None = None) -> RelayConfig:
+        """The lab relay's validated config; ``overrides`` as for :func:`icegate.config.merge`."""
+        from controlplane.config import RelayConfig  # the lab describes components, not vice versa
+
+        return build(RelayConfig, merge(self.relay_section(), overrides or {}), "relay")
+
+    def write_relay_config(self, overrides: Mapping[str, Any] | None = None) -> Path:
+        """Write ``<lab dir>/relay.yaml`` (for ``icegate relay run --config``) and return its path."""
+        self.relay_config(overrides)  # validate before writing
+        path = self.dir / "relay.yaml"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            yaml.safe_dump({"relay": merge(self.relay_section(), overrides or {})}, sort_keys=False)
+        )
+        return path
+
+    def transceivers(self) -> tuple[TransceiverSettings, ...]:
+        cfg = self.config
+        priv = cfg.private
+        return tuple(
+            TransceiverSettings(
+                name=t.name,
+                namespace=self.namespace(t.name),
+                address=t.address,
+                tunnel_port=priv.tunnel_port,
+                signaling_port=priv.signaling_port,
+                signaling_url=f"http://{t.address}:{priv.signaling_port}",
+                cluster=cfg.cluster,
+                index=t.index,
+                region=cfg.region,
+                redis_url=self.redis_url,
+                relay_tunnel=priv.relay_address,
+                vips=self.vips,
+            )
+            for t in cfg.transceivers
+        )
+
+    def transceiver(self, which: int | str) -> TransceiverSettings:
+        """A transceiver by index (1, 2) or host name ("tx1")."""
+        for tx in self.transceivers():
+            if which in (tx.index, tx.name):
+                return tx
+        raise LinkError(f"lab {self.name} has no transceiver {which!r}")
+
+    def clients(self) -> tuple[ClientSettings, ...]:
+        return tuple(
+            ClientSettings(c.name, self.namespace(c.name), c.address, c.gateway) for c in self.config.clients
+        )
+
+    # ---- status ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Everything about the lab as the kernel and the records show it (JSON-ready)."""
+        cfg, topo = self.config, self.topology
+        present = netns.names(self.prefix)
+        expected = [self.namespace(h.name) for h in topo.hosts]
+        state = _read_json(self.dir / STATE_FILE) or {}
+        hosts: dict[str, Any] = {}
+        for host in topo.hosts:
+            ns = self.namespace(host.name)
+            entry: dict[str, Any] = {"namespace": ns, "role": host.role, "exists": ns in present}
+            if ns in present:
+                entry.update(kernel.read_host(ns))
+                entry["forwarding"] = kernel.read_sysctl(ns, "net.ipv4.ip_forward") == "1"
+                for iface in entry["interfaces"]:
+                    peer = topo.peer(host.name, iface["name"])
+                    iface["peer"] = f"{peer[0]}:{peer[1]}" if peer else None
+            hosts[host.name] = entry
+        if all(ns in present for ns in expected):
+            lab_state = state.get("state", "up")
+        else:
+            lab_state = "partial" if present else "down"
+        netem = dict(state.get("netem") or {})
+        if self.namespace("inet") in present:
+            netem["available"], netem["reason"] = kernel.netem_available(self.namespace("inet"))
+        netem["requested_ms"] = cfg.client_latency_ms
+        netem.setdefault("applied", False)
+        dc = self.namespace("dc")
+        relay_ns = self.namespace("relay")
+        return {
+            "name": self.name,
+            "state": lab_state,
+            "prefix": self.prefix,
+            "state_dir": str(self.dir),
+            "build_seconds": state.get("build_seconds"),
+            "config": asdict(cfg),
+            "hosts": hosts,
+            "unexpected_namespaces": [ns for ns in present if ns not in expected],
+            "vips": [{"address": a, "port": p} for a, p in self.vips],
+            "redis": {
+                "url": self.redis_url,
+                "namespace": dc,
+                "reachable": dc in present
+                and kernel.redis_ping(dc, cfg.private.redis_address, cfg.private.redis_port),
+            },
+            "relay": {
+                "name": cfg.relay_name,
+                "namespace": relay_ns,
+                "interfaces": [PUBLIC_IF, PRIVATE_IF],
+                "tunnel": cfg.private.relay_address,
+                "pin_dir": str(self.pin_root / cfg.relay_name),
+                "pinned": (self.pin_root / cfg.relay_name).exists(),
+                "xdp": {
+                    i["name"]: i["xdp"]
+                    for i in hosts["relay"].get("interfaces", [])
+                    if i["name"] in XDP_INTERFACES
+                },
+            },
+            "transceivers": [dataclasses.asdict(t) for t in self.transceivers()],
+            "clients": [dataclasses.asdict(c) for c in self.clients()],
+            "processes": [p.to_json() for p in self.registry.all()],
+            "netem": netem,
+            "bpffs_mounted": os.path.ismount(self.bpffs),
+        }
+
+    def _write_state(self, stage: str, **extra: Any) -> None:
+        data = {"state": stage, "config": asdict(self.config), "updated": time.time(), **extra}
+        tmp = self.dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.dir / STATE_FILE)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+__all__ = ["DEFAULT_NAME", "ClientSettings", "Lab", "Teardown", "TransceiverSettings"]
