@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from controlplane.config import FlowCacheConfig
 from controlplane.layout import FlowEventKind
@@ -47,6 +48,21 @@ class FlowUpdate:
     index: int
     token_tag: int
     ts_ns: int  # CLOCK_MONOTONIC
+
+
+class FlowEventLike(Protocol):
+    """What :meth:`FlowCache.record` reads: :class:`FlowUpdate` or ``controlplane.datapath.Event``."""
+
+    @property
+    def key(self) -> FlowKeyT: ...
+    @property
+    def cluster(self) -> int: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def token_tag(self) -> int: ...
+    @property
+    def ts_ns(self) -> int: ...
 
 
 class VipTable:
@@ -88,7 +104,7 @@ class FlowCache:
         self._clock_ns = clock_ns
         self._wall = wall_clock
         self.vips = VipTable(maps)
-        self._queue: dict[FlowKeyT, FlowUpdate] = {}
+        self._queue: dict[FlowKeyT, FlowEventLike] = {}
         self._overflowed = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,7 +119,7 @@ class FlowCache:
         return len(self._queue)
 
     # ---- producers ----
-    def record(self, update: FlowUpdate) -> None:
+    def record(self, update: FlowEventLike) -> None:
         """Queue a flow event; call from the event loop's thread. Never blocks, never raises."""
         self.events_total += 1
         if update.key not in self._queue and len(self._queue) >= self.queue_max:
@@ -113,7 +129,7 @@ class FlowCache:
         self._queue[update.key] = update
         self._wake.set()
 
-    def record_threadsafe(self, update: FlowUpdate) -> None:
+    def record_threadsafe(self, update: FlowEventLike) -> None:
         """:meth:`record` from another thread (a ring-buffer poller)."""
         if self._loop is None:
             raise RuntimeError("FlowCache.run() has not started")

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from controlplane.flowcache import VipTable
 from controlplane.redisio import FlowAddr, RedisStore
 from controlplane.store import Flow, FlowKeyT, MapStore, Vip
 from icegate.errors import StoreError
@@ -65,10 +66,19 @@ class Recovery:
         self._waiting: dict[FlowAddr, asyncio.Future[bool]] = {}
         self._drainer: asyncio.Task[None] | None = None
         self._misses: dict[FlowAddr, float] = {}
+        self.vips = VipTable(maps)
         self.results: Counter[str] = Counter({r: 0 for r in RESULTS})
         self.lookups_total = 0  # pipelined round trips
 
     # ---- slow path ----
+    async def recover_key(self, key: FlowKeyT) -> bool:
+        """:meth:`recover` for a flow key (client addr16, client port, vip index): the twin's hook."""
+        addr = self.vips.addr(key)
+        if addr is None:
+            self.results["unknown_vip"] += 1
+            return False
+        return await self.recover(addr[2], addr[3], addr[0], addr[1])
+
     async def recover(self, client: str, client_port: int, vip: str, vip_port: int) -> bool:
         """Install the cached flow of ``client`` on ``vip``; True if the packet can now be re-processed."""
         addr: FlowAddr = (vip, vip_port, client, client_port)

@@ -140,7 +140,9 @@ def test_preload_restores_10k_flows(redis: RedisServer) -> None:
     with r.pipeline(transaction=False) as pipe:
         for i in range(10_000):
             host = f"100.64.{i // 250}.{i % 250 + 1}"
-            pipe.hset(keys.flow("192.0.2.10", 3478, host, 50000), mapping=CachedFlow(1, 1 + i % 2, i, 1).encode())
+            pipe.hset(
+                keys.flow("192.0.2.10", 3478, host, 50000), mapping=CachedFlow(1, 1 + i % 2, i, 1).encode()
+            )
         pipe.hset(keys.flow("192.0.2.99", 3478, "100.64.0.1", 1), mapping=CachedFlow(1, 1, 1, 1).encode())
         pipe.execute()
     maps = maps_with_vips()

@@ -26,7 +26,9 @@ def region() -> str:
     return f"sync{os.getpid()}x{next(_regions)}"
 
 
-def reg(cluster: int, index: int, state: str = "active", generation: int = 1, addr: str = "10.70.0.11") -> Registration:
+def reg(
+    cluster: int, index: int, state: str = "active", generation: int = 1, addr: str = "10.70.0.11"
+) -> Registration:
     return Registration(cluster, index, addr, 6081, f"http://{addr}:8080", state, generation)
 
 
@@ -49,7 +51,10 @@ async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
 
 
 async def with_sync(
-    server: RedisServer, name: str, body: Callable[[ClusterSync, redis_sync.Redis], Awaitable[None]], **kw: object
+    server: RedisServer,
+    name: str,
+    body: Callable[[ClusterSync, redis_sync.Redis], Awaitable[None]],
+    **kw: object,
 ) -> None:
     store = RedisStore(RedisConfig(url=server.url, region=name, timeout_s=0.5))
     sync = ClusterSync(store, MemoryStore(), **kw)  # type: ignore[arg-type]
@@ -147,7 +152,9 @@ def test_route_keys_rotation_and_grace_expiry(redis: RedisServer) -> None:
         await store.update_route_keys(lambda old: RouteKeySet({0: first}, 0))
         await sync.reconcile()
         assert sync.maps.route_keys() == {0: first}
-        rotated = await store.update_route_keys(lambda old: (old or RouteKeySet({}, 0)).rotated(second, 60, now[0]))
+        rotated = await store.update_route_keys(
+            lambda old: (old or RouteKeySet({}, 0)).rotated(second, 60, now[0])
+        )
         assert rotated.current == 1 and rotated.previous == 0
         await sync.reconcile()
         assert sync.maps.route_keys() == {0: first, 1: second}

@@ -1,0 +1,575 @@
+"""The relay's operator commands: ``relay``, ``flows``, ``backends``, ``token``, ``stats``.
+
+They read the pinned maps directly (``KernelStore``), so they work while the daemon is
+down, and Redis where the cluster's view is needed (registrations, route keys). Every
+listing prints a table, or the same rows as JSON with ``--json`` (``views.py``).
+
+Which relay: ``--name`` (or the only relay pinned under ``<bpffs>/icegate/``), or the
+``relay`` section of ``--config``; Redis from ``--redis-url``/``--region`` or the same
+config. The side effects sit behind :class:`CliEnv`, which tests replace with a
+``MemoryStore``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from controlplane import views
+from controlplane.config import HttpConfig, RedisConfig, RelayConfig, RelayLimits
+from controlplane.metrics import CounterSource, map_capacity, map_fill
+from controlplane.redisio import RedisStore
+from controlplane.store import MapStore
+from icegate import token as tokens
+from icegate.config import load
+from icegate.errors import DependencyError, IcegateError, RelayNotRunning, StoreError, TokenError
+from icegate.schema import RouteKeySet
+
+T = TypeVar("T")
+DEFAULT_GRACE_S = 600.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """The relay a command is about."""
+
+    name: str
+    bpffs: Path = Path("/sys/fs/bpf")
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    limits: RelayLimits = field(default_factory=RelayLimits)
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+    @property
+    def pin_dir(self) -> Path:
+        return self.bpffs / "icegate" / self.name
+
+
+def _kernel_maps(target: Target) -> MapStore:
+    check_pinned(target)
+    kernel = _kernel_module()
+    store: MapStore = kernel.KernelStore(target.pin_dir)
+    return store
+
+
+def _kernel_counters(target: Target) -> CounterSource:
+    source: CounterSource = _kernel_maps(target)  # type: ignore[assignment]
+    return source
+
+
+def _kernel_info(target: Target) -> dict[str, Any]:
+    check_pinned(target)
+    loader = _import("controlplane.loader")
+    info: dict[str, Any] = loader.status(target.pin_dir)
+    return info
+
+
+def _kernel_detach(target: Target) -> list[str]:
+    loader = _import("controlplane.loader")
+    removed: list[str] = loader.detach(target.pin_dir)
+    return removed
+
+
+def _kernel_module() -> Any:
+    return _import("controlplane.kernel")
+
+
+def _import(name: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        raise DependencyError(f"{name} is not available in this build ({exc})") from exc
+
+
+def check_pinned(target: Target) -> None:
+    """Clear errors for the two ways the maps can be missing."""
+    if not _is_bpffs(target.bpffs):
+        raise DependencyError(f"bpffs is not mounted at {target.bpffs}: mount -t bpf bpf {target.bpffs}")
+    if not target.name:
+        found = pinned_relays(target.bpffs)
+        which = f"relays pinned here: {', '.join(found)}" if found else "no relay is pinned on this host"
+        raise RelayNotRunning(f"--name is required ({which})")
+    if not target.pin_dir.is_dir():
+        raise RelayNotRunning(f"relay {target.name!r} is not running: nothing pinned at {target.pin_dir}")
+
+
+def _is_bpffs(path: Path) -> bool:
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return path.is_dir()
+    return any(line.split()[1:3] == [str(path), "bpf"] for line in mounts if len(line.split()) > 2)
+
+
+@dataclass
+class CliEnv:
+    """The CLI's side effects. Tests pass their own through ``CliRunner.invoke(obj=...)``."""
+
+    open_maps: Callable[[Target], MapStore] = _kernel_maps
+    open_counters: Callable[[Target], CounterSource] = _kernel_counters
+    relay_info: Callable[[Target], dict[str, Any]] = _kernel_info
+    detach: Callable[[Target], list[str]] = _kernel_detach
+    clock_ns: Callable[[], int] = time.monotonic_ns
+    sleep: Callable[[float], None] = time.sleep
+
+
+class Group(click.Group):
+    """Errors of the icegate tree print as one line and exit 1, also when invoked directly."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IcegateError as exc:
+            click.echo(f"icegate: {exc}", err=True)
+            ctx.exit(1)
+
+
+def _env(ctx: click.Context) -> CliEnv:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, CliEnv) else CliEnv()
+
+
+def pinned_relays(bpffs: Path) -> list[str]:
+    root = bpffs / "icegate"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--config/--name/--bpffs/--redis-url/--region -> ``target`` keyword argument.
+
+    The name may stay empty (commands that only use Redis do not need one); opening the
+    maps then fails naming the relays that are pinned.
+    """
+
+    @click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML file."
+    )
+    @click.option("--name", help="Relay name (default: the only relay pinned on this host).")
+    @click.option("--bpffs", type=click.Path(path_type=Path), help="bpffs mount point [/sys/fs/bpf].")
+    @click.option("--redis-url", help="Redis URL [redis://127.0.0.1:6379/0].")
+    @click.option("--region", help="Redis region (key prefix) [default].")
+    @functools.wraps(func)
+    def wrapper(
+        config_path: Path | None,
+        name: str | None,
+        bpffs: Path | None,
+        redis_url: str | None,
+        region: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        target = Target(name or "")
+        if config_path is not None:
+            cfg = load(RelayConfig, config_path, "relay")
+            target = Target(cfg.name, cfg.bpffs, cfg.redis, cfg.limits, cfg.http)
+        redis = target.redis
+        if redis_url or region:
+            redis = replace(redis, url=redis_url or redis.url, region=region or redis.region)
+            redis.validate("--redis-url")
+        target = replace(target, bpffs=bpffs or target.bpffs, redis=redis)
+        if name:
+            target = replace(target, name=name)
+        if not target.name:
+            found = pinned_relays(target.bpffs)
+            target = replace(target, name=found[0] if len(found) == 1 else "")
+        return func(target=target, **kwargs)
+
+    return wrapper
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+def run_redis(target: Target, work: Callable[[RedisStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        store = RedisStore(target.redis)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def emit(rows: Any, as_json: bool, columns: dict[str, Any] | None = None, empty: str = "") -> None:
+    if as_json:
+        click.echo(views.dump_json(rows))
+    elif columns is not None:
+        click.echo(views.table(rows, columns) if rows else empty)
+    else:
+        click.echo(rows)
+
+
+# ---------------------------------------------------------------- relay
+class RelayGroup(Group):
+    """``relay run`` lives in daemon.py, imported only when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "run"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "run":
+            from controlplane.daemon import run
+
+            return run
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=RelayGroup)
+def relay() -> None:
+    """Run, inspect and detach the relay."""
+
+
+def readiness(http: HttpConfig, timeout_s: float = 0.5) -> str:
+    """The daemon's /readyz, as one line: ``ready``, the problems, or ``not running``."""
+    host = f"[{http.address}]" if ":" in http.address else http.address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{http.port}/readyz", timeout=timeout_s) as reply:
+            return str(reply.read().decode().strip())
+    except urllib.error.HTTPError as exc:
+        return "; ".join(exc.read().decode().split("\n")).strip("; ")
+    except (urllib.error.URLError, OSError):
+        return "not running"
+
+
+@relay.command("status")
+@target_options
+@json_option
+@click.pass_context
+def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
+    """Program, attach points, map fill levels and degraded state."""
+    env = _env(ctx)
+    info = env.relay_info(target)
+    maps = env.open_maps(target)
+    fill = map_fill(maps)
+    capacity = map_capacity(target.limits)
+    status = {
+        "name": target.name,
+        "pin_dir": str(target.pin_dir),
+        **info,
+        "maps": {name: {"entries": n, "capacity": capacity[name]} for name, n in fill.items()},
+        "control_plane": readiness(target.http),
+    }
+    if as_json:
+        click.echo(views.dump_json(status))
+        return
+    for key, value in status.items():
+        if key == "maps":
+            click.echo("maps:")
+            for name, m in value.items():
+                pct = 100.0 * m["entries"] / m["capacity"] if m["capacity"] else 0.0
+                click.echo(f"  {name:<11} {m['entries']:>8} / {m['capacity']:<8} ({pct:.1f}%)")
+        elif isinstance(value, list):
+            click.echo(f"{key}:")
+            for item in value:
+                click.echo(f"  {item if not isinstance(item, dict) else json.dumps(item, sort_keys=True)}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@relay.command("detach")
+@target_options
+@click.pass_context
+def relay_detach(ctx: click.Context, target: Target) -> None:
+    """Detach the XDP program and remove the pinned maps (flows are lost)."""
+    removed = _env(ctx).detach(target)
+    click.echo(f"relay {target.name} detached; removed: {', '.join(removed) if removed else 'nothing'}")
+
+
+# ---------------------------------------------------------------- flows
+@click.group(cls=Group)
+def flows() -> None:
+    """List, show and flush relay flows (reads the pinned maps)."""
+
+
+def _client_arg(value: str | None) -> tuple[str, int | None] | None:
+    if value is None:
+        return None
+    try:
+        return views.parse_client(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@flows.command("ls")
+@target_options
+@json_option
+@click.option("--backend", help="Only flows to this transceiver, CLUSTER:INDEX.")
+@click.option("--client", help="Only this client: ip, ip:port or [ipv6]:port.")
+@click.option("--pending", is_flag=True, help="Pending flows (not yet confirmed) instead of confirmed ones.")
+@click.pass_context
+def flows_ls(
+    ctx: click.Context, target: Target, as_json: bool, backend: str | None, client: str | None, pending: bool
+) -> None:
+    """Flows in the map, sorted by client."""
+    try:
+        wanted = views.parse_backend(backend) if backend else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
+    env = _env(ctx)
+    maps = env.open_maps(target)
+    items = maps.pending() if pending else maps.flows()
+    state = "pending" if pending else "confirmed"
+    rows = views.flow_rows(
+        items, state, maps.vips(), env.clock_ns(), backend=wanted, client=_client_arg(client)
+    )
+    emit(rows, as_json, views.FLOW_COLUMNS, empty=f"no {state} flows")
+
+
+@flows.command("show")
+@target_options
+@json_option
+@click.argument("client")
+@click.pass_context
+def flows_show(ctx: click.Context, target: Target, as_json: bool, client: str) -> None:
+    """Every flow (confirmed and pending) of CLIENT[:PORT]."""
+    env = _env(ctx)
+    maps = env.open_maps(target)
+    wanted, now, vips = _client_arg(client), env.clock_ns(), maps.vips()
+    rows = views.flow_rows(maps.flows(), "confirmed", vips, now, client=wanted)
+    rows += views.flow_rows(maps.pending(), "pending", vips, now, client=wanted)
+    if not rows:
+        raise click.ClickException(f"no flow for {client}")
+    if as_json:
+        click.echo(views.dump_json(rows))
+        return
+    for i, row in enumerate(rows):
+        if i:
+            click.echo()
+        for key, value in row.items():
+            click.echo(f"{key + ':':<13} {value}")
+
+
+@flows.command("flush")
+@target_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def flows_flush(ctx: click.Context, target: Target, yes: bool) -> None:
+    """Delete every flow (live sessions recover from Redis or their next consent check)."""
+    maps = _env(ctx).open_maps(target)
+    if not yes:
+        click.confirm(f"Delete every flow of relay {target.name}?", abort=True)
+    click.echo(f"flushed {maps.flush_flows()} flows")
+
+
+# ---------------------------------------------------------------- backends
+@click.group(cls=Group)
+def backends() -> None:
+    """List and drain transceivers."""
+
+
+@backends.command("ls")
+@target_options
+@json_option
+@click.pass_context
+def backends_ls(ctx: click.Context, target: Target, as_json: bool) -> None:
+    """The backends map beside the Redis registrations (either may be unavailable)."""
+    env = _env(ctx)
+    in_map, per_backend, notes = None, Counter[tuple[int, int]](), []
+    try:
+        maps = env.open_maps(target)
+        in_map = maps.backends()
+        per_backend.update((f.cluster, f.index) for _, f in maps.flows())
+    except RelayNotRunning as exc:
+        notes.append(f"map view unavailable: {exc}")
+    try:
+        registered = run_redis(target, lambda store: store.registrations())
+    except StoreError as exc:
+        registered = None
+        notes.append(f"redis view unavailable: {exc}")
+    if in_map is None and registered is None:
+        raise StoreError("; ".join(notes))
+    rows = views.backend_rows(in_map, registered, per_backend, int(time.time() * 1000))
+    for note in notes:
+        click.echo(f"icegate: {note}", err=True)
+    emit(rows, as_json, views.BACKEND_COLUMNS, empty="no backends")
+
+
+@backends.command("drain")
+@target_options
+@click.argument("backend")
+@click.option("--undo", is_flag=True, help="Set the transceiver active again.")
+def backends_drain(target: Target, backend: str, undo: bool) -> None:
+    """Ask transceiver CLUSTER:INDEX to drain (via its registration in Redis)."""
+    try:
+        cluster, index = views.parse_backend(backend)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="BACKEND") from None
+    state = "active" if undo else "draining"
+    if not run_redis(target, lambda store: store.set_transceiver_state(cluster, index, state)):
+        raise click.ClickException(
+            f"transceiver {cluster}:{index} is not registered in region {target.redis.region}"
+        )
+    click.echo(f"transceiver {cluster}:{index} {state}")
+
+
+# ---------------------------------------------------------------- token
+@click.group(cls=Group)
+def token() -> None:
+    """Mint, decode and rotate route tokens."""
+
+
+def _key_arg(key_hex: str | None) -> bytes | None:
+    if key_hex is None:
+        return None
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        raise click.BadParameter("expected 32 hex digits", param_hint="--key-hex")
+    return key
+
+
+@token.command("mint")
+@target_options
+@click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True)
+@click.option("--index", type=click.IntRange(0, 0xFFFF), required=True)
+@click.option("--key-hex", help="Route key (32 hex digits) instead of Redis's current key.")
+@click.option("--key-id", type=click.IntRange(0, 15), default=0, show_default=True, help="With --key-hex.")
+def token_mint(target: Target, cluster: int, index: int, key_hex: str | None, key_id: int) -> None:
+    """Print a fresh ufrag that routes to transceiver CLUSTER:INDEX."""
+    key = _key_arg(key_hex)
+    if key is None:
+        keys = run_redis(target, lambda store: store.route_key_set())
+        if keys is None:
+            raise click.ClickException("no route keys in Redis: run `icegate token init`")
+        key_id, key = keys.current, keys.keys[keys.current]
+    click.echo(tokens.mint(key_id, key, cluster, index))
+
+
+@token.command("decode")
+@target_options
+@json_option
+@click.argument("ufrag")
+@click.option("--key-hex", help="Check the MAC with this key (32 hex digits) instead of Redis's keys.")
+def token_decode(target: Target, as_json: bool, ufrag: str, key_hex: str | None) -> None:
+    """Cluster, transceiver, key id and MAC validity of UFRAG (a USERNAME's first part also works)."""
+    ufrag = ufrag.partition(":")[0]
+    decoded = tokens.decode(ufrag)
+    key = _key_arg(key_hex)
+    row: dict[str, Any] = {
+        "ufrag": ufrag,
+        "version": decoded.version,
+        "key_id": decoded.key_id,
+        "cluster": decoded.cluster,
+        "index": decoded.index,
+        "nonce": f"{decoded.nonce:010x}",
+        "mac": f"{decoded.mac:016x}",
+        "tag": decoded.tag,
+    }
+    if key is not None:
+        keys, row["key_state"] = {decoded.key_id: key}, "given"
+    else:
+        key_set = run_redis(target, lambda store: store.route_key_set())
+        keys, row["key_state"] = _key_state(key_set, decoded.key_id)
+    try:
+        tokens.verify(ufrag, keys)
+        row["mac_valid"] = True
+    except TokenError as exc:
+        row["mac_valid"] = False if exc.reason == "token_mac" else None
+        row["error"] = exc.reason
+    if as_json:
+        click.echo(views.dump_json(row))
+    else:
+        click.echo("\n".join(f"{k + ':':<11} {'-' if v is None else v}" for k, v in row.items()))
+
+
+def _key_state(key_set: RouteKeySet | None, key_id: int) -> tuple[dict[int, bytes], str]:
+    """The key to check the MAC with, and whether the relays accept that key id now."""
+    if key_set is None or key_id not in key_set.keys:
+        return {}, "unknown"
+    accepted = key_set.accepted()
+    if key_id == key_set.current:
+        return {key_id: key_set.keys[key_id]}, "current"
+    return {key_id: key_set.keys[key_id]}, "previous" if key_id in accepted else "expired"
+
+
+def _rotate(grace_s: float) -> Callable[[RouteKeySet | None], RouteKeySet]:
+    def change(current: RouteKeySet | None) -> RouteKeySet:
+        if current is None:
+            return RouteKeySet({0: tokens.new_key()}, 0)
+        return current.rotated(tokens.new_key(), grace_s)
+
+    return change
+
+
+@token.command("init")
+@target_options
+def token_init(target: Target) -> None:
+    """Create the first route key (nothing changes if one exists)."""
+
+    def change(current: RouteKeySet | None) -> RouteKeySet:
+        return current if current is not None else RouteKeySet({0: tokens.new_key()}, 0)
+
+    keys = run_redis(target, lambda store: store.update_route_keys(change))
+    click.echo(f"route keys: current id {keys.current}")
+
+
+@token.command("rotate")
+@target_options
+@click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S, show_default=True,
+              help="Seconds the previous key stays accepted.")  # fmt: skip
+def token_rotate(target: Target, grace: float) -> None:
+    """Make a new current route key; the old one is accepted for --grace seconds."""
+    keys = run_redis(target, lambda store: store.update_route_keys(_rotate(grace)))
+    if keys.previous is None:
+        click.echo(f"route keys: created current id {keys.current}")
+    else:
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(keys.previous_until))
+        click.echo(
+            f"route keys: current id {keys.current}, previous id {keys.previous} accepted until {until}"
+        )
+
+
+# ---------------------------------------------------------------- stats
+@click.command(cls=click.Command)
+@target_options
+@json_option
+@click.option("--interval", type=click.FloatRange(min=0.05), help="Refresh every S seconds, with rates.")
+@click.option(
+    "--count", type=click.IntRange(min=1), help="Stop after N samples [1, or forever with --interval]."
+)
+@click.pass_context
+def stats(
+    ctx: click.Context, target: Target, as_json: bool, interval: float | None, count: int | None
+) -> None:
+    """Live datapath counters (non-zero rows, busiest first), like top."""
+    env = _env(ctx)
+    try:
+        source = env.open_counters(target)
+    except IcegateError as exc:
+        raise click.ClickException(str(exc)) from exc
+    samples = count if count is not None else (1 if interval is None else 0)
+    previous: Sequence[tuple[int, int]] | None = None
+    taken = 0
+    while True:
+        totals = list(source.counters())
+        rows = views.stat_rows(totals, previous, interval or 0.0)
+        taken += 1
+        _print_stats(rows, as_json, interval, taken)
+        if samples and taken >= samples:
+            return
+        previous = totals
+        env.sleep(interval or 0.0)
+
+
+def _print_stats(rows: list[views.Row], as_json: bool, interval: float | None, sample: int) -> None:
+    if as_json:
+        click.echo(json.dumps({"sample": sample, "time": time.time(), "interval_s": interval, "stats": rows}))
+        return
+    if sample > 1:
+        click.echo()
+    click.echo(views.table(rows, views.STAT_COLUMNS) if rows else "no packets counted")

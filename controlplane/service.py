@@ -1,0 +1,148 @@
+"""The control plane around one datapath: Redis, sync, flow cache, recovery, metrics, HTTP.
+
+:class:`RelayService` wires the parts together the same way whatever runs the packets
+(the XDP program over pinned maps, or the userspace twin over a ``MemoryStore``):
+
+    RedisStore ──restore hooks──► ClusterSync.reconcile, FlowCache.on_restore
+    ClusterSync  (tx-events + periodic scan) ──► maps: backends, route_keys
+    FlowCache    (flow events) ──► Redis flow cache, TTLs refreshed
+    Recovery     (slow-path hook, --preload) ◄── Redis flow cache ──► maps: flows
+    RelayCollector + HttpServer: /metrics, /livez, /readyz
+
+The daemon (``daemon.py``) chooses the datapath and owns signals; this module only
+runs the loops and answers "what is degraded?".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from prometheus_client.registry import CollectorRegistry
+
+from controlplane.config import RateLimits, RelayConfig
+from controlplane.flowcache import FlowCache
+from controlplane.http import HttpServer, make_app
+from controlplane.metrics import ControlPlane, CounterSource, RelayCollector
+from controlplane.recovery import Recovery
+from controlplane.redisio import RedisStore
+from controlplane.store import MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.sync import DEAD_GRACE_S, ClusterSync
+from icegate.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+DatapathProblem = Callable[[], str | None]
+"""Returns why the datapath is not forwarding (program detached, twin stopped), or None."""
+
+
+def plan_vips(cfg: RelayConfig, current: list[Vip]) -> list[Vip]:
+    """The configured VIPs with stable indices: a VIP keeps the index its flows were keyed by."""
+    kept = {(v.address, v.port): v.index for v in current}
+    wanted = [(v.address, v.port) for v in cfg.vips]
+    used = {kept[w] for w in wanted if w in kept}
+    free = (i for i in range(cfg.limits.max_vips) if i not in used)
+    return [
+        Vip(addr, port, kept[(addr, port)] if (addr, port) in kept else next(free)) for addr, port in wanted
+    ]
+
+
+def rate_config(rate: RateLimits, cpus: int) -> RateConfig:
+    """GCRA parameters for ``struct relay_config``; global and slow-path buckets are per CPU."""
+    source = RateLimits.gcra(rate.new_flows_per_source, rate.source_burst)
+    global_ = RateLimits.gcra(rate.new_flows_global, rate.global_burst, cpus)
+    slow = RateLimits.gcra(rate.slow_path_pps, rate.slow_path_burst, cpus)
+    return RateConfig(*source, *global_, *slow)
+
+
+def configure_maps(cfg: RelayConfig, maps: MapStore, cpus: int | None = None) -> None:
+    """Write VIPs, the tunnel endpoint and rate limits, touching only what differs (restarts are live)."""
+    vips = plan_vips(cfg, maps.vips())
+    if sorted(vips, key=lambda v: v.index) != maps.vips():
+        maps.set_vips(vips)
+    tunnel = TunnelEndpoint(cfg.tunnel.address4, cfg.tunnel.address6, cfg.tunnel.port)
+    rate = rate_config(cfg.rate, cpus or cfg.cpus())
+    if (maps.tunnel(), maps.rate_config()) != (tunnel, rate):
+        maps.set_config(tunnel, rate)
+
+
+class RelayService:
+    def __init__(
+        self,
+        cfg: RelayConfig,
+        maps: MapStore,
+        counters: CounterSource,
+        datapath_problem: DatapathProblem,
+        *,
+        dead_grace_s: float = DEAD_GRACE_S,
+        http_port: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.maps = maps
+        self.redis = RedisStore(cfg.redis)
+        self.sync = ClusterSync(
+            self.redis, maps, clusters=cfg.clusters, interval_s=cfg.sync_interval_s, dead_grace_s=dead_grace_s
+        )
+        self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
+        self.recovery = Recovery(self.redis, maps)
+        self.redis.on_restore(self._resync)
+        self.redis.on_restore(self.flow_cache.on_restore)
+        self.datapath_problem = datapath_problem
+        self.registry = CollectorRegistry(auto_describe=False)
+        parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery)
+        self.registry.register(
+            RelayCollector(maps, counters, cfg.limits, parts, lambda: datapath_problem() is None)
+        )
+        port = cfg.http.port if http_port is None else http_port
+        self.http = HttpServer(make_app(self.registry, self.problems), cfg.http.address, port)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _resync(self) -> None:
+        await self.sync.reconcile()
+
+    def problems(self) -> list[str]:
+        """What keeps the relay from being ready, one line each; empty when ready."""
+        found = []
+        problem = self.datapath_problem()
+        if problem:
+            found.append(f"datapath: {problem}")
+        if self.redis.degraded:
+            found.append(f"redis: degraded, {self.redis.last_error}")
+        return found
+
+    async def connect(self, timeout_s: float) -> bool:
+        """Start the Redis supervisor and wait up to ``timeout_s`` for the first full sync."""
+        if not self._tasks:
+            self._tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
+        try:
+            await asyncio.wait_for(self.redis.wait_up(), timeout_s)
+        except TimeoutError:
+            log.warning("redis not reachable at start, continuing degraded error=%s", self.redis.last_error)
+            return False
+        return True
+
+    async def start(self) -> None:
+        """Run sync, the flow cache and HTTP (the Redis supervisor too, if :meth:`connect` did not)."""
+        if not self._tasks:
+            self._tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
+        self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
+        self._tasks.append(asyncio.create_task(self.flow_cache.run(), name="flow-cache"))
+        await self.http.start()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.http.stop()
+        with contextlib.suppress(StoreError):
+            await self.flow_cache.flush()  # last queued writes, best effort
+        await self.redis.close()
+
+    def failed_task(self) -> asyncio.Task[None] | None:
+        """A background task that ended (a bug: they run forever), if any."""
+        return next((t for t in self._tasks if t.done()), None)

@@ -1,0 +1,267 @@
+"""The operator CLI against known map contents (MemoryStore) and a real redis-server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import pytest
+import redis as redis_sync
+from click.testing import CliRunner, Result
+
+from controlplane import cli
+from controlplane.cli import CliEnv, Target
+from controlplane.layout import BackendState, Stat
+from controlplane.store import Backend, Flow, MemoryStore, Vip
+from icegate import token as tokens
+from icegate.errors import RelayNotRunning
+from icegate.inet import addr16
+from icegate.schema import Keys, Registration, RouteKeySet
+from tests.support import RedisServer
+
+S = 10**9
+NOW = 1000 * S
+_regions = itertools.count()
+
+
+class Counters:
+    def __init__(self, samples: list[list[tuple[int, int]]]) -> None:
+        self.samples = samples
+
+    def counters(self) -> Sequence[tuple[int, int]]:
+        return self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
+
+
+def known_maps() -> MemoryStore:
+    maps = MemoryStore()
+    maps.set_vips([Vip("192.0.2.10", 3478, 0), Vip("2001:db8::10", 3478, 1)])
+    maps.put_backend(Backend(1, 1, "10.70.0.11", 6081, BackendState.ACTIVE, 3))
+    maps.put_backend(Backend(1, 2, "10.70.0.12", 6081, BackendState.DRAINING, 1))
+    maps.put_flow(
+        (addr16("100.64.1.2"), 40000, 0), Flow(1, 1, 11, NOW - 90 * S, NOW - 2 * S, 10, 1000, 9, 900)
+    )
+    maps.put_flow((addr16("100.64.1.10"), 40002, 0), Flow(1, 2, 12, NOW - 5 * S, NOW, 3, 300, 0, 0))
+    maps.put_flow(
+        (addr16("2001:db8:100::2"), 40001, 1), Flow(1, 1, 13, NOW - 7200 * S, NOW - S, 1, 100, 1, 100)
+    )
+    maps.put_pending((addr16("100.64.1.2"), 40005, 0), Flow(1, 2, 14, NOW - S, NOW - S, 1, 120, 0, 0))
+    return maps
+
+
+def env_for(maps: MemoryStore, samples: list[list[tuple[int, int]]] | None = None) -> CliEnv:
+    def info(target: Target) -> dict[str, Any]:
+        return {"mode": "userspace", "program_id": None, "attached": []}
+
+    counters = Counters(samples or [[(0, 0)] * len(Stat)])
+    return CliEnv(
+        open_maps=lambda t: maps,
+        open_counters=lambda t: counters,
+        relay_info=info,
+        clock_ns=lambda: NOW,
+        sleep=lambda s: None,
+    )
+
+
+def invoke(command: click.Command, args: list[str], env: CliEnv, **kw: Any) -> Result:
+    """Run ``command`` with ``--name edge1`` after the subcommand name."""
+    if isinstance(command, click.Group):
+        args = [args[0], "--name", "edge1", *args[1:]]
+    else:
+        args = ["--name", "edge1", *args]
+    return CliRunner().invoke(command, args, obj=env, **kw)
+
+
+def test_flows_ls_table_and_json() -> None:
+    env = env_for(known_maps())
+    result = invoke(cli.flows, ["ls"], env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == [
+        "CLIENT",
+        "VIP",
+        "BACKEND",
+        "STATE",
+        "AGE",
+        "IDLE",
+        "PKTS",
+        "IN",
+        "BYTES",
+        "IN",
+        "PKTS",
+        "OUT",
+        "BYTES",
+        "OUT",
+    ]
+    assert [line.split()[:6] for line in lines[1:]] == [
+        ["100.64.1.2:40000", "192.0.2.10:3478", "1:1", "confirmed", "1m30s", "2.0s"],
+        ["100.64.1.10:40002", "192.0.2.10:3478", "1:2", "confirmed", "5.0s", "0.0s"],
+        ["[2001:db8:100::2]:40001", "[2001:db8::10]:3478", "1:1", "confirmed", "2h00m", "1.0s"],
+    ]
+    assert lines[1].split()[6:] == ["10", "1000", "9", "900"]
+
+    rows = json.loads(invoke(cli.flows, ["ls", "--json"], env).output)
+    assert len(rows) == 3
+    assert rows[0] == {
+        "client": "100.64.1.2", "client_port": 40000, "vip": "192.0.2.10", "vip_port": 3478, "vip_index": 0,
+        "backend": "1:1", "state": "confirmed", "token_tag": 11, "age_s": 90.0, "idle_s": 2.0,
+        "packets_in": 10, "bytes_in": 1000, "packets_out": 9, "bytes_out": 900,
+    }  # fmt: skip
+
+
+def test_flows_ls_filters() -> None:
+    env = env_for(known_maps())
+
+    def clients(*args: str) -> list[tuple[str, int]]:
+        result = invoke(cli.flows, ["ls", "--json", *args], env)
+        assert result.exit_code == 0, result.output
+        return [(r["client"], r["client_port"]) for r in json.loads(result.output)]
+
+    assert clients("--backend", "1:2") == [("100.64.1.10", 40002)]
+    assert clients("--client", "100.64.1.2") == [("100.64.1.2", 40000)]
+    assert clients("--client", "100.64.1.2:40001") == []
+    assert clients("--client", "[2001:db8:100::2]:40001") == [("2001:db8:100::2", 40001)]
+    assert clients("--pending") == [("100.64.1.2", 40005)]
+    bad = invoke(cli.flows, ["ls", "--backend", "x"], env)
+    assert bad.exit_code == 2 and "CLUSTER:INDEX" in bad.output
+
+
+def test_flows_show_and_flush() -> None:
+    maps = known_maps()
+    env = env_for(maps)
+    result = invoke(cli.flows, ["show", "100.64.1.2"], env)
+    assert result.exit_code == 0, result.output
+    assert "state:        confirmed" in result.output and "state:        pending" in result.output
+    rows = json.loads(invoke(cli.flows, ["show", "100.64.1.2:40005", "--json"], env).output)
+    assert [(r["backend"], r["state"]) for r in rows] == [("1:2", "pending")]
+    missing = invoke(cli.flows, ["show", "100.64.9.9"], env)
+    assert missing.exit_code == 1 and "no flow for 100.64.9.9" in missing.output
+
+    refused = invoke(cli.flows, ["flush"], env, input="n\n")
+    assert refused.exit_code == 1 and sum(1 for _ in maps.flows()) == 3
+    done = invoke(cli.flows, ["flush", "--yes"], env)
+    assert done.exit_code == 0 and done.output == "flushed 4 flows\n"
+    assert invoke(cli.flows, ["ls"], env).output == "no confirmed flows\n"
+
+
+def test_relay_not_running_is_one_clear_line() -> None:
+    def missing(target: Target) -> MemoryStore:
+        raise RelayNotRunning(f"relay {target.name!r} is not running: nothing pinned at {target.pin_dir}")
+
+    result = invoke(cli.flows, ["ls"], CliEnv(open_maps=missing))
+    assert result.exit_code == 1
+    assert (
+        result.output
+        == "icegate: relay 'edge1' is not running: nothing pinned at /sys/fs/bpf/icegate/edge1\n"
+    )
+
+
+def test_stats_rates_and_json() -> None:
+    zero = [(0, 0)] * len(Stat)
+    first, second = list(zero), list(zero)
+    first[Stat.FWD_FLOW], second[Stat.FWD_FLOW] = (100, 10_000), (300, 30_000)
+    first[Stat.DROP_TOKEN_MAC], second[Stat.DROP_TOKEN_MAC] = (50, 5000), (50, 5000)
+    second[Stat.FWD_RETURN] = (10, 1000)
+    env = env_for(known_maps(), [first, second])
+    result = invoke(cli.stats, ["--interval", "2", "--count", "2"], env)
+    assert result.exit_code == 0, result.output
+    snapshot, rates = result.output.split("\n\n")
+    assert [line.split() for line in snapshot.splitlines()][1:] == [
+        ["forward", "flow", "100", "10000", "-", "-"],
+        ["drop", "token_mac", "50", "5000", "-", "-"],
+    ]
+    assert [line.split() for line in rates.splitlines()][1:] == [
+        ["forward", "flow", "300", "30000", "100.0", "80.0k"],
+        ["forward", "return", "10", "1000", "5.0", "4.0k"],
+        ["drop", "token_mac", "50", "5000", "0.0", "0"],
+    ]
+    env = env_for(known_maps(), [first])
+    sample = json.loads(invoke(cli.stats, ["--json"], env).output)
+    assert sample["sample"] == 1 and [r["stat"] for r in sample["stats"]] == ["FWD_FLOW", "DROP_TOKEN_MAC"]
+
+
+def test_relay_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = env_for(known_maps())
+    result = invoke(cli.relay, ["status", "--json"], env)
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["maps"]["flows"] == {"entries": 3, "capacity": 262144}
+    assert status["maps"]["backends"]["entries"] == 2 and status["mode"] == "userspace"
+    assert status["control_plane"] in ("not running", "ready") or status["control_plane"].startswith("redis")
+    text = invoke(cli.relay, ["status"], env).output
+    assert "  flows              3 / 262144   (0.0%)" in text
+
+
+def region() -> str:
+    return f"cli{os.getpid()}x{next(_regions)}"
+
+
+def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
+    name = region()
+    keys = Keys(name)
+    r = redis_sync.Redis.from_url(redis.url)
+    r.hset(
+        keys.transceiver(1, 1),
+        mapping=Registration(1, 1, "10.70.0.11", 6081, "http://x", "active", 3, 7).encode(),
+    )
+    r.hset(
+        keys.transceiver(1, 3),
+        mapping=Registration(1, 3, "10.70.0.13", 6081, "http://y", "active", 1).encode(),
+    )
+    env = env_for(known_maps())
+    args = ["ls", "--json", "--redis-url", redis.url, "--region", name]
+    rows = json.loads(invoke(cli.backends, args, env).output)
+    brief = [
+        (r["cluster"], r["index"], r["map_state"], r["redis_state"], r["sessions"], r["flows"]) for r in rows
+    ]
+    assert brief == [
+        (1, 1, "active", "active", 7, 2),
+        (1, 2, "draining", None, None, 1),
+        (1, 3, None, "active", 0, 0),
+    ]
+    table = invoke(cli.backends, args[:1] + args[2:], env).output.splitlines()
+    assert table[0].split()[:3] == ["BACKEND", "TUNNEL", "MAP"]
+    assert table[2].split()[:6] == ["1:2", "10.70.0.12:6081", "draining", "1", "-", "-"]
+
+    drained = invoke(cli.backends, ["drain", "1:1", "--redis-url", redis.url, "--region", name], env)
+    assert drained.exit_code == 0 and drained.output == "transceiver 1:1 draining\n"
+    assert r.hget(keys.transceiver(1, 1), "state") == b"draining"
+    unknown = invoke(cli.backends, ["drain", "4:4", "--redis-url", redis.url, "--region", name], env)
+    assert unknown.exit_code == 1 and "not registered" in unknown.output
+    r.close()
+
+
+def test_token_init_rotate_mint_decode(redis: RedisServer) -> None:
+    name = region()
+    keys = Keys(name)
+    r = redis_sync.Redis.from_url(redis.url)
+    env = env_for(known_maps())
+    where = ["--redis-url", redis.url, "--region", name]
+    assert invoke(cli.token, ["init", *where], env).output == "route keys: current id 0\n"
+    assert invoke(cli.token, ["init", *where], env).output == "route keys: current id 0\n"
+    first = RouteKeySet.decode(r.hgetall(keys.route_keys))
+    old_ufrag = invoke(cli.token, ["mint", "--cluster", "1", "--index", "2", *where], env).output.strip()
+    assert tokens.verify(old_ufrag, first.keys).index == 2
+
+    rotated = invoke(cli.token, ["rotate", "--grace", "30", *where], env)
+    assert rotated.exit_code == 0 and "current id 1, previous id 0 accepted until" in rotated.output
+    second = RouteKeySet.decode(r.hgetall(keys.route_keys))
+    assert second.current == 1 and second.previous == 0 and set(second.accepted()) == {0, 1}
+
+    decoded = json.loads(invoke(cli.token, ["decode", old_ufrag, "--json", *where], env).output)
+    assert (decoded["cluster"], decoded["index"], decoded["key_id"]) == (1, 2, 0)
+    assert decoded["mac_valid"] is True and decoded["key_state"] == "previous"
+    new_ufrag = invoke(cli.token, ["mint", "--cluster", "3", "--index", "4", *where], env).output.strip()
+    text = invoke(cli.token, ["decode", f"{new_ufrag}:clientufrag", *where], env).output
+    assert "key_state:  current" in text and "mac_valid:  True" in text and "cluster:    3" in text
+
+    forged = json.loads(
+        invoke(cli.token, ["decode", old_ufrag, "--json", "--key-hex", "00" * 16], env).output
+    )
+    assert forged["mac_valid"] is False and forged["error"] == "token_mac"
+    bad = invoke(cli.token, ["decode", "short", *where], env)
+    assert bad.exit_code == 1 and "token_length" in bad.output
+    r.close()
