@@ -33,6 +33,16 @@ class CounterSource(Protocol):
         ...
 
 
+class ListCounters:
+    """A :class:`CounterSource` over an in-memory ``[[packets, bytes], ...]`` array (the twin's)."""
+
+    def __init__(self, array: Sequence[Sequence[int]]) -> None:
+        self.array = array
+
+    def counters(self) -> Sequence[tuple[int, int]]:
+        return [(int(p), int(b)) for p, b in self.array]
+
+
 def map_fill(maps: MapStore) -> dict[str, int]:
     """Entries per map, counted by walking the maps."""
     return {

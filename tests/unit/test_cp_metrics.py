@@ -1,0 +1,142 @@
+"""/metrics, /livez and /readyz of a running service, checked against the traffic that was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+import redis as redis_sync
+from prometheus_client.parser import text_string_to_metric_families
+
+from controlplane.config import RedisConfig, RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane.datapath import Datapath
+from controlplane.layout import BackendState, Stat
+from controlplane.metrics import ListCounters
+from controlplane.service import RelayService, configure_maps, plan_vips
+from controlplane.store import Backend, MemoryStore, Vip
+from icegate import token as tokens
+from icegate.schema import Keys, Registration, RouteKeySet
+from tests.support import RedisServer
+from tests.unit.test_cp_degraded import VIP, binding_request, binding_success, returned
+
+KEY = bytes(range(16))
+FORGED = tokens.mint(0, bytes(16), 1, 1)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_match_the_traffic(redis: RedisServer) -> None:
+    region = f"metrics{os.getpid()}"
+    keys = Keys(region)
+    r = redis_sync.Redis.from_url(redis.url)
+    for index, state in ((1, "active"), (2, "draining")):
+        reg = Registration(1, index, f"10.70.0.1{index}", 6081, "http://tx", state, 1)
+        r.hset(keys.transceiver(1, index), mapping=reg.encode())
+    r.hset(keys.route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
+    cfg = RelayConfig(
+        name="metrics",
+        vips=(VipConfig(*VIP),),
+        tunnel=TunnelConfig(address4="10.70.0.1"),
+        redis=RedisConfig(url=redis.url, region=region),
+        limits=RelayLimits(max_flows=1024, max_pending=64),
+    )
+    maps = MemoryStore(max_flows=1024, max_pending=64)
+    configure_maps(cfg, maps, cpus=1)
+    maps.put_backend(Backend(1, 9, "10.70.0.19", 6081, BackendState.DEAD, 1))  # dead, kept for grace
+    dp = Datapath(maps)
+    running = [True]
+    service = RelayService(
+        cfg, maps, ListCounters(dp.counters), lambda: None if running[0] else "twin stopped", http_port=0
+    )
+    dp.on_event = service.flow_cache.record
+
+    async def scenario() -> tuple[str, tuple[int, str], tuple[int, str]]:
+        assert await service.connect(2.0)
+        await service.start()
+        sent: dict[Stat, list[int]] = {}
+
+        def send(stat: Stat, result: Any, length: int) -> None:
+            assert result.stat == stat, result
+            entry = sent.setdefault(stat, [0, 0])
+            entry[0] += 1
+            entry[1] += length
+
+        for i in range(5):  # five sessions: first check, confirmation, then DTLS both ways
+            client = (f"100.64.1.{i + 1}", 40000)
+            check = binding_request(tokens.mint(0, KEY, 1, 1))
+            send(Stat.FWD_NEW_FLOW, dp.from_client(*client, *VIP, check), 28 + len(check))
+            success = returned(client, binding_success())
+            send(Stat.FWD_CONFIRM, dp.from_backend("10.70.0.11", success), 28 + len(success))
+            for _ in range(3):
+                dtls = b"\x17\xfe\xfd" + bytes(97)
+                send(Stat.FWD_FLOW, dp.from_client(*client, *VIP, dtls), 28 + len(dtls))
+                back = returned(client, dtls)
+                send(Stat.FWD_RETURN, dp.from_backend("10.70.0.11", back), 28 + len(back))
+        pending_check = binding_request(tokens.mint(0, KEY, 1, 1))
+        send(Stat.FWD_NEW_FLOW, dp.from_client("100.64.2.1", 1, *VIP, pending_check), 28 + len(pending_check))
+        for i in range(7):
+            forged = binding_request(FORGED)
+            send(Stat.DROP_TOKEN_MAC, dp.from_client(f"100.64.3.{i}", 1, *VIP, forged), 28 + len(forged))
+        draining = binding_request(tokens.mint(0, KEY, 1, 2))
+        send(Stat.DROP_BACKEND_DRAINING, dp.from_client("100.64.4.1", 1, *VIP, draining), 28 + len(draining))
+        await service.recovery.recover("100.64.5.5", 5, *VIP)  # nothing cached: a miss
+
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{service.http.port}"
+            async with http.get(f"{base}/metrics") as reply:
+                assert reply.status == 200 and reply.content_type == "text/plain"
+                text = await reply.text()
+            async with http.get(f"{base}/readyz") as reply:
+                ready = (reply.status, await reply.text())
+            running[0] = False
+            async with http.get(f"{base}/readyz") as reply:
+                not_ready = (reply.status, await reply.text())
+            async with http.get(f"{base}/livez") as reply:
+                assert reply.status == 200
+        await service.stop()
+        expected.update({s: tuple(v) for s, v in sent.items()})
+        return text, ready, not_ready
+
+    expected: dict[Stat, tuple[int, ...]] = {}
+    text, ready, not_ready = asyncio.run(scenario())
+    r.close()
+    assert ready == (200, "ready\n")
+    assert not_ready == (503, "datapath: twin stopped\n")
+    values = samples(text)
+    for stat in Stat:
+        labels = (("reason", stat.reason), ("verdict", stat.verdict.name.lower()))
+        packets, octets = expected.get(stat, (0, 0))
+        assert values[("icegate_relay_packets_total", labels)] == packets, stat
+        assert values[("icegate_relay_bytes_total", labels)] == octets, stat
+    assert values[("icegate_relay_map_entries", (("map", "flows"),))] == 5
+    assert values[("icegate_relay_map_entries", (("map", "pending"),))] == 1
+    assert values[("icegate_relay_map_capacity", (("map", "flows"),))] == 1024
+    assert values[("icegate_relay_map_capacity", (("map", "pending"),))] == 64
+    assert values[("icegate_relay_map_entries", (("map", "route_keys"),))] == 1
+    by_state = {
+        s: values[("icegate_relay_backends", (("state", s),))] for s in ("active", "draining", "dead")
+    }
+    assert by_state == {"active": 1, "draining": 1, "dead": 1}
+    assert values[("icegate_relay_flow_cache_events_total", ())] == 5
+    assert values[("icegate_relay_recoveries_total", (("result", "miss"),))] == 1
+    assert values[("icegate_relay_redis_degraded", ())] == 0
+    assert 0 <= values[("icegate_relay_sync_lag_seconds", ())] < 1
+    assert values[("icegate_relay_datapath_up", ())] == 1
+    for name in {n for n, _ in values}:
+        assert name.startswith("icegate_relay_"), name
+
+
+def test_vip_indices_stay_stable_across_config_changes() -> None:
+    cfg = RelayConfig(
+        name="x", vips=(VipConfig("192.0.2.11"), VipConfig("192.0.2.10")), tunnel=TunnelConfig("10.70.0.1")
+    )
+    current = [Vip("192.0.2.10", 3478, 0), Vip("192.0.2.12", 3478, 1)]
+    assert plan_vips(cfg, current) == [Vip("192.0.2.11", 3478, 1), Vip("192.0.2.10", 3478, 0)]
