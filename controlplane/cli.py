@@ -400,14 +400,17 @@ def backends_ls(ctx: click.Context, target: Target, as_json: bool) -> None:
 @backends.command("drain")
 @target_options
 @click.argument("backend")
-@click.option("--undo", is_flag=True, help="Set the transceiver active again.")
-def backends_drain(target: Target, backend: str, undo: bool) -> None:
-    """Ask transceiver CLUSTER:INDEX to drain (via its registration in Redis)."""
+def backends_drain(target: Target, backend: str) -> None:
+    """Ask transceiver CLUSTER:INDEX to drain (via its registration in Redis).
+
+    The transceiver sees ``state = draining`` at its next heartbeat: it stops minting
+    tokens, keeps its sessions and exits when they end. Relays refuse new flows to it.
+    """
     try:
         cluster, index = views.parse_backend(backend)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="BACKEND") from None
-    state = "active" if undo else "draining"
+    state = "draining"
     if not run_redis(target, lambda store: store.set_transceiver_state(cluster, index, state)):
         raise click.ClickException(
             f"transceiver {cluster}:{index} is not registered in region {target.redis.region}"

@@ -97,7 +97,7 @@ class RelayService:
         )
         port = cfg.http.port if http_port is None else http_port
         self.http = HttpServer(make_app(self.registry, self.problems), cfg.http.address, port)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []  # run forever; the daemon watches them
 
     async def _resync(self) -> None:
         await self.sync.reconcile()
@@ -114,8 +114,8 @@ class RelayService:
 
     async def connect(self, timeout_s: float) -> bool:
         """Start the Redis supervisor and wait up to ``timeout_s`` for the first full sync."""
-        if not self._tasks:
-            self._tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
+        if not self.tasks:
+            self.tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
         try:
             await asyncio.wait_for(self.redis.wait_up(), timeout_s)
         except TimeoutError:
@@ -125,24 +125,20 @@ class RelayService:
 
     async def start(self) -> None:
         """Run sync, the flow cache and HTTP (the Redis supervisor too, if :meth:`connect` did not)."""
-        if not self._tasks:
-            self._tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
-        self._tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
-        self._tasks.append(asyncio.create_task(self.flow_cache.run(), name="flow-cache"))
+        if not self.tasks:
+            self.tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
+        self.tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
+        self.tasks.append(asyncio.create_task(self.flow_cache.run(), name="flow-cache"))
         await self.http.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in self.tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
+        self.tasks.clear()
         await self.http.stop()
         with contextlib.suppress(StoreError):
             await self.flow_cache.flush()  # last queued writes, best effort
         await self.redis.close()
-
-    def failed_task(self) -> asyncio.Task[None] | None:
-        """A background task that ended (a bug: they run forever), if any."""
-        return next((t for t in self._tasks if t.done()), None)
