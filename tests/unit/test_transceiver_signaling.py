@@ -1,0 +1,219 @@
+"""transceiver.signaling: the WHIP-shaped API over real HTTP against a real Transceiver (no Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from icegate import token
+from icegate.config import load
+from tests.e2e.clients import VoiceClient
+from transceiver.config import TransceiverConfig
+from transceiver.service import Transceiver
+
+KEY = "00112233445566778899aabbccddeeff"
+SDP = {"Content-Type": "application/sdp"}
+
+
+def config(**overrides: Any) -> TransceiverConfig:
+    base: dict[str, Any] = {
+        "cluster": 2,
+        "index": 5,
+        "relays": [{"address": "192.0.2.10", "priority": 10}, {"address": "192.0.2.20"}],
+        "tunnel_bind": "127.0.0.1",
+        "route_key": KEY,
+        "route_key_id": 3,
+    }
+    base.update(overrides)
+    return load(TransceiverConfig, None, "transceiver", base)
+
+
+Scenario = Callable[[Transceiver, aiohttp.ClientSession, str], Awaitable[None]]
+
+
+def run(scenario: Scenario, **overrides: Any) -> Transceiver:
+    async def main() -> Transceiver:
+        # Port 0 (any free port) is not a valid configured port: replace after validation.
+        cfg = dataclasses.replace(config(**overrides), tunnel_port=0, signaling_port=0)
+        service = Transceiver(cfg)
+        await service.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                await scenario(service, http, service.signaling_url)
+        finally:
+            await service.stop()
+        return service
+
+    return asyncio.run(main())
+
+
+async def client_offer() -> tuple[VoiceClient, str]:
+    client = VoiceClient("unused")
+    return client, await client.offer()
+
+
+def test_offer_is_answered_with_relay_candidates_and_a_token_ufrag() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        client, offer = await client_offer()
+        try:
+            async with http.post(f"{url}/v1/sessions", data=offer, headers=SDP) as resp:
+                assert resp.status == 201
+                assert resp.content_type == "application/sdp"
+                location = resp.headers["Location"]
+                answer = await resp.text()
+            assert re.fullmatch(r"/v1/sessions/[0-9a-f]{16}", location)
+            ufrag = re.search(r"^a=ice-ufrag:(\S+)", answer, re.M)
+            assert ufrag is not None
+            decoded = token.verify(ufrag.group(1), {3: bytes.fromhex(KEY)})
+            assert (decoded.cluster, decoded.index, decoded.key_id) == (2, 5, 3)
+            hosts = re.findall(r"^a=candidate:\S+ 1 udp (\d+) (\S+) 3478 typ host", answer, re.M)
+            assert [h for _, h in hosts[:2]] == ["192.0.2.10", "192.0.2.20"]
+            assert int(hosts[0][0]) > int(hosts[1][0])
+
+            async with http.get(f"{url}/v1/sessions") as resp:
+                listed = await resp.json()
+            assert [s["id"] for s in listed] == [location.rsplit("/", 1)[1]]
+            assert listed[0]["ufrags"] == [ufrag.group(1)]
+            async with http.get(f"{url}{location}") as resp:
+                assert resp.status == 200 and (await resp.json())["state"] in ("new", "connecting")
+            async with http.delete(f"{url}{location}") as resp:
+                assert resp.status == 204
+            async with http.delete(f"{url}{location}") as resp:
+                assert resp.status == 404
+            async with http.get(f"{url}/v1/sessions") as resp:
+                assert await resp.json() == []
+            assert service.mux.routes == 0
+        finally:
+            await client.hangup()
+
+    service = run(scenario)
+    assert service.sessions.outcomes["completed"] == 1
+
+
+BAD_OFFERS = [
+    (b"hello", 400, "must start with v=0"),
+    (b"\xff\xfe", 400, "not UTF-8"),
+    (b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", 422, "no m-line"),
+    (b"v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n", 400, "ice-ufrag"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), BAD_OFFERS)
+def test_bad_offers_are_refused_with_a_reason(body: bytes, status: int, reason: str) -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        async with http.post(f"{url}/v1/sessions", data=body, headers=SDP) as resp:
+            assert resp.status == status
+            assert reason in (await resp.json())["error"]
+        assert len(service.sessions) == 0 and service.mux.routes == 0
+
+    run(scenario)
+
+
+def test_offer_without_audio_is_unprocessable() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        client = VoiceClient("unused")
+        client.pc.createDataChannel("only-data")
+        await client.pc.setLocalDescription(await client.pc.createOffer())
+        try:
+            async with http.post(
+                f"{url}/v1/sessions", data=client.pc.localDescription.sdp, headers=SDP
+            ) as resp:
+                assert resp.status == 422
+                assert "no audio m-line" in (await resp.json())["error"]
+        finally:
+            await client.pc.close()
+
+    run(scenario)
+
+
+def test_size_type_and_unknown_ids() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        async with http.post(f"{url}/v1/sessions", data=b"v=0\r\n" + b"a" * 5000, headers=SDP) as resp:
+            assert resp.status == 413
+            assert "exceeds 4096 bytes" in (await resp.json())["error"]
+        async with http.post(f"{url}/v1/sessions", json={"sdp": "v=0"}) as resp:
+            assert resp.status == 415
+            assert "application/sdp" in (await resp.json())["error"]
+        for method in ("GET", "DELETE"):
+            async with http.request(method, f"{url}/v1/sessions/feedfacefeedface") as resp:
+                assert resp.status == 404
+
+    run(scenario, max_offer_bytes=4096)
+
+
+def test_draining_refuses_new_sessions_with_retry_after() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        service.drain()
+        client, offer = await client_offer()
+        try:
+            async with http.post(f"{url}/v1/sessions", data=offer, headers=SDP) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"] == "5"
+                assert "draining" in (await resp.json())["error"]
+            async with http.get(f"{url}/readyz") as resp:
+                assert resp.status == 503 and (await resp.json())["draining"] is True
+        finally:
+            await client.pc.close()
+        await asyncio.wait_for(service.wait(), 2)  # nothing live: the drain completes at once
+
+    run(scenario)
+
+
+def test_bearer_token_guards_the_session_api_only() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            async with http.get(f"{url}/v1/sessions", headers=headers) as resp:
+                assert resp.status == 401
+                assert resp.headers["WWW-Authenticate"] == "Bearer"
+        async with http.get(f"{url}/v1/sessions", headers={"Authorization": "Bearer s3cret"}) as resp:
+            assert resp.status == 200
+        for path in ("/livez", "/readyz", "/metrics"):
+            async with http.get(f"{url}{path}") as resp:
+                assert resp.status == 200, path
+
+    run(scenario, auth_token="s3cret")
+
+
+def test_health_and_metrics() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        async with http.get(f"{url}/livez") as resp:
+            assert resp.status == 200
+        async with http.get(f"{url}/readyz") as resp:
+            detail = await resp.json()
+            assert resp.status == 200 and detail["status"] == "ready" and detail["route_key"] is True
+        async with http.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+        for name in (
+            "icegate_transceiver_sessions_active 0.0",
+            'icegate_transceiver_sessions_total{outcome="reaped"} 0.0',
+            "icegate_transceiver_setup_seconds_bucket",
+            "icegate_transceiver_turn_latency_seconds_bucket",
+            "icegate_transceiver_rtt_seconds_bucket",
+            "icegate_transceiver_redis_up 1.0",
+        ):
+            assert name in text, name
+
+    run(scenario)
+
+
+def test_a_client_that_never_connects_is_reaped() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        client, offer = await client_offer()
+        try:
+            async with http.post(f"{url}/v1/sessions", data=offer, headers=SDP) as resp:
+                assert resp.status == 201
+            assert len(service.sessions) == 1
+            await asyncio.wait_for(service.sessions.wait_empty(), 3)
+            assert service.mux.routes == 0
+        finally:
+            await client.pc.close()
+        async with http.get(f"{url}/metrics") as resp:
+            assert 'icegate_transceiver_sessions_total{outcome="reaped"} 1.0' in await resp.text()
+
+    run(scenario, connect_timeout_s=0.5)

@@ -1,0 +1,249 @@
+"""Sessions: one aiortc ``RTCPeerConnection`` each, all behind the tunnel mux.
+
+:meth:`SessionManager.create` turns an offer into an answer::
+
+    prepare_offer -> RTCPeerConnection(no ICE servers) -> setRemoteDescription(offer)
+    -> addTrack(agent voice) -> bind_peer_connection (route-token ufrag, VIP candidates)
+    -> createAnswer / setLocalDescription -> answer SDP
+
+and then watches the session: connected (set-up time observed, RTP stats sampled every
+``stats_interval_s``), failed or closed by either side (ended), or never connected within
+``connect_timeout_s`` (reaped). Every end goes through :meth:`SessionManager.close`, which
+counts the outcome once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.stats import RTCInboundRtpStreamStats, RTCRemoteInboundRtpStreamStats
+
+from icegate.errors import SignalingError, StoreError
+from transceiver.bridge import MediaBridge
+from transceiver.config import TransceiverConfig
+from transceiver.iceadapter import MuxBinding, bind_peer_connection
+from transceiver.metrics import TransceiverMetrics
+from transceiver.mux import TunnelMux, Vip
+from transceiver.offer import prepare_offer
+
+logger = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "events"
+OPUS_CLOCK = 48000  # RTP clock of the audio codec icegate negotiates (jitter is in clock units)
+UNAVAILABLE = 503
+
+
+@dataclass
+class Session:
+    id: str
+    pc: RTCPeerConnection
+    bridge: MediaBridge
+    created: float = field(default_factory=time.monotonic)
+    binding: MuxBinding | None = None
+    connected_after: float | None = None  # seconds from offer to connected
+    stats: dict[str, float] = field(default_factory=dict)
+    outcome: str | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def state(self) -> str:
+        return "ended" if self.outcome else self.pc.connectionState
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "age_s": round(time.monotonic() - self.created, 3),
+            "setup_s": None if self.connected_after is None else round(self.connected_after, 4),
+            "ufrags": self.binding.ufrags if self.binding else [],
+            "turns": self.bridge.turns,
+            "frames_in": self.bridge.frames_in,
+            "stats": self.stats,
+        }
+
+
+class SessionManager:
+    def __init__(
+        self,
+        config: TransceiverConfig,
+        mux: TunnelMux,
+        mint: Callable[[], str],
+        metrics: TransceiverMetrics,
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.config = config
+        self.mux = mux
+        relays = config.relays_by_priority()
+        self.vips: Sequence[Vip] = [Vip(r.address, r.port, r.tunnel_port) for r in relays]
+        self.metrics = metrics
+        self.outcomes: Counter[str] = Counter()
+        self.draining = False
+        self._mint = mint
+        self._http = http
+        self._sessions: dict[str, Session] = {}
+        self._background: set[asyncio.Task[bool]] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def list(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+    # -- creation --------------------------------------------------------------------
+
+    async def create(self, body: bytes) -> tuple[Session, str]:
+        """Answer an offer; raise :class:`SignalingError` with the HTTP status when it cannot."""
+        if self.draining:
+            raise SignalingError(UNAVAILABLE, "draining: this transceiver takes no new sessions")
+        if len(self._sessions) >= self.config.max_sessions:
+            raise SignalingError(UNAVAILABLE, f"at capacity ({self.config.max_sessions} sessions)")
+        offer = prepare_offer(body)
+        session_id = secrets.token_hex(8)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN/TURN server, ever
+        bridge = MediaBridge(
+            session_id,
+            self.config.vad,
+            agent_url=self.config.agent_url,
+            http=self._http,
+            on_turn_latency=self.metrics.turn_latency_seconds.observe,
+            on_barge_in=self.metrics.barge_ins.inc,
+        )
+        session = Session(session_id, pc, bridge)
+        self._wire(session)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            pc.addTrack(bridge.track)
+            session.binding = bind_peer_connection(pc, self.mux, self.vips, self._mint)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except SignalingError:
+            await self._abandon(session)
+            raise
+        except StoreError as exc:
+            await self._abandon(session)
+            raise SignalingError(UNAVAILABLE, f"cannot mint a route token: {exc}") from exc
+        except (OperationError, InvalidAccessError) as exc:
+            await self._abandon(session)
+            raise SignalingError(422, f"cannot negotiate the offer: {exc}") from exc
+        except (ValueError, InvalidStateError) as exc:
+            await self._abandon(session)
+            raise SignalingError(400, f"invalid offer: {exc}") from exc
+        self._sessions[session_id] = session
+        self._empty.clear()
+        session.tasks.append(asyncio.create_task(self._watch(session)))
+        session.tasks.append(asyncio.create_task(session.bridge.connect_agent()))
+        return session, pc.localDescription.sdp
+
+    def _wire(self, session: Session) -> None:
+        pc = session.pc
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                session.bridge.attach_input(track)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label == EVENTS_CHANNEL:
+                session.bridge.events = channel
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected" and session.connected_after is None:
+                session.connected_after = time.monotonic() - session.created
+                self.metrics.setup_seconds.observe(session.connected_after)
+                session.tasks.append(asyncio.create_task(self._sample_stats(session)))
+            elif state in ("failed", "closed") and session.outcome is None:
+                ended = state == "closed" and session.connected_after is not None
+                outcome = "completed" if ended else "failed"
+                self._close_soon(session.id, outcome)
+
+    def _close_soon(self, session_id: str, outcome: str) -> None:
+        task = asyncio.create_task(self.close(session_id, outcome))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _abandon(self, session: Session) -> None:
+        session.outcome = "rejected"
+        self.outcomes["rejected"] += 1
+        await self._teardown(session)
+
+    # -- lifetime --------------------------------------------------------------------
+
+    async def _watch(self, session: Session) -> None:
+        """Reap a session that does not connect within ``connect_timeout_s``."""
+        await asyncio.sleep(self.config.connect_timeout_s)
+        if session.connected_after is None and session.outcome is None:
+            logger.info("session %s never connected: reaped", session.id)
+            await self.close(session.id, "reaped")
+
+    async def _sample_stats(self, session: Session) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval_s)
+            sample: dict[str, float] = {}
+            for stat in (await session.pc.getStats()).values():
+                if isinstance(stat, RTCRemoteInboundRtpStreamStats) and stat.roundTripTime is not None:
+                    sample["rtt_s"] = stat.roundTripTime
+                    self.metrics.rtt_seconds.observe(stat.roundTripTime)
+                elif isinstance(stat, RTCInboundRtpStreamStats):
+                    sample["jitter_s"] = stat.jitter / OPUS_CLOCK
+                    expected = stat.packetsReceived + stat.packetsLost
+                    sample["loss"] = stat.packetsLost / expected if expected > 0 else 0.0
+                    sample["packets_in"] = stat.packetsReceived
+                    self.metrics.jitter_seconds.observe(sample["jitter_s"])
+                    self.metrics.loss_ratio.observe(max(sample["loss"], 0.0))
+            session.stats = sample
+
+    async def close(self, session_id: str, outcome: str = "completed") -> bool:
+        """End a session (idempotent); False if there is no such live session."""
+        session = self._sessions.get(session_id)
+        if session is None or session.outcome is not None:
+            return False
+        session.outcome = outcome
+        self.outcomes[outcome] += 1
+        try:
+            await self._teardown(session)
+        finally:
+            self._sessions.pop(session_id, None)
+            if not self._sessions:
+                self._empty.set()
+            session.closed.set()
+        return True
+
+    async def _teardown(self, session: Session) -> None:
+        current = asyncio.current_task()
+        for task in session.tasks:
+            if task is not current:
+                task.cancel()
+        await session.bridge.close(session.outcome or "closed")
+        await session.pc.close()
+        if session.binding is not None:
+            session.binding.close()
+        for task in session.tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def close_all(self, outcome: str) -> None:
+        await asyncio.gather(*(self.close(sid, outcome) for sid in list(self._sessions)))
