@@ -1,0 +1,633 @@
+"""The relay datapath in Python: the userspace twin of ``bpf/relay.c``.
+
+``docs/DATAPATH.md`` is the specification, rule by rule; the section numbers below are
+its sections. Pure logic, no I/O: state lives behind a :class:`~controlplane.store.MapStore`,
+time comes from ``clock`` (nanoseconds, CLOCK_MONOTONIC like ``bpf_ktime_get_ns``), the
+next hop from a ``next_hop`` function (``bpf_fib_lookup`` in the kernel).
+
+Two ways in:
+
+- :meth:`Datapath.process_frame`: a whole Ethernet frame, every rule of §1-§6. The
+  shared packet vectors (``tests/data/packets.json``) run through it and through the
+  XDP program, and both must give the same counter, action and output bytes.
+- :meth:`Datapath.from_client` / :meth:`Datapath.from_backend`: socket mode for
+  ``twin.py``. The twin receives datagrams, not frames, so §1 (frame parsing) is done
+  by the kernel and §6 (next hop) by its ``sendto``. ``from_client`` synthesises the
+  client's IP packet (§7) to tunnel it; ``from_backend`` takes a Geneve UDP payload.
+
+Every call increments exactly one entry of :attr:`Datapath.counters` (``[packets,
+bytes]`` indexed by :class:`~controlplane.layout.Stat`): bytes are the frame length, or
+in socket mode the IP length of the received datagram (synthesised IP + UDP headers).
+
+Choices where the specification is silent (the C program must agree):
+
+- the IPv6 version nibble is checked like the IPv4 one (``DROP_MALFORMED_IP``);
+- "fewer than 8 bytes after the IP header" (§1.5) counts the IP payload, not the frame
+  (Ethernet padding is not part of the packet);
+- §2.1.1 decodes the token (alphabet, version) before comparing tags;
+- trailing bytes after an inner packet's IP total length are not forwarded (§1);
+- rate buckets (§5) are charged only when the new flow is forwarded (§6: a packet that
+  is not forwarded leaves no trace but its counter); source is checked before global;
+- ``REROUTED`` is emitted for confirmed flows only (pending flows emit nothing, §8); a
+  confirmed return (3.9) also updates ``last_seen_ns`` / ``packets_out`` / ``bytes_out``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from controlplane.layout import BackendState, FlowEventKind, Stat, Verdict
+from controlplane.nexthop import HOP_OK, Fib, Hop, NextHop, same_interface
+from controlplane.store import Backend, Flow, FlowKeyT, MapStore, MemoryStore
+from controlplane.wire import (
+    ETH_HLEN,
+    ETH_P_8021Q,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    OUTER_V4,
+    OUTER_V6,
+    V4_MAPPED,
+    build_udp,
+    encapsulate,
+    entropy_port,
+    geneve_header,
+    is_webrtc,
+    parse_ip,
+)
+from icegate import stun, token
+from icegate.errors import TokenError
+from icegate.geneve import PROTO_IPV4, PROTO_IPV6
+from icegate.inet import addr16, text_address
+
+MAX_RATE_SOURCES = 65536  # rate_sources LRU bound (shared.h MAX_RATE_SOURCES)
+_ADDR_CACHE = 65536  # host text <-> addr16 conversions remembered in socket mode
+
+
+class Action(StrEnum):
+    """What the XDP program returns; the ``action`` of a shared vector."""
+
+    TX = "tx"
+    REDIRECT = "redirect"
+    PASS = "pass"
+    DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """``struct flow_event``: what the ring buffer carries (§8)."""
+
+    kind: FlowEventKind
+    key: FlowKeyT
+    cluster: int
+    index: int
+    token_tag: int
+    ts_ns: int
+
+
+class FrameResult:
+    """The outcome of one frame. ``output`` is the packet from the IP header on."""
+
+    __slots__ = ("action", "egress", "eth_dst", "eth_src", "output", "stat")
+
+    def __init__(
+        self,
+        stat: Stat,
+        action: Action,
+        egress: str | None = None,
+        eth_src: bytes | None = None,
+        eth_dst: bytes | None = None,
+        output: bytes | None = None,
+    ) -> None:
+        self.stat = stat
+        self.action = action
+        self.egress = egress
+        self.eth_src = eth_src
+        self.eth_dst = eth_dst
+        self.output = output
+
+    @property
+    def frame(self) -> bytes | None:
+        """The complete output frame (untagged Ethernet), or None if nothing is sent."""
+        if self.output is None or self.eth_dst is None or self.eth_src is None:
+            return None
+        etype = b"\x08\x00" if self.output[0] >> 4 == 4 else b"\x86\xdd"
+        return self.eth_dst + self.eth_src + etype + self.output
+
+    def __repr__(self) -> str:
+        return f"FrameResult({self.stat.name}, {self.action}, egress={self.egress})"
+
+
+class SocketResult:
+    """The outcome of one datagram in socket mode.
+
+    Forwarded: send ``data`` to ``addr``: from :meth:`Datapath.from_client` the Geneve
+    UDP payload to the backend's tunnel (host, port), sent from the tunnel socket; from
+    :meth:`Datapath.from_backend` the inner UDP payload to the client (host, port), sent
+    from the socket of ``vip`` (addr16, port). ``key`` is the flow key when one was
+    determined (also for SLOW verdicts, which is what the slow-path hook recovers).
+    """
+
+    __slots__ = ("addr", "data", "key", "stat", "vip")
+
+    def __init__(
+        self,
+        stat: Stat,
+        data: bytes | None = None,
+        addr: tuple[str, int] | None = None,
+        vip: tuple[bytes, int] | None = None,
+        key: FlowKeyT | None = None,
+    ) -> None:
+        self.stat = stat
+        self.data = data
+        self.addr = addr
+        self.vip = vip
+        self.key = key
+
+    @property
+    def forwarded(self) -> bool:
+        return self.data is not None
+
+    def __repr__(self) -> str:
+        return f"SocketResult({self.stat.name}, addr={self.addr})"
+
+
+class _Wire:
+    """What the datapath needs of a backend per packet, computed once per Backend object."""
+
+    __slots__ = ("addr16", "backend", "family", "geneve4", "geneve6", "hostport", "packed")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.addr16 = addr16(backend.address)
+        self.family = 4 if self.addr16[:12] == V4_MAPPED else 6
+        self.packed = self.addr16[12:] if self.family == 4 else self.addr16
+        self.hostport = (backend.address, backend.port)
+        self.geneve4 = geneve_header(PROTO_IPV4, backend.index)
+        self.geneve6 = geneve_header(PROTO_IPV6, backend.index)
+
+
+class _RouteKeys(Mapping[int, bytes]):
+    """``route_keys`` as the Mapping ``icegate.token.verify`` wants, one key read at a time."""
+
+    def __init__(self, store: MapStore) -> None:
+        self._store = store
+
+    def __getitem__(self, key_id: int) -> bytes:
+        key = self._store.route_key(key_id)
+        if key is None:
+            raise KeyError(key_id)
+        return key
+
+    def get(self, key_id: int, default: Any = None) -> Any:
+        key = self._store.route_key(key_id)
+        return default if key is None else key
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._store.route_keys())
+
+    def __len__(self) -> int:
+        return len(self._store.route_keys())
+
+
+_FWD_ACTION = {Verdict.PASS: Action.PASS, Verdict.SLOW: Action.PASS, Verdict.DROP: Action.DROP}
+_BACKEND_REFUSED = {
+    BackendState.DRAINING: Stat.DROP_BACKEND_DRAINING,
+    BackendState.DEAD: Stat.DROP_BACKEND_DEAD,
+}
+_HOP_FAILED = {Fib.FRAG_NEEDED: Stat.DROP_FRAG_NEEDED, Fib.UNREACHABLE: Stat.DROP_FIB}
+
+
+class Datapath:
+    """§1-§6 over a :class:`MapStore`; see the module docstring.
+
+    ``next_hop`` is used by :meth:`process_frame` only (socket mode always has a next
+    hop); the default forwards out of the ingress interface with no MAC addresses.
+    ``on_event`` receives ``CREATED`` and ``REROUTED`` (§8). ``live_values``: the
+    store returns its own Flow objects, so updates need no write-back (True for
+    :class:`MemoryStore`, detected when None).
+    """
+
+    def __init__(
+        self,
+        store: MapStore,
+        next_hop: NextHop = same_interface,
+        clock: Callable[[], int] = time.monotonic_ns,
+        on_event: Callable[[Event], None] | None = None,
+        *,
+        live_values: bool | None = None,
+        max_rate_sources: int = MAX_RATE_SOURCES,
+    ) -> None:
+        self.store = store
+        self.next_hop = next_hop
+        self.clock = clock
+        self.on_event = on_event
+        self.live = isinstance(store, MemoryStore) if live_values is None else live_values
+        self.counters: list[list[int]] = [[0, 0] for _ in Stat]
+        self._keys = _RouteKeys(store)
+        self._wires: dict[tuple[int, int], _Wire] = {}
+        self._sources: OrderedDict[bytes, int] = OrderedDict()  # rate_sources: addr16 -> TAT
+        self._max_sources = max_rate_sources
+        self._global_tat = 0
+        self._slow_tat = 0
+        self._a16: dict[str, bytes] = {}
+        self._text: dict[bytes, str] = {}
+        self._tunnel_obj: object = None
+        self._tunnel: tuple[bytes | None, bytes | None, int] = (None, None, 0)
+        self._plain = {s: FrameResult(s, _FWD_ACTION.get(s.verdict, Action.DROP)) for s in Stat}
+        self._socket_plain = {s: SocketResult(s) for s in Stat}
+
+    # ---- counters ----
+
+    def counter(self, stat: Stat) -> tuple[int, int]:
+        packets, nbytes = self.counters[stat]
+        return packets, nbytes
+
+    def reset_counters(self) -> None:
+        for entry in self.counters:
+            entry[0] = entry[1] = 0
+
+    def _count(self, stat: Stat, length: int) -> None:
+        entry = self.counters[stat]
+        entry[0] += 1
+        entry[1] += length
+
+    # ---- frames (§1) ----
+
+    def process_frame(self, frame: bytes, ingress: str) -> FrameResult:
+        """Every rule of DATAPATH.md on one Ethernet frame received on ``ingress``."""
+        if type(frame) is not bytes:
+            frame = bytes(frame)
+        n = len(frame)
+        stat: Stat
+        if n < ETH_HLEN:
+            stat = Stat.PASS_NOT_IP
+        else:
+            o = ETH_HLEN
+            etype = frame[12] << 8 | frame[13]
+            if etype == ETH_P_8021Q:  # one 802.1Q tag is skipped
+                o = ETH_HLEN + 4
+                etype = frame[16] << 8 | frame[17] if n >= o else 0
+            if etype != ETH_P_IP and etype != ETH_P_IPV6:
+                stat = Stat.PASS_NOT_IP
+            else:
+                stat, result = self._frame_ip(frame, o, etype, ingress)
+                if result is not None:
+                    self._count(stat, n)
+                    return result
+        self._count(stat, n)
+        return self._plain[stat]
+
+    def _frame_ip(self, frame: bytes, o: int, etype: int, ingress: str) -> tuple[Stat, FrameResult | None]:
+        parsed = parse_ip(frame, o, len(frame), etype)
+        if isinstance(parsed, Stat):
+            return parsed, None
+        end, u, src, dst, sport, dport, udp_len = parsed
+        vip_index = self.store.vip_index(dst, dport)
+        if vip_index is None and not self._is_tunnel(dst, dport):
+            return Stat.PASS_NOT_RELAY, None
+        if udp_len < 8 or u + udp_len != end:
+            return Stat.DROP_MALFORMED_UDP, None
+        if vip_index is not None:
+            packet_len = end - o
+            stat, wire, hop = self._client(src, sport, vip_index, frame[u + 8 : end], packet_len, ingress)
+            if wire is None:
+                return stat, None
+            inner = frame[o:end]
+            return stat, self._forward(stat, hop, ingress, self._encapsulate(wire, inner, src, sport, dport))
+        stat, inner_at, hop, _ = self._return(src, frame, u + 8, end, ingress)
+        if inner_at is None:
+            return stat, None
+        return stat, self._forward(stat, hop, ingress, frame[inner_at[0] : inner_at[1]])
+
+    def _forward(self, stat: Stat, hop: Hop, ingress: str, output: bytes) -> FrameResult:
+        action = Action.TX if hop.egress == ingress else Action.REDIRECT
+        return FrameResult(stat, action, hop.egress, hop.src_mac, hop.dst_mac, output)
+
+    def _is_tunnel(self, dst16: bytes, port: int) -> bool:
+        t4, t6, tport = self._tunnel_addrs()
+        return port == tport and dst16 in (t4, t6)
+
+    def _tunnel_addrs(self) -> tuple[bytes | None, bytes | None, int]:
+        tunnel = self.store.tunnel()
+        if tunnel is not self._tunnel_obj:
+            self._tunnel_obj = tunnel
+            self._tunnel = (
+                addr16(tunnel.address4) if tunnel.address4 else None,
+                addr16(tunnel.address6) if tunnel.address6 else None,
+                tunnel.port,
+            )
+            self._wires.clear()  # outer source addresses changed
+        return self._tunnel
+
+    def _encapsulate(self, wire: _Wire, inner: bytes, client16: bytes, cport: int, vport: int) -> bytes:
+        """§2.2: outer IP | UDP | Geneve | the client's packet byte for byte."""
+        t4, t6, _ = self._tunnel_addrs()
+        if wire.family == 4:
+            src = t4[12:] if t4 is not None else bytes(4)
+        else:
+            src = t6 if t6 is not None else bytes(16)
+        geneve = wire.geneve4 if inner[0] >> 4 == 4 else wire.geneve6
+        sport = entropy_port(client16, cport, vport)
+        return encapsulate(src, wire.packed, sport, wire.backend.port, geneve, inner)
+
+    # ---- sockets ----
+
+    def from_client(
+        self,
+        client_host: str,
+        client_port: int,
+        vip_host: str,
+        vip_port: int,
+        payload: bytes,
+        *,
+        retry: bool = False,
+    ) -> SocketResult:
+        """A datagram a client sent to ``vip_host:vip_port`` (§2, next hop always ok).
+
+        ``retry=True`` re-processes a packet the slow-path hook already had: it is not
+        counted again and, still without a flow, not handed to the slow path again.
+        """
+        client16 = self._addr16(client_host)
+        vip16 = self._addr16(vip_host)
+        length = (20 if vip16[:12] == V4_MAPPED else 40) + 8 + len(payload)
+        vip_index = self.store.vip_index(vip16, vip_port)
+        if vip_index is None or not client16:
+            stat: Stat = Stat.PASS_NOT_RELAY
+            if not retry:
+                self._count(stat, length)
+            return self._socket_plain[stat]
+        stat, wire, _ = self._client(client16, client_port, vip_index, payload, length, None, retry)
+        if not retry:
+            self._count(stat, length)
+        key = (client16, client_port, vip_index)
+        if wire is None:
+            return SocketResult(stat, key=key) if stat.verdict is Verdict.SLOW else self._socket_plain[stat]
+        inner = build_udp(client16, client_port, vip16, vip_port, payload)
+        geneve = wire.geneve4 if inner[0] >> 4 == 4 else wire.geneve6
+        return SocketResult(stat, geneve + inner, wire.hostport, (vip16, vip_port), key)
+
+    def from_backend(self, outer_src_host: str, payload: bytes, *, retry: bool = False) -> SocketResult:
+        """A Geneve UDP payload the tunnel socket received from ``outer_src_host`` (§3)."""
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        src16 = self._addr16(outer_src_host)
+        length = (28 if src16[:12] == V4_MAPPED else 48) + len(payload)
+        stat, inner_at, _, key = self._return(src16, payload, 0, len(payload), None, retry)
+        if not retry:
+            self._count(stat, length)
+        if inner_at is None:
+            return SocketResult(stat, key=key) if stat.verdict is Verdict.SLOW else self._socket_plain[stat]
+        _, end, u, client16, cport, vip16, vport = inner_at
+        client = self._text.get(client16)
+        if client is None:
+            client = self._remember_text(client16)
+        return SocketResult(stat, payload[u + 8 : end], (client, cport), (vip16, vport), key)
+
+    def _addr16(self, host: str) -> bytes:
+        """addr16 of a socket address, cached; b"" for text that is not an address."""
+        found = self._a16.get(host)
+        if found is None:
+            try:
+                found = addr16(host.partition("%")[0])
+            except (OSError, ValueError):
+                found = b""
+            if len(self._a16) >= _ADDR_CACHE:
+                self._a16.clear()
+            self._a16[host] = found
+        return found
+
+    def _remember_text(self, raw16: bytes) -> str:
+        text = text_address(raw16[12:] if raw16[:12] == V4_MAPPED else raw16)
+        if len(self._text) >= _ADDR_CACHE:
+            self._text.clear()
+        self._text[raw16] = text
+        return text
+
+    # ---- §2 client -> transceiver ----
+
+    def _client(
+        self,
+        client16: bytes,
+        cport: int,
+        vip_index: int,
+        payload: bytes,
+        packet_len: int,
+        ingress: str | None,
+        retry: bool = False,
+    ) -> tuple[Stat, _Wire | None, Hop]:
+        """Rules 2.1-2.11 and 2.1.x. Returns (stat, backend wire if forwarded, next hop)."""
+        if not payload or not is_webrtc(payload[0]):
+            return Stat.DROP_NOT_WEBRTC, None, HOP_OK
+        ufrag = None
+        if payload[0] <= 3:
+            try:
+                ufrag = stun.first_check_ufrag(payload)  # rules 2-3, flow or not
+            except stun.StunReject as exc:
+                return Stat.drop(exc.reason), None, HOP_OK
+        key = (client16, cport, vip_index)
+        store = self.store
+        flow = store.get_flow(key)
+        confirmed = flow is not None
+        if flow is None:
+            flow = store.get_pending(key)
+        if flow is None:
+            if ufrag is None:
+                return (Stat.SLOW_NO_FLOW if retry else self._slow(Stat.SLOW_NO_FLOW)), None, HOP_OK
+            return self._new_flow(key, ufrag, packet_len, ingress)
+
+        stat = Stat.FWD_FLOW if confirmed else Stat.FWD_PENDING
+        routed: token.RouteToken | None = None
+        if ufrag is not None:  # 2.1.1: a changed tag is an ICE restart
+            try:
+                tag = token.decode(ufrag).tag
+                if tag != flow.token_tag:
+                    routed = token.verify(ufrag, self._keys)
+            except TokenError as exc:
+                return Stat.drop(exc.reason), None, HOP_OK
+        if routed is not None:
+            wire, refused = self._active(routed.cluster, routed.index)
+            if wire is None:
+                return refused, None, HOP_OK
+            stat = Stat.FWD_REROUTE
+        else:
+            wire = self._wire(flow.cluster, flow.index)
+            if wire is None:  # 2.1.2: draining and dead backends keep their flows
+                return Stat.DROP_BACKEND_UNKNOWN, None, HOP_OK
+        hop = HOP_OK
+        if ingress is not None:
+            hop = self.next_hop(
+                wire.addr16, packet_len + (OUTER_V4 if wire.family == 4 else OUTER_V6), ingress
+            )
+            if hop.status:
+                return self._hop_failed(hop), None, hop
+        now = self.clock()
+        if routed is not None:
+            flow.cluster, flow.index, flow.token_tag = routed.cluster, routed.index, routed.tag
+            if confirmed and self.on_event is not None:
+                self.on_event(
+                    Event(FlowEventKind.REROUTED, key, flow.cluster, flow.index, flow.token_tag, now)
+                )
+        flow.last_seen_ns = now
+        flow.packets_in += 1
+        flow.bytes_in += packet_len
+        if not self.live:
+            (store.put_flow if confirmed else store.put_pending)(key, flow)
+        return stat, wire, hop
+
+    def _new_flow(
+        self, key: FlowKeyT, ufrag: bytes, packet_len: int, ingress: str | None
+    ) -> tuple[Stat, _Wire | None, Hop]:
+        """Rules 2.7-2.11: verify, backend, rate limits, next hop, then (and only then) write."""
+        try:
+            routed = token.verify(ufrag, self._keys)
+        except TokenError as exc:
+            return Stat.drop(exc.reason), None, HOP_OK
+        wire, refused = self._active(routed.cluster, routed.index)
+        if wire is None:
+            return refused, None, HOP_OK
+        rate = self.store.rate_config()
+        now = self.clock()
+        client16 = key[0]
+        source_tat = global_tat = -1
+        if rate.source_interval_ns:
+            source_tat = self._gcra(
+                self._sources.get(client16, 0), now, rate.source_interval_ns, rate.source_tolerance_ns
+            )
+            if source_tat < 0:
+                return Stat.DROP_RATE_SOURCE, None, HOP_OK
+        if rate.global_interval_ns:
+            global_tat = self._gcra(self._global_tat, now, rate.global_interval_ns, rate.global_tolerance_ns)
+            if global_tat < 0:
+                return Stat.DROP_RATE_GLOBAL, None, HOP_OK
+        hop = HOP_OK
+        if ingress is not None:
+            hop = self.next_hop(
+                wire.addr16, packet_len + (OUTER_V4 if wire.family == 4 else OUTER_V6), ingress
+            )
+            if hop.status:
+                return self._hop_failed(hop), None, hop
+        if source_tat >= 0:
+            self._sources[client16] = source_tat
+            self._sources.move_to_end(client16)
+            if len(self._sources) > self._max_sources:
+                self._sources.popitem(last=False)
+        if global_tat >= 0:
+            self._global_tat = global_tat
+        flow = Flow(routed.cluster, routed.index, routed.tag, now, now, 1, packet_len, 0, 0)
+        self.store.put_pending(key, flow)
+        return Stat.FWD_NEW_FLOW, wire, hop
+
+    @staticmethod
+    def _gcra(bucket: int, now: int, interval: int, tolerance: int) -> int:
+        """§5: the bucket's new TAT if admitted, -1 if refused (the bucket is then unchanged)."""
+        tat = bucket if bucket > now else now
+        return -1 if tat - now > tolerance else tat + interval
+
+    def _slow(self, stat: Stat) -> Stat:
+        """A SLOW verdict, charged to the slow-path bucket (§5)."""
+        rate = self.store.rate_config()
+        if rate.slow_interval_ns:
+            tat = self._gcra(self._slow_tat, self.clock(), rate.slow_interval_ns, rate.slow_tolerance_ns)
+            if tat < 0:
+                return Stat.DROP_RATE_SLOW_PATH
+            self._slow_tat = tat
+        return stat
+
+    def _hop_failed(self, hop: Hop) -> Stat:
+        if hop.status == Fib.NO_NEIGH:
+            return self._slow(Stat.SLOW_NO_NEIGH)
+        return _HOP_FAILED.get(hop.status, Stat.DROP_FIB)
+
+    def _wire(self, cluster: int, index: int) -> _Wire | None:
+        backend = self.store.get_backend(cluster, index)
+        if backend is None:
+            return None
+        wire = self._wires.get((cluster, index))
+        if wire is None or wire.backend is not backend:
+            wire = _Wire(backend)
+            self._wires[(cluster, index)] = wire
+        return wire
+
+    def _active(self, cluster: int, index: int) -> tuple[_Wire | None, Stat]:
+        """Rule 2.8: the backend of a new (or re-routed) flow must exist and be active."""
+        wire = self._wire(cluster, index)
+        if wire is None:
+            return None, Stat.DROP_BACKEND_UNKNOWN
+        refused = _BACKEND_REFUSED.get(wire.backend.state)
+        if refused is not None:
+            return None, refused
+        return wire, Stat.DROP_BACKEND_UNKNOWN
+
+    # ---- §3 transceiver -> client ----
+
+    def _return(
+        self, src16: bytes, buf: bytes, g: int, end: int, ingress: str | None, retry: bool = False
+    ) -> tuple[Stat, tuple[int, int, int, bytes, int, bytes, int] | None, Hop, FlowKeyT | None]:
+        """Rules 3.1-3.10 on the Geneve payload ``buf[g:end]`` sent by ``src16``.
+
+        Returns (stat, what to forward, next hop, flow key). What to forward is
+        ``(inner start, inner end, inner UDP offset, client, port, vip, port)``.
+        """
+        if end - g < 8:
+            return Stat.DROP_GENEVE_MALFORMED, None, HOP_OK, None
+        inner = g + 8 + ((buf[g] & 0x3F) << 2)
+        if inner > end:
+            return Stat.DROP_GENEVE_MALFORMED, None, HOP_OK, None
+        proto = buf[g + 2] << 8 | buf[g + 3]
+        if buf[g] >> 6 or buf[g + 1] & 0xC0 or (proto != PROTO_IPV4 and proto != PROTO_IPV6):
+            return Stat.DROP_GENEVE_UNSUPPORTED, None, HOP_OK, None  # version, O bit, C bit, not IP
+        parsed = parse_ip(buf, inner, end, proto)
+        if isinstance(parsed, Stat):
+            return Stat.DROP_INNER_MALFORMED, None, HOP_OK, None
+        iend, u, vip16, client16, vport, cport, udp_len = parsed
+        if udp_len < 8 or u + udp_len != iend:
+            return Stat.DROP_INNER_MALFORMED, None, HOP_OK, None
+        store = self.store
+        vip_index = store.vip_index(vip16, vport)
+        if vip_index is None:  # never an open reflector
+            return Stat.DROP_RETURN_NOT_VIP, None, HOP_OK, None
+        if iend == u + 8 or not is_webrtc(buf[u + 8]):
+            return Stat.DROP_NOT_WEBRTC, None, HOP_OK, None
+        key = (client16, cport, vip_index)
+        flow = store.get_flow(key)
+        confirmed = flow is not None
+        if flow is None:
+            flow = store.get_pending(key)
+            if flow is None:
+                stat = Stat.SLOW_RETURN_NO_FLOW if retry else self._slow(Stat.SLOW_RETURN_NO_FLOW)
+                return stat, None, HOP_OK, key
+        wire = self._wire(flow.cluster, flow.index)
+        if wire is None or wire.addr16 != src16:
+            return Stat.DROP_RETURN_WRONG_BACKEND, None, HOP_OK, key
+        packet_len = iend - inner
+        hop = HOP_OK
+        if ingress is not None:
+            hop = self.next_hop(client16, packet_len, ingress)
+            if hop.status:
+                return self._hop_failed(hop), None, hop, key
+        now = self.clock()
+        flow.last_seen_ns = now
+        flow.packets_out += 1
+        flow.bytes_out += packet_len
+        if confirmed:
+            stat = Stat.FWD_RETURN
+            if not self.live:
+                store.put_flow(key, flow)
+        elif buf[u + 8] <= 3 and stun.is_binding_success(buf[u + 8 : iend]):
+            stat = Stat.FWD_CONFIRM  # 3.9: the owner answered the check, the flow is real
+            store.delete_pending(key)
+            store.put_flow(key, flow)
+            if self.on_event is not None:
+                self.on_event(
+                    Event(FlowEventKind.CREATED, key, flow.cluster, flow.index, flow.token_tag, now)
+                )
+        else:
+            stat = Stat.FWD_RETURN_PENDING
+            if not self.live:
+                store.put_pending(key, flow)
+        return stat, (inner, iend, u, client16, cport, vip16, vport), hop, key
