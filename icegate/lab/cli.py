@@ -165,6 +165,7 @@ def render(info: dict[str, Any]) -> str:
                 [p["name"], p["namespace"], str(p["pid"]), "alive" if p["alive"] else "dead", p["log"]]
             )
         lines += ["", *_table(procs)]
+    lines += [f"note: {note}" for note in info["notes"]]
     if info["unexpected_namespaces"]:
         lines.append(f"unexpected namespaces: {', '.join(info['unexpected_namespaces'])}")
     return "\n".join(lines)

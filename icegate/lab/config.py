@@ -30,6 +30,11 @@ VIP_PORT = 3478
 SIGNALING_PORT = 8080
 REDIS_PORT = 6379
 GENEVE_IPV4_OVERHEAD = 36  # outer IPv4 (20) + UDP (8) + Geneve base header (8), RFC 8926 §3.4
+# veth refuses a native XDP program that is not xdp.frags-aware when the *peer's* MTU
+# exceeds one page minus headroom and skb_shared_info: measured 3506 on x86-64 with
+# 4 KiB pages, kernel 6.18 ("veth: Peer MTU is too large to set XDP"). The private
+# network therefore defaults to 3500: jumbo enough for Geneve, native-XDP friendly.
+VETH_NATIVE_XDP_MAX_MTU = 3506
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class PrivateConfig:
     router_address: Address = "10.70.0.254"
     redis_address: Address = "10.70.0.100"
     prefixlen: int = 24
-    mtu: int = 9000
+    mtu: int = 3500  # > public MTU + Geneve, <= VETH_NATIVE_XDP_MAX_MTU (see above)
     tunnel_port: Port = GENEVE_PORT
     signaling_port: Port = SIGNALING_PORT
     redis_port: Port = REDIS_PORT

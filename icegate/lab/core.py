@@ -25,7 +25,7 @@ from icegate import netns
 from icegate.config import build, merge
 from icegate.errors import LinkError
 from icegate.lab import kernel
-from icegate.lab.config import DEFAULT_NAME, LabConfig, load_lab_config
+from icegate.lab.config import DEFAULT_NAME, VETH_NATIVE_XDP_MAX_MTU, LabConfig, load_lab_config
 from icegate.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
 from icegate.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology, plan
 
@@ -185,6 +185,8 @@ class Lab:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
         self._write_state("building")
+        for note in self.notes():
+            say(f"note: {note}")
         try:
             netem = self._build(say)
         except BaseException:
@@ -437,6 +439,21 @@ class Lab:
         )
 
     # ---- status ------------------------------------------------------------------------
+    def notes(self) -> list[str]:
+        """Caveats of this configuration worth telling the user."""
+        cfg = self.config
+        notes = []
+        for side, mtu, dev in (
+            ("public", cfg.public.mtu, PUBLIC_IF),
+            ("private", cfg.private.mtu, PRIVATE_IF),
+        ):
+            if mtu > VETH_NATIVE_XDP_MAX_MTU:
+                notes.append(
+                    f"{side} MTU {mtu} > {VETH_NATIVE_XDP_MAX_MTU}: native XDP on {dev} needs an "
+                    "xdp.frags program (veth limit); generic mode works"
+                )
+        return notes
+
     def status(self) -> dict[str, Any]:
         """Everything about the lab as the kernel and the records show it (JSON-ready)."""
         cfg, topo = self.config, self.topology
@@ -498,6 +515,7 @@ class Lab:
             "clients": [dataclasses.asdict(c) for c in self.clients()],
             "processes": [p.to_json() for p in self.registry.all()],
             "netem": netem,
+            "notes": self.notes(),
             "bpffs_mounted": os.path.ismount(self.bpffs),
         }
 

@@ -28,8 +28,18 @@ ETHTOOL_GGRO = 0x2B
 ETHTOOL_SGRO = 0x2C
 AF_INET = socket.AF_INET
 MAIN_TABLE = 254
-# IFLA_XDP_ATTACHED values (include/uapi/linux/if_link.h: XDP_ATTACHED_*)
-XDP_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
+# IFLA_XDP_ATTACHED (include/uapi/linux/if_link.h: XDP_ATTACHED_*), as numbers and as
+# the names pyroute2 decodes them to.
+XDP_MODES: dict[int | str, str] = {
+    1: "native",
+    2: "generic",
+    3: "offload",
+    4: "multi",
+    "xdp": "native",
+    "xdpgeneric": "generic",
+    "hw": "offload",
+    "multi": "multi",
+}
 
 
 def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
@@ -176,9 +186,10 @@ def _xdp(attr: Any) -> dict[str, Any] | None:
     if not attr:
         return None
     attached = attr.get("IFLA_XDP_ATTACHED")
-    if not attached:
+    if not attached or attached == "none":
         return None
-    return {"mode": XDP_MODES.get(int(attached), str(attached)), "prog_id": attr.get("IFLA_XDP_PROG_ID")}
+    ids = [attr.get(f"IFLA_XDP_{kind}PROG_ID") for kind in ("", "DRV_", "SKB_", "HW_")]
+    return {"mode": XDP_MODES.get(attached, str(attached)), "prog_id": next((i for i in ids if i), None)}
 
 
 def redis_ping(ns: str, host: str, port: int, timeout: float = 0.5) -> bool:
