@@ -175,7 +175,7 @@ class Lab:
         """Build the lab and start Redis; on any failure (or Ctrl-C) tear down what was built."""
         say = progress or (lambda _message: None)
         require_root("up")
-        leftovers = netns.names(self.prefix)
+        leftovers = netns.names(self.prefix) + [str(p) for p in self._pins()]
         if leftovers:
             raise LinkError(
                 f"lab {self.name} already exists ({', '.join(leftovers)}): "
@@ -324,11 +324,13 @@ class Lab:
             seconds=round(time.monotonic() - started, 3),
         )
 
+    def _pins(self) -> list[Path]:
+        """Pinned objects of this lab's relays: ``<bpffs>/icegate/<lab>-*``."""
+        return sorted(self.pin_root.glob(f"{self.prefix}*")) if self.pin_root.is_dir() else []
+
     def _remove_pins(self) -> list[str]:
-        if not self.pin_root.is_dir():
-            return []
         removed = []
-        for path in sorted(self.pin_root.glob(f"{self.prefix}*")):
+        for path in self._pins():
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

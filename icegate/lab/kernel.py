@@ -221,14 +221,29 @@ def namespace_inode(name: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _ancestors() -> set[int]:
+    """This process and its parents up to init."""
+    chain, pid = set(), os.getpid()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return chain
+
+
 def pids_in(namespaces: list[str]) -> list[int]:
-    """Every process (except this one) whose network namespace is one of ``namespaces``."""
+    """Every process whose network namespace is one of ``namespaces``, except this one and
+    its ancestors (a shell entered with ``nsenter`` that runs ``lab down`` survives it)."""
     wanted = {ino for ino in map(namespace_inode, namespaces) if ino is not None}
     if not wanted:
         return []
+    spared = _ancestors()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in spared:
             continue
         try:
             st = os.stat(f"/proc/{entry}/ns/net")

@@ -47,8 +47,9 @@ def icegate(*args: str, check: bool = True, timeout: float = 60) -> subprocess.C
 
 
 def assert_gone(lab: Lab) -> None:
+    """Nothing of ``lab`` is left: no namespace, no pin, no records (so no registered process)."""
     assert netns.names(lab.prefix) == []
-    assert not list((BPFFS / "icegate").glob(f"{lab.prefix}*")) if (BPFFS / "icegate").is_dir() else True
+    assert sorted((BPFFS / "icegate").glob(f"{lab.prefix}*")) == []
     assert not lab.dir.exists()
 
 
@@ -349,6 +350,31 @@ def test_down_never_signals_a_recycled_pid(lab: Lab, procs: Processes) -> None:
     assert "recycled" not in gone.processes and "other" not in gone.processes
     assert bystander.poll() is None
     assert_gone(lab)
+
+
+def test_down_spares_the_shell_it_runs_in(lab: Lab) -> None:
+    """`nsenter --net=... sh` then `lab down` inside: the lab goes, the shell survives."""
+    script = f"{ICEGATE[0]} lab down --name {lab.name} && echo shell-survived"
+    out = subprocess.run(
+        lab.command("relay", ["sh", "-c", script]), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and "shell-survived" in out.stdout, out.stderr
+    assert_gone(lab)
+
+
+def test_leftover_pins_block_up_until_down(ns_prefix: str) -> None:
+    the_lab = Lab(LabConfig(name=lab_name(ns_prefix)))
+    stale = BPFFS / "icegate" / f"{the_lab.name}-relay"
+    stale.mkdir(parents=True)
+    try:
+        with pytest.raises(LinkError, match=str(stale)):
+            the_lab.up()
+        assert netns.names(ns_prefix) == []
+        assert the_lab.down().pins == (str(stale),)
+    finally:
+        if stale.exists():
+            stale.rmdir()
+    assert_gone(the_lab)
 
 
 # ---- crashes -----------------------------------------------------------------------------
