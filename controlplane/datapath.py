@@ -199,6 +199,7 @@ _BACKEND_REFUSED = {
     BackendState.DRAINING: Stat.DROP_BACKEND_DRAINING,
     BackendState.DEAD: Stat.DROP_BACKEND_DEAD,
 }
+_SLOW = frozenset({Stat.SLOW_NO_FLOW, Stat.SLOW_RETURN_NO_FLOW, Stat.SLOW_NO_NEIGH})
 _HOP_FAILED = {Fib.FRAG_NEEDED: Stat.DROP_FRAG_NEEDED, Fib.UNREACHABLE: Stat.DROP_FIB}
 
 
@@ -226,7 +227,7 @@ class Datapath:
         self.next_hop = next_hop
         self.clock = clock
         self.on_event = on_event
-        self.live = isinstance(store, MemoryStore) if live_values is None else live_values
+        self.live = type(store) is MemoryStore if live_values is None else live_values
         self.counters: list[list[int]] = [[0, 0] for _ in Stat]
         self._keys = _RouteKeys(store)
         self._wires: dict[tuple[int, int], _Wire] = {}
@@ -366,7 +367,7 @@ class Datapath:
             self._count(stat, length)
         key = (client16, client_port, vip_index)
         if wire is None:
-            return SocketResult(stat, key=key) if stat.verdict is Verdict.SLOW else self._socket_plain[stat]
+            return SocketResult(stat, key=key) if stat in _SLOW else self._socket_plain[stat]
         inner = build_udp(client16, client_port, vip16, vip_port, payload)
         geneve = wire.geneve4 if inner[0] >> 4 == 4 else wire.geneve6
         return SocketResult(stat, geneve + inner, wire.hostport, (vip16, vip_port), key)
@@ -381,7 +382,7 @@ class Datapath:
         if not retry:
             self._count(stat, length)
         if inner_at is None:
-            return SocketResult(stat, key=key) if stat.verdict is Verdict.SLOW else self._socket_plain[stat]
+            return SocketResult(stat, key=key) if stat in _SLOW else self._socket_plain[stat]
         _, end, u, client16, cport, vip16, vport = inner_at
         client = self._text.get(client16)
         if client is None:
