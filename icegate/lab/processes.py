@@ -75,7 +75,8 @@ def _cmdline(pid: int) -> list[str]:
             raw = f.read()
     except OSError:
         return []
-    return [part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0")]
+    raw = raw.rstrip(b"\0")
+    return [part.decode(errors="replace") for part in raw.split(b"\0")] if raw else []
 
 
 def cmdline_matches(cmdline: Sequence[str], argv: Sequence[str], wrapper: Sequence[str]) -> bool:
@@ -111,10 +112,28 @@ def alive_pid(pid: int, start_ticks: int) -> bool:
     return stat is not None and stat[0] not in ("Z", "X") and stat[1] == start_ticks
 
 
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
 def same_process(record: LabProcess) -> bool:
+    """Whether ``record``'s process is still running: same pid and start time, and it still
+    looks like the recorded program (command line, or executable for retitled processes).
+
+    The start time alone already tells a recycled pid apart; the program check guards
+    against a wrong record. An empty command line (mid-exec, or mid-retitle) is not a
+    mismatch.
+    """
     if not alive_pid(record.pid, record.start_ticks):
         return False
-    return cmdline_matches(_cmdline(record.pid), record.argv, netns.command(record.namespace, record.argv))
+    cmdline = _cmdline(record.pid)
+    if not cmdline or cmdline_matches(cmdline, record.argv, netns.command(record.namespace, record.argv)):
+        return True
+    program = shutil.which(record.argv[0]) or record.argv[0]
+    return _exe(record.pid) == os.path.realpath(program)
 
 
 def identity(pid: int) -> tuple[int, int] | None:
