@@ -1,0 +1,437 @@
+/* relay.c - the XDP program: docs/DATAPATH.md, rule by rule (rule numbers in comments).
+ *
+ * xdp_relay() classifies every packet (section 1), then hands it to from_client()
+ * (section 2: route by flow or by the token in the first STUN check, encapsulate) or to
+ * from_transceiver() (section 3: check the sender, decapsulate). Each returns the
+ * enum stat of its verdict; the single exit, finish(), charges the slow-path bucket for
+ * SLOW verdicts, counts the packet and turns the stat into the XDP action.
+ *
+ * Compiled by bcc at load time (controlplane/loader.py) with -I pointing here.
+ */
+#include "shared.h"
+
+#include "forward.h"
+#include "maps.h"
+#include "parsing.h"
+#include "ratelimit.h"
+#include "token.h"
+
+/* finish() derives the action from the stat's range in enum stat; a stat appended to
+ * shared.h must be placed there first. */
+_Static_assert(STAT_MAX == 40, "classify the new enum stat in finish()");
+
+struct packet {
+	struct ip_udp l3;           /* the IP/UDP headers as received */
+	struct bpf_fib_lookup fib;  /* next hop, valid once next_hop() returned CONTINUE */
+	__u32 frame_len;            /* bytes as received: what the counters count */
+	__u64 now;
+};
+
+static __always_inline __u64 outer_len(const struct backend_value *be)
+{
+	return be->family == 4 ? OUTER4_LEN : OUTER6_LEN;
+}
+
+static __always_inline const __u8 *tunnel_source(const struct relay_config *cfg,
+						 const struct backend_value *be)
+{
+	return be->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6;
+}
+
+/* Rule 1.6: our Geneve endpoint, config.tunnel_addr4|6 : config.tunnel_port. */
+static __always_inline int is_tunnel(const struct ip_udp *l3, const struct relay_config *cfg)
+{
+	if (cfg->tunnel_port == 0 || l3->dport != cfg->tunnel_port)
+		return 0;
+	return addr_eq(l3->dst, l3->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6);
+}
+
+/* Rule 2.8: only an active transceiver takes new flows (and ICE restarts). */
+static __always_inline __u32 backend_takes_new_flows(const struct backend_value *be)
+{
+	if (!be)
+		return STAT_DROP_BACKEND_UNKNOWN;
+	if (be->state == BACKEND_ACTIVE)
+		return CONTINUE;
+	if (be->state == BACKEND_DRAINING)
+		return STAT_DROP_BACKEND_DRAINING;
+	if (be->state == BACKEND_DEAD)
+		return STAT_DROP_BACKEND_DEAD;
+	return STAT_DROP_BACKEND_UNKNOWN; /* a state this program does not know */
+}
+
+/* Section 4, the keyed part: route_keys[key id] must be valid and the MAC must match. */
+static __always_inline __u32 verify_token(const struct route_token *tok)
+{
+	__u32 id = tok->key_id;
+
+	return token_verify(tok, route_keys.lookup(&id));
+}
+
+/* Section 8: a record for the control plane's Redis flow cache. A full ring loses the
+ * event, not the packet; the control plane's periodic sync reads the maps anyway. */
+static __always_inline void emit_event(const struct flow_key *key, const struct backend_key *backend,
+				       __u32 kind, __u32 tag, __u64 now)
+{
+	struct flow_event *e = events.ringbuf_reserve(sizeof(*e));
+
+	if (!e)
+		return;
+	__builtin_memcpy(&e->key, key, sizeof(*key));
+	e->backend = *backend;
+	e->kind = kind;
+	e->token_tag = tag;
+	e->ts_ns = now;
+	events.ringbuf_submit(e, 0);
+}
+
+/* What section 2 decided before anything changed: where the packet goes, and what to
+ * write once it has gone (section 6: a packet that is not forwarded leaves no trace). */
+struct route {
+	struct flow_key key;        /* its client_addr doubles as the rate_sources key */
+	struct backend_key backend; /* where the packet goes */
+	__u32 tag;                  /* the token tag of a new or re-routed flow */
+	struct flow_value *flow;    /* the known flow, NULL for a new one */
+	struct backend_value *be;
+	__u64 *source_tat;          /* new flow: the buckets to charge, and their new values */
+	__u64 *global_tat;
+	__u64 source_next;
+	__u64 global_next;
+	__u8 confirmed;
+	__u8 rerouted;
+};
+
+/* Section 2.1, rules 1-2: a packet of a known (confirmed or pending) flow. */
+static __always_inline __u32 route_known_flow(const struct stun_info *stun, struct route_token *tok,
+					      struct route *r)
+{
+	__u32 stat;
+
+	r->backend = r->flow->backend;
+	/* 2.1.1: a different server ufrag from a known client is an ICE restart (RFC 8445
+	 * section 9). An unchanged tag is not re-verified: the flow's backend is used. */
+	if (stun->binding_request) {
+		stat = token_decode(stun->name, tok);
+		if (stat != CONTINUE)
+			return stat;
+		if (tok->tag != r->flow->token_tag) {
+			stat = verify_token(tok);
+			if (stat != CONTINUE)
+				return stat;
+			stat = backend_takes_new_flows(backends.lookup(&tok->backend));
+			if (stat != CONTINUE)
+				return stat;
+			r->backend = tok->backend;
+			r->tag = tok->tag;
+			r->rerouted = 1;
+		}
+	}
+	/* 2.1.2: existing flows survive draining and dead transceivers, not removed ones. */
+	r->be = backends.lookup(&r->backend);
+	if (!r->be)
+		return STAT_DROP_BACKEND_UNKNOWN;
+	return CONTINUE;
+}
+
+/* Section 2, rules 7-9: a Binding Request with no flow; its token is the route. */
+static __always_inline __u32 route_new_flow(const struct stun_info *stun, struct route_token *tok,
+					    const struct packet *pkt, const struct relay_config *cfg,
+					    struct route *r)
+{
+	__u32 zero = 0, stat;
+
+	/* 2.7 */
+	stat = token_decode(stun->name, tok);
+	if (stat == CONTINUE)
+		stat = verify_token(tok);
+	if (stat != CONTINUE)
+		return stat;
+	/* 2.8 */
+	r->backend = tok->backend;
+	r->tag = tok->tag;
+	r->be = backends.lookup(&r->backend);
+	stat = backend_takes_new_flows(r->be);
+	if (stat != CONTINUE)
+		return stat;
+	/* 2.9: only verified tokens reach the buckets, so forged junk cannot spend the
+	 * budget of legitimate clients. */
+	r->source_tat = rate_sources.lookup((struct rate_source_key *)r->key.client_addr);
+	if (!gcra_admit(r->source_tat ? *r->source_tat : 0, pkt->now, cfg->source_interval_ns,
+			cfg->source_tolerance_ns, &r->source_next))
+		return STAT_DROP_RATE_SOURCE;
+	r->global_tat = rate_global.lookup(&zero);
+	if (!r->global_tat)
+		return STAT_DROP_INTERNAL;
+	if (!gcra_admit(*r->global_tat, pkt->now, cfg->global_interval_ns, cfg->global_tolerance_ns,
+			&r->global_next))
+		return STAT_DROP_RATE_GLOBAL;
+	return CONTINUE;
+}
+
+/* Section 2.1.4 and 2.11, after the packet was encapsulated: record it. */
+static __always_inline __u32 commit_route(const struct packet *pkt, const struct relay_config *cfg,
+					  struct route *r)
+{
+	struct flow_value *flow = r->flow;
+
+	if (!flow) {
+		struct flow_value value = {
+			.backend = r->backend,
+			.token_tag = r->tag,
+			.created_ns = pkt->now,
+			.last_seen_ns = pkt->now,
+			.packets_in = 1,
+			.bytes_in = pkt->l3.ip_len,
+		};
+
+		if (pending.update(&r->key, &value))
+			return STAT_DROP_INTERNAL;
+		if (cfg->source_interval_ns) {
+			if (r->source_tat)
+				*r->source_tat = r->source_next;
+			else
+				rate_sources.update((struct rate_source_key *)r->key.client_addr, &r->source_next);
+		}
+		if (r->global_tat)
+			*r->global_tat = r->global_next;
+		return STAT_FWD_NEW_FLOW;
+	}
+	if (r->rerouted) {
+		flow->backend = r->backend;
+		flow->token_tag = r->tag;
+		/* Pending flows are not in the flow cache yet: their confirmation reports them. */
+		if (r->confirmed)
+			emit_event(&r->key, &r->backend, FLOW_EVENT_REROUTED, r->tag, pkt->now);
+	}
+	flow->last_seen_ns = pkt->now;
+	__sync_fetch_and_add(&flow->packets_in, 1);
+	__sync_fetch_and_add(&flow->bytes_in, pkt->l3.ip_len);
+	if (r->rerouted)
+		return STAT_FWD_REROUTE;
+	return r->confirmed ? STAT_FWD_FLOW : STAT_FWD_PENDING;
+}
+
+/* Section 2, rules 1-9: classify, then route by flow or by token. The STUN and token
+ * scratch lives only here, so the compiler can reuse its stack for what follows. */
+static __always_inline __u32 decide_route(struct xdp_md *ctx, const struct packet *pkt,
+					       const struct vip_value *vip, const struct relay_config *cfg,
+					       struct route *r)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 kind = payload_kind(data, data_end, &pkt->l3);
+	struct stun_info stun = {};
+	struct route_token tok = {};
+	__u32 stat;
+
+	/* 2.1: RFC 7983 first byte; ZRTP and TURN channels never reach icegate. */
+	if (kind != PACKET_STUN && kind != PACKET_DTLS && kind != PACKET_RTP)
+		return STAT_DROP_NOT_WEBRTC;
+	/* 2.2-2.3: a malformed STUN message is never forwarded, flow or not. */
+	if (kind == PACKET_STUN) {
+		stat = parse_stun(ctx, pkt->l3.payload_off, payload_len(&pkt->l3), &stun);
+		if (stat != CONTINUE)
+			return stat;
+	}
+	__builtin_memcpy(r->key.client_addr, pkt->l3.src, 16);
+	r->key.client_port = pkt->l3.sport;
+	r->key.vip_index = vip->index;
+
+	/* 2.4-2.5 */
+	r->flow = flows.lookup(&r->key);
+	r->confirmed = r->flow != NULL;
+	if (!r->flow)
+		r->flow = pending.lookup(&r->key);
+	if (r->flow)
+		return route_known_flow(&stun, &tok, r);
+	if (!stun.binding_request)
+		return STAT_SLOW_NO_FLOW; /* 2.6: the slow path may know it from the Redis flow cache */
+	return route_new_flow(&stun, &tok, pkt, cfg, r);
+}
+
+/* Section 2: client -> transceiver, the packet is for one of our VIPs. */
+static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt, const struct vip_value *vip,
+					 const struct relay_config *cfg)
+{
+	struct route r = {};
+	__u32 stat;
+
+	stat = decide_route(ctx, pkt, vip, cfg, &r);
+	if (stat != CONTINUE)
+		return stat;
+	if (!r.be)
+		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
+	/* 2.10 and 2.1.3 */
+	stat = next_hop(ctx, r.be->family, tunnel_source(cfg, r.be), r.be->addr,
+			outer_len(r.be) + pkt->l3.ip_len, &pkt->fib);
+	if (stat != CONTINUE)
+		return stat;
+	/* 2.11 and 2.1.4 */
+	stat = encapsulate(ctx, &pkt->l3, pkt->frame_len, &r.backend, r.be, cfg, &pkt->fib);
+	if (stat != CONTINUE)
+		return stat;
+	return commit_route(pkt, cfg, &r);
+}
+
+/* Section 3: transceiver -> client, Geneve to our tunnel endpoint. */
+static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet *pkt,
+					      const struct relay_config *cfg)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 end = pkt->l3.payload_off + payload_len(&pkt->l3);
+	struct ip_udp inner = {};
+	struct vip_key vk = {};
+	struct flow_key key = {};
+	struct flow_value *flow;
+	struct backend_value *be;
+	struct vip_value *vip;
+	__u32 inner_off = 0, stat;
+	__u8 family = 0, kind;
+	int confirmed = 1, confirm;
+
+	/* 3.1-3.2 */
+	stat = parse_geneve(data, data_end, pkt->l3.payload_off, payload_len(&pkt->l3), &inner_off, &family);
+	if (stat != CONTINUE)
+		return stat;
+	/* 3.3: the inner packet must itself pass rules 1.2-1.7, within the Geneve payload. */
+	stat = parse_ip_udp(data, data_end, inner_off, end, family, &inner);
+	if (stat != CONTINUE || !udp_length_ok(&inner))
+		return STAT_DROP_INNER_MALFORMED;
+	/* 3.4: only our VIPs may be the source, so the relay is no open reflector. */
+	__builtin_memcpy(vk.addr, inner.src, 16);
+	vk.port = inner.sport;
+	vip = vips.lookup(&vk);
+	if (!vip)
+		return STAT_DROP_RETURN_NOT_VIP;
+	/* 3.5 */
+	kind = payload_kind(data, data_end, &inner);
+	if (kind != PACKET_STUN && kind != PACKET_DTLS && kind != PACKET_RTP)
+		return STAT_DROP_NOT_WEBRTC;
+	/* 3.6 */
+	__builtin_memcpy(key.client_addr, inner.dst, 16);
+	key.client_port = inner.dport;
+	key.vip_index = vip->index;
+	flow = flows.lookup(&key);
+	if (!flow) {
+		flow = pending.lookup(&key);
+		confirmed = 0;
+	}
+	if (!flow)
+		return STAT_SLOW_RETURN_NO_FLOW;
+	/* 3.7: only the transceiver that owns the flow may answer for it. */
+	be = backends.lookup(&flow->backend);
+	if (!be || !addr_eq(be->addr, pkt->l3.src))
+		return STAT_DROP_RETURN_WRONG_BACKEND;
+	/* 3.8 */
+	stat = next_hop(ctx, inner.family, inner.src, inner.dst, inner.ip_len, &pkt->fib);
+	if (stat != CONTINUE)
+		return stat;
+	/* 3.9: the transceiver's Binding success response confirms a pending flow. */
+	confirm = !confirmed && kind == PACKET_STUN &&
+		  stun_is_binding_success(data, data_end, inner.payload_off, payload_len(&inner));
+	stat = decapsulate(ctx, &inner, pkt->frame_len, &pkt->fib);
+	if (stat != CONTINUE)
+		return stat;
+	if (confirm) {
+		/* Updated in place, then copied into flows (a map value may be the source of an
+		 * update), then removed from pending. */
+		flow->last_seen_ns = pkt->now;
+		flow->packets_out += 1;
+		flow->bytes_out += inner.ip_len;
+		if (flows.update(&key, flow))
+			return STAT_DROP_INTERNAL;
+		emit_event(&key, &flow->backend, FLOW_EVENT_CREATED, flow->token_tag, pkt->now);
+		pending.delete(&key);
+		return STAT_FWD_CONFIRM;
+	}
+	/* 3.10 */
+	flow->last_seen_ns = pkt->now;
+	__sync_fetch_and_add(&flow->packets_out, 1);
+	__sync_fetch_and_add(&flow->bytes_out, inner.ip_len);
+	return confirmed ? STAT_FWD_RETURN : STAT_FWD_RETURN_PENDING;
+}
+
+/* The one exit: slow-path budget, counter, action. */
+static __always_inline int finish(struct xdp_md *ctx, __u32 stat, const struct packet *pkt,
+				  const struct relay_config *cfg)
+{
+	__u32 zero = 0;
+	struct counter *counter;
+
+	/* Section 5: every SLOW verdict is charged to the slow-path bucket. */
+	if (stat == STAT_SLOW_NO_FLOW || stat == STAT_SLOW_RETURN_NO_FLOW || stat == STAT_SLOW_NO_NEIGH) {
+		__u64 *tat = rate_slow.lookup(&zero), next;
+
+		if (cfg && tat) {
+			if (gcra_admit(*tat, pkt->now, cfg->slow_interval_ns, cfg->slow_tolerance_ns, &next))
+				*tat = next;
+			else
+				stat = STAT_DROP_RATE_SLOW_PATH; /* userspace is saturated: shed load here */
+		}
+	}
+	counter = counters.lookup(&stat);
+	if (counter) {
+		counter->packets += 1;
+		counter->bytes += pkt->frame_len;
+	}
+	/* enum stat groups verdicts: PASS 0-3, FWD 4-10, SLOW 11-13, DROP 14 and up. */
+	if (stat >= STAT_FWD_FLOW && stat <= STAT_FWD_CONFIRM) {
+		if (pkt->fib.ifindex == ctx->ingress_ifindex)
+			return XDP_TX;
+		return bpf_redirect(pkt->fib.ifindex, 0);
+	}
+	if (stat >= STAT_DROP_MALFORMED_IP)
+		return XDP_DROP;
+	return XDP_PASS; /* not ours, or the slow path's */
+}
+
+int xdp_relay(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet pkt = {};
+	struct vip_key vk = {};
+	struct vip_value *vip;
+	struct relay_config *cfg;
+	__u32 zero = 0, stat;
+	__u16 l3_off = 0;
+	__be16 proto;
+
+	pkt.frame_len = data_end - data;
+	pkt.now = bpf_ktime_get_ns();
+	cfg = config.lookup(&zero);
+	if (!cfg) {
+		stat = STAT_PASS_NOT_RELAY; /* cannot happen (array of one): fail open */
+		goto out;
+	}
+	/* 1.1 */
+	proto = parse_ethhdr(data, data_end, &l3_off);
+	if (proto != ETH_P_IP_BE && proto != ETH_P_IPV6_BE) {
+		stat = STAT_PASS_NOT_IP;
+		goto out;
+	}
+	/* 1.2-1.5 */
+	stat = parse_ip_udp(data, data_end, l3_off, pkt.frame_len, proto == ETH_P_IP_BE ? 4 : 6, &pkt.l3);
+	if (stat != CONTINUE)
+		goto out;
+	/* 1.6 */
+	__builtin_memcpy(vk.addr, pkt.l3.dst, 16);
+	vk.port = pkt.l3.dport;
+	vip = vips.lookup(&vk);
+	if (!vip && !is_tunnel(&pkt.l3, cfg)) {
+		stat = STAT_PASS_NOT_RELAY;
+		goto out;
+	}
+	/* 1.7 */
+	if (!udp_length_ok(&pkt.l3)) {
+		stat = STAT_DROP_MALFORMED_UDP;
+		goto out;
+	}
+	if (vip)
+		stat = from_client(ctx, &pkt, vip, cfg);
+	else
+		stat = from_transceiver(ctx, &pkt, cfg);
+out:
+	return finish(ctx, stat, &pkt, cfg);
+}
