@@ -157,7 +157,12 @@ def render(info: dict[str, Any]) -> str:
         )
         lines.append(f"netem: available; {added}")
     else:
-        lines.append(f"netem: unavailable ({netem.get('reason', 'unknown')}); no added latency")
+        skipped = (
+            f"requested {netem['requested_ms']} ms not applied"
+            if netem["requested_ms"]
+            else "no added latency"
+        )
+        lines.append(f"netem: unavailable ({netem.get('reason', 'unknown')}); {skipped}")
     if info["processes"]:
         procs = [["PROCESS", "NAMESPACE", "PID", "STATE", "LOG"]]
         for p in info["processes"]:
