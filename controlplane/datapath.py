@@ -315,14 +315,14 @@ class Datapath:
 
     def _tunnel_addrs(self) -> tuple[bytes | None, bytes | None, int]:
         tunnel = self.store.tunnel()
-        if tunnel is not self._tunnel_obj:
-            self._tunnel_obj = tunnel
+        # Stores over kernel maps return a new (equal) object on every call.
+        if tunnel is not self._tunnel_obj and tunnel != self._tunnel_obj:
             self._tunnel = (
                 addr16(tunnel.address4) if tunnel.address4 else None,
                 addr16(tunnel.address6) if tunnel.address6 else None,
                 tunnel.port,
             )
-            self._wires.clear()  # outer source addresses changed
+        self._tunnel_obj = tunnel
         return self._tunnel
 
     def _encapsulate(self, wire: _Wire, inner: bytes, client16: bytes, cport: int, vport: int) -> bytes:
@@ -549,7 +549,7 @@ class Datapath:
         if backend is None:
             return None
         wire = self._wires.get((cluster, index))
-        if wire is None or wire.backend is not backend:
+        if wire is None or (wire.backend is not backend and wire.backend != backend):
             wire = _Wire(backend)
             self._wires[(cluster, index)] = wire
         return wire
