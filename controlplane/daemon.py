@@ -27,6 +27,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def _vip_flag(text: str) -> dict[str, Any]:
 
 async def serve(cfg: RelayConfig, runner: Runner, *, preload: bool, stop: asyncio.Event) -> int:
     """Run until ``stop`` is set; returns the exit status."""
-    configure_maps(cfg, runner.maps)
+    configure_maps(cfg, runner.maps, runner.cpus)
     service = RelayService(cfg, runner.maps, runner, runner.problem)
     if await service.connect(CONNECT_WAIT_S) and preload:
         await service.recovery.preload(runner.maps.vips())
@@ -194,4 +195,13 @@ def run(
         },
     )
     setup_logging(log_json, logging.DEBUG if debug else logging.INFO)
-    sys.exit(asyncio.run(_main(cfg, preload)))
+    sys.exit(run_loop(_main(cfg, preload)))
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop when installed (the twin's hot path is the event loop), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

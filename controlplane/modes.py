@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controlplane.config import RelayConfig
-from controlplane.store import MapStore
-from icegate.errors import DependencyError, IcegateError
+from controlplane.layout import STAT_MAX
+from controlplane.store import MapStore, MemoryStore
+from icegate.errors import DependencyError, IcegateError, LinkError
 
 if TYPE_CHECKING:
     from controlplane.service import RelayService
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 class Runner(Protocol):
     mode: str  # "xdp-native", "xdp-generic" or "userspace"
     maps: MapStore
+    cpus: int  # rate buckets per limit: the per-CPU arrays in XDP, one in the twin
 
     def counters(self) -> Sequence[tuple[int, int]]: ...
     def problem(self) -> str | None: ...
@@ -68,5 +70,46 @@ def xdp_runner(cfg: RelayConfig) -> Runner:
 
 
 def twin_runner(cfg: RelayConfig) -> Runner:
-    runner: Runner = _module("controlplane.twinrunner").TwinRunner(cfg)
-    return runner
+    return TwinRunner(cfg)
+
+
+class TwinRunner:
+    """The userspace twin (``twin.py``) over a ``MemoryStore``: state lives and dies with the process."""
+
+    mode = "userspace"
+    cpus = 1
+
+    def __init__(self, cfg: RelayConfig) -> None:
+        self.cfg = cfg
+        self.maps: MapStore = MemoryStore(cfg.limits.max_flows, cfg.limits.max_pending)
+        self.relay: Any = None
+
+    def counters(self) -> Sequence[tuple[int, int]]:
+        if self.relay is None:
+            return [(0, 0)] * STAT_MAX
+        counters: Sequence[tuple[int, int]] = self.relay.counters()
+        return counters
+
+    def problem(self) -> str | None:
+        return None if self.relay is not None and self.relay.running else "userspace twin is not running"
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return []
+
+    async def start(self, service: RelayService) -> None:
+        twin = _module("controlplane.twin")
+        recovery = service.recovery
+
+        async def slow_path(result: Any) -> bool:
+            return result.key is not None and await recovery.recover_key(result.key)
+
+        try:
+            self.relay = await twin.TwinRelay.start(
+                self.cfg, self.maps, on_slow=slow_path, on_event=service.flow_cache.record
+            )
+        except OSError as exc:
+            raise LinkError(f"userspace twin cannot bind its sockets: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.close()

@@ -1,0 +1,151 @@
+"""``icegate relay run --mode userspace`` as a process on loopback, with a real redis-server.
+
+A client socket, a stand-in transceiver socket (answers the first check, receives
+Geneve) and the relay daemon: a session is routed by token, confirmed and cached in
+Redis; SIGTERM stops the daemon cleanly; a restart with ``--preload`` forwards the
+session's next packet at once, a restart without it recovers the flow on the slow path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+import yaml
+
+from icegate import geneve, inet
+from icegate import token as tokens
+from icegate.schema import Keys, Registration, RouteKeySet
+from tests.support import REPO, Processes, RedisServer, free_port, wait_for
+from tests.unit.test_cp_degraded import binding_request, binding_success
+
+KEY = bytes(range(16, 32))
+LOCAL = "127.0.0.1"
+
+
+def udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOCAL, 0))
+    sock.settimeout(3.0)
+    return sock
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{LOCAL}:{port}{path}", timeout=1) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric(port: int, name: str) -> float:
+    for line in http_get(port, "/metrics")[1].splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exported")
+
+
+class Relay:
+    def __init__(self, procs: Processes, config: Path, http_port: int) -> None:
+        self.procs, self.config, self.http_port = procs, config, http_port
+        self.proc: subprocess.Popen[Any] | None = None
+
+    def start(self, *flags: str) -> None:
+        argv = [sys.executable, "-c", "from icegate.cli import main; main()", "relay", "run"]
+        self.proc = self.procs.start([*argv, "--config", str(self.config), *flags], cwd=REPO, text=True)
+        wait_for(
+            lambda: http_get(self.http_port, "/readyz")[0] == 200 or self._died(), 10, what="relay ready"
+        )
+        assert http_get(self.http_port, "/readyz") == (200, "ready\n")
+
+    def _died(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"relay exited: {self.proc.communicate()[0]}")
+        return False
+
+    def stop(self) -> str:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        output, _ = self.proc.communicate(timeout=10)
+        assert self.proc.returncode == 0, output
+        return str(output)
+
+
+def test_relay_run_userspace_restart_preload_and_recovery(
+    procs: Processes, redis: RedisServer, tmp_path: Path
+) -> None:
+    region = f"run{os.getpid()}"
+    keys = Keys(region)
+    vip_port, tunnel_port = free_port(kind=socket.SOCK_DGRAM), free_port(kind=socket.SOCK_DGRAM)
+    http_port = free_port()
+    tx, client = udp_socket(), udp_socket()
+    r = redis_sync.Redis.from_url(redis.url)
+    r.hset(keys.route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
+    reg = Registration(1, 1, LOCAL, tx.getsockname()[1], "http://tx", "active", 1)
+    r.hset(keys.transceiver(1, 1), mapping=reg.encode())
+    config = tmp_path / "relay.yaml"
+    section = {
+        "name": "looptest",
+        "mode": "userspace",
+        "vips": [{"address": LOCAL, "port": vip_port}],
+        "tunnel": {"address4": LOCAL, "port": tunnel_port},
+        "redis": {"url": redis.url, "region": region},
+        "http": {"address": LOCAL, "port": http_port},
+        "sync_interval_s": 0.2,
+    }
+    config.write_text(yaml.safe_dump({"relay": section}))
+    relay = Relay(procs, config, http_port)
+    vip = (LOCAL, vip_port)
+    cport = client.getsockname()[1]
+
+    def transceiver_receives() -> bytes:
+        """One Geneve datagram at the transceiver; returns the inner UDP payload."""
+        data, sender = tx.recvfrom(4096)
+        assert sender == (LOCAL, tunnel_port)
+        _, inner = geneve.decapsulate(data)
+        packet = inet.parse_udp(inner)
+        assert (packet.src, packet.sport, packet.dst, packet.dport) == (LOCAL, cport, LOCAL, vip_port)
+        return packet.payload
+
+    try:
+        relay.start()
+        client.sendto(binding_request(tokens.mint(0, KEY, 1, 1)), vip)
+        assert transceiver_receives()[:2] == b"\x00\x01"
+        reply = geneve.encapsulate(inet.build_udp(LOCAL, vip_port, LOCAL, cport, binding_success()), vni=1)
+        tx.sendto(reply, (LOCAL, tunnel_port))
+        assert client.recvfrom(4096) == (binding_success(), vip)
+        flow_key = keys.flow(LOCAL, vip_port, LOCAL, cport)
+        wait_for(lambda: r.exists(flow_key), 5, what="flow in the Redis flow cache")
+        log = relay.stop()
+        assert "datapath mode=userspace reason=requested" in log and "relay stopping" in log
+
+        relay.start("--preload")  # maps were in memory: --preload restores them before the sockets open
+        assert metric(http_port, 'icegate_relay_map_entries{map="flows"}') == 1
+        client.sendto(b"\x17\xfe\xfd" + b"preloaded", vip)
+        assert transceiver_receives() == b"\x17\xfe\xfd" + b"preloaded"
+        assert metric(http_port, 'icegate_relay_packets_total{reason="flow",verdict="forward"}') == 1
+        assert "preload flows_cached=1 installed=1" in relay.stop()
+
+        relay.start("--log-json")  # cold: the first packet takes the slow path and is recovered
+        client.sendto(b"\x17\xfe\xfd" + b"recovered", vip)
+        assert transceiver_receives() == b"\x17\xfe\xfd" + b"recovered"
+        assert metric(http_port, 'icegate_relay_packets_total{reason="no_flow",verdict="slow"}') == 1
+        assert metric(http_port, 'icegate_relay_recoveries_total{result="recovered"}') == 1
+        lines = [json.loads(line) for line in relay.stop().splitlines() if line.startswith("{")]
+        assert any(entry["msg"].startswith("relay running name=looptest mode=userspace") for entry in lines)
+    finally:
+        tx.close()
+        client.close()
+        r.close()
