@@ -99,6 +99,10 @@ class RedisStore:
                 self._lost.clear()
                 delay = self.cfg.retry_min_s
                 continue
+            if self.restores_total:
+                # Pooled connections to the Redis that went away are dead: drop them all, so
+                # the first command after the restore does not fail and flap the state.
+                await self._client.connection_pool.disconnect()
             self._down = False  # let the probe and the restore hooks through
             try:
                 await self.ping()
