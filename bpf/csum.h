@@ -1,4 +1,4 @@
-/* csum.h - kernel only, included by forward.h: RFC 1071 Internet checksums.
+/* csum.h - kernel only, included by forward.h and maps.h: RFC 1071 Internet checksums.
  *
  * Sums are 64-bit accumulators of words loaded from memory in host order, folded at the
  * end; one's-complement addition commutes with byte swapping, so the folded result is
@@ -9,6 +9,14 @@
 #define ICEGATE_CSUM_H
 
 #include "parsing.h"
+
+#define CSUM_CHUNK 512     /* bpf_csum_diff() sums at most 512 bytes per call */
+#define CSUM_MAX_CHUNKS 8  /* 4 KiB: more than a linear XDP frame holds */
+
+/* The per-CPU buffer packet_sum() copies through (maps.h declares the map). */
+struct csum_scratch {
+	__u8 bytes[CSUM_CHUNK + 4];
+};
 
 /* The complemented 16-bit one's-complement sum: what a checksum field holds. */
 static __always_inline __u16 csum_fold64(__u64 sum)
@@ -52,51 +60,37 @@ static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
 	return csum_fold64(sum);
 }
 
-/* The one's-complement sum of the whole IP packet `l3` (header and UDP segment), for the
- * outer UDP checksum over IPv6, without reading the payload: a UDP segment whose
- * checksum verifies sums to the negation of its pseudo header, so the segment adds
- * csum_fold64(pseudo) (Linux calls this local checksum offload,
- * Documentation/networking/checksum-offloads.rst). Returns -1 when the inner checksum
- * is 0 (IPv4 "no checksum"): the segment's sum is then unknown without a loop over the
- * payload that the verifier cannot afford on every path. */
-static __always_inline int inner_packet_sum(struct xdp_md *ctx, const struct ip_udp *l3, __u64 *sum)
+/* Sum of `len` packet bytes at frame offset `off`, through `buf` (a CSUM_CHUNK + 4 byte
+ * per-CPU scratch buffer): bpf_xdp_load_bytes() copies a chunk, bpf_csum_diff() sums
+ * it. The verifier would walk a byte loop over the packet once per path into it; this
+ * loop has at most CSUM_MAX_CHUNKS short iterations. Chunks are even-sized, so only the
+ * last may be odd: it is padded with zero bytes (RFC 768). Returns -1 if the bytes are
+ * not all in the frame. */
+static __always_inline int packet_sum(struct xdp_md *ctx, __u32 off, __u32 len, __u8 *buf, __u64 *sum)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__be16 *check = pkt_at(data, data_end, l3->udp_off + 6, 2);
-	__u64 acc = 0;
+	__u32 done = 0;
 
-	if (!check || *check == 0)
-		return -1;
-	if (l3->family == 6) {
-		__u32 *w = pkt_at(data, data_end, l3->ip_off, sizeof(struct ipv6hdr));
+	for (int i = 0; i < CSUM_MAX_CHUNKS; i++) {
+		__u64 n = len - done, padded;
 
-		if (!w)
+		if (n == 0)
+			break;
+		if (n > CSUM_CHUNK)
+			n = CSUM_CHUNK;
+		barrier_var(n);
+		if (n == 0 || n > CSUM_CHUNK) /* for the verifier: bounds on this very register */
 			return -1;
-#pragma unroll
-		for (int i = 0; i < (int)sizeof(struct ipv6hdr) / 4; i++)
-			acc += w[i];
-	} else {
-		__u32 *w = pkt_at(data, data_end, l3->ip_off, sizeof(struct iphdr));
-		__u32 words = (__u32)(l3->udp_off - l3->ip_off) / 4; /* IHL */
-
-		if (!w)
+		if (bpf_xdp_load_bytes(ctx, off + done, buf, n))
 			return -1;
-#pragma unroll
-		for (int i = 0; i < (int)sizeof(struct iphdr) / 4; i++)
-			acc += w[i];
-		/* Options (IHL > 5, rare): one word at a time through the stack, a fixed loop. */
-#pragma unroll
-		for (int i = sizeof(struct iphdr) / 4; i < 15; i++) {
-			__u32 opt = 0;
-
-			if (i < words && bpf_xdp_load_bytes(ctx, l3->ip_off + i * 4, &opt, 4))
-				return -1;
-			acc += opt;
-		}
+		__builtin_memset(buf + n, 0, 4); /* zero padding up to a multiple of 4 */
+		padded = (n + 3) & ~3ULL;
+		barrier_var(padded);
+		if (padded > CSUM_CHUNK)
+			return -1;
+		*sum += (__u32)bpf_csum_diff(NULL, 0, (__be32 *)buf, padded, 0);
+		done += n;
 	}
-	*sum = acc + csum_fold64(csum_pseudo(l3->family, l3->src, l3->dst, l3->udp_len));
-	return 0;
+	return done == len ? 0 : -1;
 }
 
 #endif /* ICEGATE_CSUM_H */

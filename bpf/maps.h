@@ -1,4 +1,4 @@
-/* maps.h - kernel only, included by relay.c and token.h: the relay's maps.
+/* maps.h - kernel only, included by relay.c: the relay's maps.
  *
  * Every map is pinned under PIN_DIR (-DPIN_DIR="/sys/fs/bpf/icegate/<relay>", passed by
  * controlplane/loader.py): bcc reuses a pinned map when it exists, so a control-plane
@@ -9,6 +9,7 @@
 #ifndef ICEGATE_MAPS_H
 #define ICEGATE_MAPS_H
 
+#include "csum.h"
 #include "shared.h"
 
 #ifndef PIN_DIR
@@ -40,6 +41,10 @@ BPF_TABLE_PINNED("lru_hash", struct rate_source_key, __u64, rate_sources, MAX_RA
 		 PIN_DIR "/rate_sources");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, rate_global, 1, PIN_DIR "/rate_global");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, rate_slow, 1, PIN_DIR "/rate_slow");
+
+/* Scratch for the IPv6 outer checksum (csum.h); holds nothing between packets, so it
+ * is not pinned. */
+BPF_TABLE("percpu_array", __u32, struct csum_scratch, csum_scratch, 1);
 
 /* Flow events for the control plane. bcc's BPF_RINGBUF_OUTPUT cannot pin; this is the
  * same declaration with a pinned section, so events written while the control plane

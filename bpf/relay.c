@@ -254,7 +254,8 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 					 const struct relay_config *cfg)
 {
 	struct route r = {};
-	__u32 stat;
+	__u64 inner_sum = 0;
+	__u32 zero = 0, stat;
 
 	stat = decide_route(ctx, pkt, vip, cfg, &r);
 	if (stat != CONTINUE)
@@ -267,7 +268,13 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	if (stat != CONTINUE)
 		return stat;
 	/* 2.11 and 2.1.4 */
-	stat = encapsulate(ctx, &pkt->l3, pkt->frame_len, &r.backend, r.be, cfg, &pkt->fib);
+	if (r.be->family == 6) {
+		struct csum_scratch *scratch = csum_scratch.lookup(&zero);
+
+		if (!scratch || packet_sum(ctx, pkt->l3.ip_off, pkt->l3.ip_len, scratch->bytes, &inner_sum))
+			return STAT_DROP_INTERNAL;
+	}
+	stat = encapsulate(ctx, &pkt->l3, pkt->frame_len, &r.backend, r.be, cfg, &pkt->fib, inner_sum);
 	if (stat != CONTINUE)
 		return stat;
 	return commit_route(pkt, cfg, &r);
