@@ -170,8 +170,11 @@ class Registry:
             if failures:
                 delay = min(MAX_BACKOFF_S, delay * 2 ** min(failures - 1, 8)) * random.uniform(0.8, 1.2)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+            # coincides with the timeout, and stop() would wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def start(self) -> None:
         if self._redis is None:

@@ -107,7 +107,8 @@ class Transceiver:
 
     async def _finish_drain(self) -> None:
         try:
-            await asyncio.wait_for(self.sessions.wait_empty(), self.config.drain_deadline_s)
+            async with asyncio.timeout(self.config.drain_deadline_s):
+                await self.sessions.wait_empty()
         except TimeoutError:
             logger.info("drain deadline: closing %d sessions", len(self.sessions))
             await self.sessions.close_all("drained")
