@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from controlplane import layout
 from controlplane.config import RelayConfig
+from controlplane.flowcache import FlowUpdate
 from controlplane.layout import STAT_MAX
-from controlplane.store import MapStore, MemoryStore
+from controlplane.recovery import Recovery
+from controlplane.store import FlowKeyT, MapStore, MemoryStore
 from icegate.errors import DependencyError, IcegateError, LinkError
 
 if TYPE_CHECKING:
@@ -65,8 +69,94 @@ def select_runner(cfg: RelayConfig) -> Runner:
 
 
 def xdp_runner(cfg: RelayConfig) -> Runner:
-    runner: Runner = _module("controlplane.xdprunner").XdpRunner(cfg)
-    return runner
+    return XdpRunner(cfg)
+
+
+def flow_update(event: layout.FlowEvent) -> FlowUpdate:
+    """A ring-buffer record as the flow cache takes it."""
+    key: FlowKeyT = (bytes(event.key.client_addr), event.key.client_host_port, int(event.key.vip_index))
+    kind = layout.FlowEventKind(event.kind)
+    return FlowUpdate(kind, key, event.backend.cluster, event.backend.index, event.token_tag, event.ts_ns)
+
+
+async def _slow_path_hook(recovery: Recovery, result: Any) -> bool:
+    return result.key is not None and await recovery.recover_key(result.key)
+
+
+class XdpRunner:
+    """The XDP program (``loader.py``) over pinned maps, plus the twin's sockets as the slow path.
+
+    Packets the program passes up (SLOW verdicts: no flow after the maps were lost, a
+    missing neighbour) reach the twin's sockets on the VIPs and the tunnel port; the twin
+    runs the same datapath over the *kernel* maps, so a recovered flow is installed where
+    the program sees it and the packet that triggered it is forwarded from userspace.
+    Flow events come from the ring buffer, polled in a thread.
+    """
+
+    def __init__(self, cfg: RelayConfig) -> None:
+        loader_module = _module("controlplane.loader")
+        self.cfg = cfg
+        self.loader = loader_module.Loader(cfg)
+        self.loader.load()  # compile, reuse or create the pinned maps: nothing attached yet
+        self.maps: MapStore = self.loader.store()
+        self.cpus = _module("controlplane.kernel").possible_cpus()
+        self.mode = "xdp"
+        self.twin: Any = None
+        self._poller: threading.Thread | None = None
+        self._polling = threading.Event()
+
+    def counters(self) -> Sequence[tuple[int, int]]:
+        counters: Sequence[tuple[int, int]] = self.maps.counters()  # type: ignore[attr-defined]
+        return counters
+
+    def problem(self) -> str | None:
+        if not self.loader.modes:
+            return "xdp program not attached"
+        attached = {a["interface"] for a in self.loader.status()["attached"]}
+        missing = sorted(set(self.cfg.interfaces) - attached)
+        if missing:
+            return f"xdp program not attached to {', '.join(missing)}"
+        if self.twin is None or not self.twin.running:
+            return "slow-path sockets are closed"
+        return None
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return []
+
+    async def start(self, service: RelayService) -> None:
+        twin = _module("controlplane.twin")
+        recovery = service.recovery
+        try:
+            self.twin = await twin.TwinRelay.start(
+                self.cfg,
+                self.maps,
+                on_slow=lambda result: _slow_path_hook(recovery, result),
+                on_event=service.flow_cache.record,
+            )
+        except OSError as exc:
+            raise LinkError(f"slow-path sockets cannot bind: {exc}") from exc
+        modes = self.loader.attach()
+        kinds = sorted(set(modes.values()))
+        self.mode = f"xdp-{kinds[0]}" if len(kinds) == 1 else "xdp-mixed"
+        log.info("datapath mode=%s interfaces=%s", self.mode, ",".join(f"{i}:{m}" for i, m in modes.items()))
+        cache = service.flow_cache
+        self.loader.open_events(lambda event: cache.record_threadsafe(flow_update(event)))
+        self._polling.set()
+        self._poller = threading.Thread(target=self._poll, name="ringbuf-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._polling.is_set():
+            self.loader.poll_events(100)
+
+    async def stop(self) -> None:
+        """Close sockets and descriptors; the program stays attached, the maps pinned."""
+        self._polling.clear()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 2.0)
+        if self.twin is not None:
+            await self.twin.close()
+        self.loader.close()
 
 
 def twin_runner(cfg: RelayConfig) -> Runner:
@@ -100,12 +190,12 @@ class TwinRunner:
         twin = _module("controlplane.twin")
         recovery = service.recovery
 
-        async def slow_path(result: Any) -> bool:
-            return result.key is not None and await recovery.recover_key(result.key)
-
         try:
             self.relay = await twin.TwinRelay.start(
-                self.cfg, self.maps, on_slow=slow_path, on_event=service.flow_cache.record
+                self.cfg,
+                self.maps,
+                on_slow=lambda result: _slow_path_hook(recovery, result),
+                on_event=service.flow_cache.record,
             )
         except OSError as exc:
             raise LinkError(f"userspace twin cannot bind its sockets: {exc}") from exc

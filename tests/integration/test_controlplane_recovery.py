@@ -14,6 +14,7 @@ control plane, throws the maps away, or stops Redis, and counts what the echo lo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -211,8 +212,13 @@ class RelayProcess:
     lab: Lab
     procs: Processes
     config: Path
+    mode: str
     proc: subprocess.Popen[Any] | None = None
     logs: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.lab.config.relay_name
 
     def start(self, *flags: str) -> None:
         argv = [sys.executable, "-c", "from icegate.cli import main; main()", "relay", "run"]
@@ -243,6 +249,11 @@ class RelayProcess:
                 return exc.code, exc.read().decode()
             except OSError:
                 return 0, ""
+
+    def icegate(self, *args: str) -> str:
+        """The CLI inside the relay's namespace (XDP attachments are per namespace; pins are not)."""
+        argv = [sys.executable, "-c", "from icegate.cli import main; main()", *args]
+        return netns.run(self.lab.namespace("relay"), argv, timeout=30)
 
     def metric(self, sample: str) -> float:
         for line in self.http("/metrics")[1].splitlines():
@@ -285,7 +296,7 @@ class World:
                 r.close()
 
 
-@pytest.fixture(params=["userspace"])
+@pytest.fixture(params=["userspace", "xdp"])
 def world(request: pytest.FixtureRequest, ns_prefix: str, procs: Processes) -> Iterator[World]:
     lab = Lab(LabConfig(name=ns_prefix.rstrip("-"), transceivers=LabConfig().transceivers[:1]))
     lab.up()
@@ -302,7 +313,7 @@ def world(request: pytest.FixtureRequest, ns_prefix: str, procs: Processes) -> I
             tx = EchoTransceiver(
                 tx_settings.namespace, tx_settings.address, (tx_settings.relay_tunnel, 6081), url, region
             )
-            world = World(lab, RelayProcess(lab, procs, config), rs, Keys(region), tx)
+            world = World(lab, RelayProcess(lab, procs, config, request.param), rs, Keys(region), tx)
             world.write_route_keys()
             tx.start()
             try:
@@ -356,7 +367,9 @@ def test_cold_start_recovers_flows_from_redis(world: World) -> None:
     time.sleep(0.3)
 
     down = time.monotonic()
-    relay.stop()  # userspace: the maps live in the process, so this is a cold start
+    relay.stop()  # userspace: the maps live in the process, so stopping it is the cold start
+    if relay.mode == "xdp":  # XDP: the program and the pinned maps go too (a reboot, a new node)
+        assert "pin flows" in relay.icegate("relay", "detach", "--name", relay.name)
     relay.start()  # no --preload: the first packet of the flow takes the slow path
     restart_s = time.monotonic() - down
     wait_for(
@@ -368,8 +381,57 @@ def test_cold_start_recovers_flows_from_redis(world: World) -> None:
     relay.stop()
     report = stream.report()
     print(
-        f"cold start (userspace): restart {restart_s * 1e3:.0f} ms, sent={report.sent} lost={report.lost} "
+        f"cold start ({relay.mode}): down {restart_s * 1e3:.0f} ms, sent={report.sent} lost={report.lost} "
         f"(longest gap {report.longest_gap} packets = {report.longest_gap * 1e3 / PPS:.0f} ms)"
     )
     assert after > 0 and report.lost == report.longest_gap  # one gap: the restart, then nothing
     assert report.longest_gap <= (restart_s + 0.2) * PPS
+
+
+@pytest.mark.parametrize("world", ["xdp"], indirect=True)
+def test_control_plane_restart_loses_nothing(world: World) -> None:
+    relay = world.relay
+    relay.start()
+    wait_for(world.ready, 10, what="relay ready")
+    stream = world.stream()
+    time.sleep(0.3)
+    timings = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # a clean stop and a crash
+        down = time.monotonic()
+        relay.stop(sig)
+        relay.start()
+        timings.append(time.monotonic() - down)
+        wait_for(world.ready, 10, what="ready after restart")
+        time.sleep(0.3)
+    stream.stop()
+    relay.stop()
+    report = stream.report()
+    print(
+        f"control-plane restart (xdp): down {[round(t * 1e3) for t in timings]} ms, "
+        f"sent={report.sent} lost={report.lost}"
+    )
+    assert report.sent > PPS and report.lost == 0, report.missing[:20]
+
+
+@pytest.mark.parametrize("world", ["xdp"], indirect=True)
+def test_flushed_flows_come_back_on_their_first_packet(world: World) -> None:
+    relay = world.relay
+    relay.start()
+    wait_for(world.ready, 10, what="relay ready")
+    stream = world.stream()
+    wait_for(lambda: world.cached_flows() == 1, 5, what="the session in the flow cache")
+    time.sleep(0.3)
+    flushed = relay.icegate("flows", "flush", "--yes", "--name", relay.name)
+    assert flushed.startswith("flushed ")
+    wait_for(
+        lambda: relay.metric('icegate_relay_recoveries_total{result="recovered"}') >= 1, 5, what="recovery"
+    )
+    time.sleep(0.5)
+    stream.stop()
+    flows = json.loads(relay.icegate("flows", "ls", "--json", "--name", relay.name))
+    slow = relay.metric('icegate_relay_packets_total{reason="no_flow",verdict="slow"}')
+    relay.stop()
+    report = stream.report()
+    print(f"maps flushed (xdp): sent={report.sent} lost={report.lost}, slow-path packets={slow:.0f}")
+    assert [(f["client"], f["backend"]) for f in flows] == [("100.64.1.2", "1:1")]
+    assert report.lost == 0, report.missing[:20]
