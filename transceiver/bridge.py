@@ -24,11 +24,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
-from aiortc import RTCDataChannel
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, AudioResampler
 
@@ -54,6 +53,15 @@ logger = logging.getLogger(__name__)
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 MAX_PLAYOUT_FRAMES = 60 * 1000 // FRAME_MS  # 60 s of agent audio queued at most
 SILENCE = bytes(FRAME_BYTES)
+
+
+class EventSink(Protocol):
+    """Where turn events for the client go: the ``events`` ``RTCDataChannel``."""
+
+    @property
+    def readyState(self) -> str: ...
+
+    def send(self, data: str) -> None: ...
 
 
 class AgentVoiceTrack(MediaStreamTrack):
@@ -99,7 +107,7 @@ class MediaBridge:
         self.session_id = session_id
         self.track = AgentVoiceTrack(self)
         self.endpointer = Endpointer(vad)
-        self.events: RTCDataChannel | None = None
+        self.events: EventSink | None = None
         self.frames_in = 0
         self.turns = 0
         self._agent_url = agent_url
