@@ -74,6 +74,16 @@ def _kernel_info(target: Target) -> dict[str, Any]:
     return info
 
 
+def _kernel_capacities(target: Target) -> dict[str, int]:
+    infos = _kernel_module().pinned_map_infos(target.pin_dir)
+    sizes = map_capacity(target.limits)
+    return {name: infos[name].max_entries if name in infos else size for name, size in sizes.items()}
+
+
+def _limit_capacities(target: Target) -> dict[str, int]:
+    return map_capacity(target.limits)
+
+
 def _kernel_detach(target: Target) -> list[str]:
     loader = _import("controlplane.loader")
     removed: list[str] = loader.detach(target.pin_dir)
@@ -120,6 +130,7 @@ class CliEnv:
     open_maps: Callable[[Target], MapStore] = _kernel_maps
     open_counters: Callable[[Target], CounterSource] = _kernel_counters
     relay_info: Callable[[Target], dict[str, Any]] = _kernel_info
+    capacities: Callable[[Target], dict[str, int]] = _kernel_capacities
     detach: Callable[[Target], list[str]] = _kernel_detach
     clock_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
@@ -254,7 +265,7 @@ def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
     info = env.relay_info(target)
     maps = env.open_maps(target)
     fill = map_fill(maps)
-    capacity = map_capacity(target.limits)
+    capacity = env.capacities(target)
     status = {
         "name": target.name,
         "pin_dir": str(target.pin_dir),

@@ -61,6 +61,7 @@ def env_for(maps: MemoryStore, samples: list[list[tuple[int, int]]] | None = Non
         open_maps=lambda t: maps,
         open_counters=lambda t: counters,
         relay_info=info,
+        capacities=cli._limit_capacities,
         clock_ns=lambda: NOW,
         sleep=lambda s: None,
     )
