@@ -1,0 +1,144 @@
+"""The Python mirror (controlplane/layout.py) against what the compilers made of shared.h.
+
+Two witnesses: the ctypes Key/Leaf classes bcc generated for the maps of the loaded
+program, and a small C program compiled with gcc that prints every struct's size, every
+field's offset and size, every enum value and limit. A change on one side that is not
+made on the other fails here (STYLE.md: one source of truth for every wire layout).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import pytest
+from icegate.bpf import source_dir
+
+from controlplane import layout
+from controlplane.config import RelayLimits
+from icegate.rfc7983 import PacketKind
+from tests.bpf.harness import XdpRelay
+
+SHARED_H = source_dir() / "shared.h"
+# C enum prefix of each mirrored enum.
+ENUMS: dict[str, type[IntEnum]] = {
+    "STAT_": layout.Stat,
+    "PACKET_": PacketKind,
+    "BACKEND_": layout.BackendState,
+    "FLOW_EVENT_": layout.FlowEventKind,
+}
+LIMITS = (
+    "MAX_ROUTE_KEYS",
+    "MAX_STUN_ATTRS",
+    "MAX_USERNAME_LEN",
+    "MAX_UFRAG_LEN",
+    "TOKEN_CHARS",
+    "TOKEN_BYTES",
+)
+
+
+def describe(cls: Any) -> tuple[int, list[tuple[str, int, int]]]:
+    """(size, [(field, offset, size)]) of a ctypes structure."""
+    return ctypes.sizeof(cls), [
+        (name, getattr(cls, name).offset, getattr(cls, name).size) for name, *_ in cls._fields_
+    ]
+
+
+def bcc_structs(xdp: XdpRelay) -> dict[str, Any]:
+    """Every struct class bcc generated for the program's maps, by C name (nested ones too)."""
+    found: dict[str, Any] = {}
+
+    def walk(cls: Any) -> None:
+        while isinstance(cls, type) and issubclass(cls, ctypes.Array):
+            cls = cls._type_  # per-CPU leaves are arrays of the value struct
+        if isinstance(cls, type) and issubclass(cls, ctypes.Structure) and cls.__name__ not in found:
+            found[cls.__name__] = cls
+            for _, ftype, *_ in cls._fields_:
+                walk(ftype)
+
+    for name in ("counters", "vips", "backends", "route_keys", "config", "flows", "pending"):
+        table = xdp.loader.bpf.get_table(name.encode())
+        walk(table.Key)
+        walk(table.Leaf)
+    return found
+
+
+def test_bcc_map_structs_match_layout(xdp: XdpRelay) -> None:
+    generated = bcc_structs(xdp)
+    mirrored = set(layout.STRUCTS) - {"flow_event"}  # the ring buffer record has no map type
+    assert mirrored <= set(generated), f"no map uses {mirrored - set(generated)}"
+    for name in mirrored:
+        assert describe(layout.STRUCTS[name]) == describe(generated[name]), name
+
+
+@pytest.fixture(scope="module")
+def c_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """name -> value printed by a gcc-compiled program that includes shared.h."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.fail("gcc is needed for the layout test: apt-get install gcc")
+    lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "shared.h"', "int main(void) {"]
+    for cname, cls in layout.STRUCTS.items():
+        lines.append(f'printf("sizeof {cname} %zu\\n", sizeof(struct {cname}));')
+        for field, *_ in cls._fields_:
+            lines.append(f'printf("offset {cname}.{field} %zu\\n", offsetof(struct {cname}, {field}));')
+            lines.append(f'printf("size {cname}.{field} %zu\\n", sizeof(((struct {cname} *)0)->{field}));')
+    for prefix, enum in ENUMS.items():
+        for member in enum:
+            lines.append(f'printf("enum {prefix}{member.name} %d\\n", (int){prefix}{member.name});')
+    for name in (*LIMITS, "STAT_MAX", *(n.upper() for n in RelayLimits._BOUNDS)):
+        lines.append(f'printf("limit {name} %lld\\n", (long long){name});')
+    lines += ["return 0;", "}"]
+    work: Path = tmp_path_factory.mktemp("layout")
+    (work / "layout.c").write_text("\n".join(lines) + "\n")
+    subprocess.run(
+        [gcc, "-Wall", "-Werror", f"-I{source_dir()}", "-o", str(work / "layout"), str(work / "layout.c")],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run([str(work / "layout")], check=True, capture_output=True, text=True).stdout
+    facts = {}
+    for line in out.splitlines():
+        kind, name, value = line.split()
+        facts[f"{kind} {name}"] = int(value)
+    return facts
+
+
+def test_gcc_struct_layouts_match(c_facts: dict[str, int]) -> None:
+    for cname, cls in layout.STRUCTS.items():
+        size, fields = describe(cls)
+        assert c_facts[f"sizeof {cname}"] == size == layout.EXPECTED_SIZES[cname], cname
+        for field, offset, fsize in fields:
+            assert (c_facts[f"offset {cname}.{field}"], c_facts[f"size {cname}.{field}"]) == (
+                offset,
+                fsize,
+            ), f"{cname}.{field}"
+
+
+def test_gcc_enum_values_match(c_facts: dict[str, int]) -> None:
+    for prefix, enum in ENUMS.items():
+        for member in enum:
+            assert c_facts[f"enum {prefix}{member.name}"] == member.value, f"{prefix}{member.name}"
+    assert c_facts["limit STAT_MAX"] == layout.STAT_MAX == len(layout.Stat)
+
+
+def test_every_c_enum_member_is_mirrored() -> None:
+    """The other direction: a member added to shared.h but not to Python fails too."""
+    text = SHARED_H.read_text()
+    for prefix, enum in ENUMS.items():
+        declared = {m.group(1): int(m.group(2)) for m in re.finditer(rf"\b{prefix}(\w+) = (\d+)", text)}
+        declared.pop("MAX", None)
+        assert declared == {m.name: m.value for m in enum}, prefix
+
+
+def test_limits_match(c_facts: dict[str, int]) -> None:
+    for name in LIMITS:
+        assert c_facts[f"limit {name}"] == getattr(layout, name), name
+    defaults = RelayLimits()
+    for name in RelayLimits._BOUNDS:
+        assert c_facts[f"limit {name.upper()}"] == getattr(defaults, name), f"default of {name}"
