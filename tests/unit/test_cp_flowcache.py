@@ -150,7 +150,7 @@ def test_preload_restores_10k_flows(redis: RedisServer) -> None:
     async def body(store: RedisStore) -> None:
         report = await Recovery(store, maps).preload(maps.vips())
         assert (report.scanned, report.installed, report.skipped) == (10_000, 10_000, 0)
-        print(f"preload 10k: redis {report.redis_s * 1e3:.1f} ms, maps {report.map_s * 1e3:.1f} ms")
+        print(f"preload 10k: redis {report.redis_s * 1e3:.1f} ms, put_flows {report.map_s * 1e3:.1f} ms")
 
     asyncio.run(run_with(redis, name, maps, body))
     assert sum(1 for _ in maps.flows()) == 10_000

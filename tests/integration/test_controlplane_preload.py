@@ -1,0 +1,85 @@
+"""Cold start with ``--preload``: 10k cached flows from Redis into the real pinned ``flows`` map.
+
+DESIGN B8 wants the map part at most 20 ms for 10k flows; this measures it with the
+kernel's batch update (and prints the Redis part, which the target does not cover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis as redis_sync
+
+from controlplane import loader
+from controlplane.config import RedisConfig, RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane.kernel import KernelStore
+from controlplane.layout import BackendState
+from controlplane.recovery import PreloadReport, Recovery
+from controlplane.redisio import RedisStore
+from controlplane.store import Backend, Vip
+from icegate.inet import addr16
+from icegate.schema import CachedFlow, Keys
+from tests.support import RedisServer
+
+FLOWS = 10_000
+
+
+@pytest.fixture
+def pinned() -> Iterator[KernelStore]:
+    cfg = RelayConfig(
+        name=f"preload{os.getpid()}",
+        vips=(VipConfig("192.0.2.10"),),
+        tunnel=TunnelConfig("10.70.0.1"),
+        limits=RelayLimits(max_flows=16384, max_pending=64),
+    )
+    relay = loader.Loader(cfg)
+    relay.load()
+    try:
+        store = relay.store()
+        store.set_vips([Vip("192.0.2.10", 3478, 0)])
+        store.put_backend(Backend(1, 1, "10.70.0.11", 6081, BackendState.ACTIVE, 1))
+        store.put_backend(Backend(1, 2, "10.70.0.12", 6081, BackendState.ACTIVE, 1))
+        yield store
+    finally:
+        relay.close()
+        loader.unpin(cfg.pin_dir)
+
+
+def test_preload_10k_flows_into_the_kernel_map(pinned: KernelStore, redis: RedisServer) -> None:
+    region = f"preload{os.getpid()}"
+    keys = Keys(region)
+    r = redis_sync.Redis.from_url(redis.url)
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(FLOWS):
+            host = f"100.64.{i // 250}.{i % 250 + 1}"
+            pipe.hset(
+                keys.flow("192.0.2.10", 3478, host, 50000), mapping=CachedFlow(1, 1 + i % 2, i, 1).encode()
+            )
+        pipe.execute()
+    r.close()
+
+    async def preload() -> PreloadReport:
+        store = RedisStore(RedisConfig(url=redis.url, region=region))
+        try:
+            return await Recovery(store, pinned).preload(pinned.vips())
+        finally:
+            await store.close()
+
+    pinned.flush_flows()
+    started = time.perf_counter()
+    report = asyncio.run(preload())
+    total = time.perf_counter() - started
+    print(
+        f"preload {FLOWS} flows into the kernel map: put_flows {report.map_s * 1e3:.1f} ms, "
+        f"prepare {report.prepare_s * 1e3:.1f} ms, redis {report.redis_s * 1e3:.0f} ms, "
+        f"total {total * 1e3:.0f} ms"
+    )
+    assert (report.scanned, report.installed, report.skipped) == (FLOWS, FLOWS, 0)
+    assert sum(1 for _ in pinned.flows()) == FLOWS
+    flow = pinned.get_flow((addr16("100.64.3.7"), 50000, 0))
+    assert flow is not None and (flow.cluster, flow.index, flow.token_tag) == (1, 1, 3 * 250 + 6)
+    assert report.map_s < 0.2  # DESIGN target 20 ms; generous here for a shared 2-core machine
