@@ -157,6 +157,7 @@ class RelayConfig:
     flow_cache: FlowCacheConfig = field(default_factory=FlowCacheConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     sync_interval_s: float = 0.5  # full reconciliation of backends and route keys
+    dead_grace_s: float = 600.0  # a dead backend (heartbeat expired) stays in the map this long
 
     def validate(self, path: str) -> None:
         if not NAME_RE.match(self.name):
@@ -179,6 +180,8 @@ class RelayConfig:
                 raise ConfigError(f"{path}.interfaces[{i}]", f"not a valid interface name: {dev!r}")
         if self.sync_interval_s <= 0:
             raise ConfigError(f"{path}.sync_interval_s", "must be > 0")
+        if self.dead_grace_s < 0:
+            raise ConfigError(f"{path}.dead_grace_s", "must be >= 0")
 
     @property
     def pin_dir(self) -> Path:

@@ -29,7 +29,7 @@ from controlplane.metrics import ControlPlane, CounterSource, RelayCollector
 from controlplane.recovery import Recovery
 from controlplane.redisio import RedisStore
 from controlplane.store import MapStore, RateConfig, TunnelEndpoint, Vip
-from controlplane.sync import DEAD_GRACE_S, ClusterSync
+from controlplane.sync import ClusterSync
 from icegate.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,17 @@ class RelayService:
         counters: CounterSource,
         datapath_problem: DatapathProblem,
         *,
-        dead_grace_s: float = DEAD_GRACE_S,
         http_port: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.maps = maps
         self.redis = RedisStore(cfg.redis)
         self.sync = ClusterSync(
-            self.redis, maps, clusters=cfg.clusters, interval_s=cfg.sync_interval_s, dead_grace_s=dead_grace_s
+            self.redis,
+            maps,
+            clusters=cfg.clusters,
+            interval_s=cfg.sync_interval_s,
+            dead_grace_s=cfg.dead_grace_s,
         )
         self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
         self.recovery = Recovery(self.redis, maps)
