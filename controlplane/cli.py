@@ -104,23 +104,14 @@ def _import(name: str) -> Any:
 
 
 def check_pinned(target: Target) -> None:
-    """Clear errors for the two ways the maps can be missing."""
-    if not _is_bpffs(target.bpffs):
-        raise DependencyError(f"bpffs is not mounted at {target.bpffs}: mount -t bpf bpf {target.bpffs}")
+    """Clear errors for the ways the maps can be missing: no bpffs, no name, nothing pinned."""
+    _import("controlplane.loader").check_bpffs(target.bpffs)
     if not target.name:
         found = pinned_relays(target.bpffs)
         which = f"relays pinned here: {', '.join(found)}" if found else "no relay is pinned on this host"
         raise RelayNotRunning(f"--name is required ({which})")
     if not target.pin_dir.is_dir():
         raise RelayNotRunning(f"relay {target.name!r} is not running: nothing pinned at {target.pin_dir}")
-
-
-def _is_bpffs(path: Path) -> bool:
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return path.is_dir()
-    return any(line.split()[1:3] == [str(path), "bpf"] for line in mounts if len(line.split()) > 2)
 
 
 @dataclass
@@ -562,10 +553,7 @@ def stats(
 ) -> None:
     """Live datapath counters (non-zero rows, busiest first), like top."""
     env = _env(ctx)
-    try:
-        source = env.open_counters(target)
-    except IcegateError as exc:
-        raise click.ClickException(str(exc)) from exc
+    source = env.open_counters(target)
     samples = count if count is not None else (1 if interval is None else 0)
     previous: Sequence[tuple[int, int]] | None = None
     taken = 0
