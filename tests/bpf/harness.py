@@ -15,14 +15,17 @@ import ipaddress
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane.datapath import Datapath, FrameResult
 from controlplane.kernel import prog_test_run
 from controlplane.layout import BackendState, Stat
 from controlplane.loader import Loader
-from controlplane.store import Backend, Flow, RateConfig, TunnelEndpoint, Vip
+from controlplane.nexthop import StaticNextHop
+from controlplane.store import Backend, Flow, MemoryStore, RateConfig, TunnelEndpoint, Vip
 from icegate import netns
 from icegate.inet import addr16, from_addr16
 
@@ -33,7 +36,9 @@ TEST_LIMITS = RelayLimits(max_flows=4096, max_pending=1024, max_rate_sources=102
 STATE_MAPS = ("flows", "pending", "rate_sources", "rate_global", "rate_slow", "backends")
 
 
+@cache
 def vectors() -> dict[str, Any]:
+    """tests/data/packets.json, parsed once (callers copy before changing anything)."""
     return dict(json.loads((DATA / "packets.json").read_text()))
 
 
@@ -202,3 +207,45 @@ def _dump(items: Iterator[tuple[tuple[bytes, int, int], Flow]]) -> list[dict[str
 
 def sort_flows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(flows, key=lambda d: (d["vip_index"], d["client"], d["port"]))
+
+
+# ---- the userspace twin on the same state and topology ----
+def twin_for(state: dict[str, Any]) -> Datapath:
+    store = MemoryStore()
+    store.set_vips([Vip(v["address"], v["port"], v["index"]) for v in state["vips"]])
+    tunnel = state["tunnel"]
+    store.set_config(
+        TunnelEndpoint(tunnel["address4"], tunnel["address6"], tunnel["port"]), RateConfig(**state["rate"])
+    )
+    store.set_route_keys({int(k): bytes.fromhex(v) for k, v in state["route_keys"].items()})
+    for b in state["backends"]:
+        store.put_backend(
+            Backend(
+                b["cluster"],
+                b["index"],
+                b["address"],
+                b["port"],
+                BackendState[b["state"].upper()],
+                b["generation"],
+            )
+        )
+    for name, put in (("flows", store.put_flow), ("pending", store.put_pending)):
+        for f in state[name]:
+            put(
+                (addr16(f["client"]), f["port"], f["vip_index"]),
+                Flow(f["cluster"], f["index"], f["token_tag"], 1, 1),
+            )
+    return Datapath(store, StaticNextHop(vectors()["topology"]))
+
+
+def twin_view(result: FrameResult) -> dict[str, Any]:
+    eth = None
+    if result.eth_src is not None and result.eth_dst is not None:
+        eth = {"src": mac_text(result.eth_src), "dst": mac_text(result.eth_dst)}
+    return {
+        "stat": result.stat.name,
+        "action": str(result.action),
+        "egress": result.egress,
+        "eth": eth,
+        "output": result.output.hex() if result.output is not None else None,
+    }

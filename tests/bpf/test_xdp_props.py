@@ -19,15 +19,11 @@ from typing import Any
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from controlplane.datapath import Datapath, FrameResult
-from controlplane.layout import BackendState, Stat
-from controlplane.nexthop import StaticNextHop
-from controlplane.store import Backend, Flow, MemoryStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.layout import Stat
 from icegate import geneve, inet, stun
 from icegate.errors import WireError
-from icegate.inet import addr16
 from icegate.rfc7983 import WEBRTC_KINDS, classify
-from tests.bpf.harness import XdpRelay, mac_text, vectors
+from tests.bpf.harness import XdpRelay, twin_for, twin_view, vectors
 
 VECTORS = vectors()
 STATE = VECTORS["state"]
@@ -44,47 +40,6 @@ FORWARDED_SEEDS = [
 VIPS = {(v["address"], v["port"]) for v in STATE["vips"]}
 MAX_FRAME = 3000  # BPF_PROG_TEST_RUN takes a frame of up to a page minus head- and tailroom
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def twin_for(state: dict[str, Any]) -> Datapath:
-    store = MemoryStore()
-    store.set_vips([Vip(v["address"], v["port"], v["index"]) for v in state["vips"]])
-    tunnel = state["tunnel"]
-    store.set_config(
-        TunnelEndpoint(tunnel["address4"], tunnel["address6"], tunnel["port"]), RateConfig(**state["rate"])
-    )
-    store.set_route_keys({int(k): bytes.fromhex(v) for k, v in state["route_keys"].items()})
-    for b in state["backends"]:
-        store.put_backend(
-            Backend(
-                b["cluster"],
-                b["index"],
-                b["address"],
-                b["port"],
-                BackendState[b["state"].upper()],
-                b["generation"],
-            )
-        )
-    for name, put in (("flows", store.put_flow), ("pending", store.put_pending)):
-        for f in state[name]:
-            put(
-                (addr16(f["client"]), f["port"], f["vip_index"]),
-                Flow(f["cluster"], f["index"], f["token_tag"], 1, 1),
-            )
-    return Datapath(store, StaticNextHop(VECTORS["topology"]))
-
-
-def twin_view(result: FrameResult) -> dict[str, Any]:
-    eth = None
-    if result.eth_src is not None and result.eth_dst is not None:
-        eth = {"src": mac_text(result.eth_src), "dst": mac_text(result.eth_dst)}
-    return {
-        "stat": result.stat.name,
-        "action": str(result.action),
-        "egress": result.egress,
-        "eth": eth,
-        "output": result.output.hex() if result.output is not None else None,
-    }
 
 
 def assert_well_formed(stat: str, output: bytes) -> None:
