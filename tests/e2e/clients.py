@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
@@ -26,9 +27,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, AudioResampler
 
+from icegate import netns
+
 RATE = 48000
 FRAME = 960  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
+T = TypeVar("T")
 
 
 def tone(hz: float, ms: int, amplitude: float = 0.3) -> np.ndarray:
@@ -276,3 +280,33 @@ async def connect_direct(client: VoiceClient, answerer: DirectAnswerer, timeout:
 
 def median(values: Sequence[float]) -> float:
     return float(np.median(np.asarray(values))) if values else float("nan")
+
+
+def run_in_namespace(
+    namespace: str | None, main: Callable[[], Coroutine[Any, Any, T]], timeout: float = 300
+) -> T:
+    """Run ``main()`` on a new event loop in a thread inside ``namespace`` (None: here); return its result.
+
+    Every socket the coroutine opens (aiortc's ICE sockets, HTTP) lives in that namespace.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            if namespace is None:
+                result.append(asyncio.run(main()))
+            else:
+                with netns.entered(namespace):
+                    result.append(asyncio.run(main()))
+        except BaseException as exc:  # re-raised in the caller
+            error.append(exc)
+
+    thread = threading.Thread(target=body, name=f"client-{namespace}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"client run in {namespace} did not finish within {timeout}s")
+    if error:
+        raise error[0]
+    return result[0]
