@@ -375,3 +375,50 @@ def test_setup_time_through_the_relay_vs_direct(world: World, tmp_path: Path) ->
     summary = {k: round(v["median_s"] * 1000, 2) for k, v in result.items() if isinstance(v, dict)}
     print(f"\nset-up medians ms ({world.mode}): {summary}, ratio {result['ratio']:.3f}")  # shown with -s
     assert len(times["relay"]) == rounds and len(times["direct"]) == rounds
+
+
+def test_drain_refuses_new_sessions_keeps_live_ones_and_exits(world: World) -> None:
+    """`icegate backends drain` flips the registration; the transceiver drains and exits when idle."""
+    tx = world.tx[1]
+    lab = world.lab
+    region_keys = Keys(lab.config.region)
+
+    def registration_state() -> str | None:
+        with netns.entered(lab.namespace("dc")):
+            r = redis_sync.Redis.from_url(lab.redis_url)
+            try:
+                state = r.hget(region_keys.transceiver(lab.config.cluster, 1), "state")
+            finally:
+                r.close()
+        return None if state is None else state.decode()
+
+    async def session() -> VoiceClient:
+        client = VoiceClient(tx.url)
+        async with aiohttp.ClientSession() as http:
+            await client.connect(http)
+            client.mic.play(np.concatenate([tone(440.0, 300), silence(100)]))
+            await client.wait_event("response_done", timeout=10)
+
+            drain = ["backends", "drain", "1:1", "--redis-url", lab.redis_url, "--region", lab.config.region]
+            await asyncio.to_thread(netns.run, lab.namespace("dc"), [*ICEGATE, *drain])
+            await asyncio.to_thread(wait_for, lambda: tx.get("/readyz")[0] == 503, 5, 0.05, "readyz 503")
+            late = VoiceClient(tx.url)
+            offer = await late.offer()
+            headers = {"Content-Type": "application/sdp"}
+            async with http.post(f"{tx.url}/v1/sessions", data=offer, headers=headers) as resp:
+                assert resp.status == 503 and resp.headers["Retry-After"]
+            await late.pc.close()
+
+            client.mic.play(np.concatenate([tone(440.0, 300), silence(100)]))  # the live session goes on
+            await client.wait_event("response_done", count=2, timeout=10)
+            await client.hangup(http)
+        return client
+
+    run_in_namespace(world.client_ns(), session)
+    assert tx.proc.wait(10) == 0, "the drained transceiver did not exit on its own"
+    assert registration_state() is None  # deregistered on the way out
+    wait_for(
+        lambda: metric(world.relay_metrics(), 'icegate_relay_backends{state="active"}') == 1,
+        10,
+        what="the relay to drop the drained backend",
+    )
