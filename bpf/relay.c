@@ -24,7 +24,7 @@ struct packet {
 	struct ip_udp l3;           /* the IP/UDP headers as received */
 	struct bpf_fib_lookup fib;  /* next hop, valid once next_hop() returned CONTINUE */
 	__u32 frame_len;            /* bytes as received: what the counters count */
-	__u64 now;
+	__u64 now;                  /* bpf_ktime_get_ns(), read only where a map needs it */
 };
 
 static __always_inline __u64 outer_len(const struct backend_value *be)
@@ -213,7 +213,7 @@ static __always_inline __u32 commit_route(const struct packet *pkt, const struct
 
 /* Section 2, rules 1-9: classify, then route by flow or by token. The STUN and token
  * scratch lives only here, so the compiler can reuse its stack for what follows. */
-static __always_inline __u32 decide_route(struct xdp_md *ctx, const struct packet *pkt,
+static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt,
 					       const struct vip_value *vip, const struct relay_config *cfg,
 					       struct route *r)
 {
@@ -246,6 +246,7 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, const struct packe
 		return route_known_flow(&stun, &tok, r);
 	if (!stun.binding_request)
 		return STAT_SLOW_NO_FLOW; /* 2.6: the slow path may know it from the Redis flow cache */
+	pkt->now = bpf_ktime_get_ns(); /* the rate buckets need it */
 	return route_new_flow(&stun, &tok, pkt, cfg, r);
 }
 
@@ -260,6 +261,8 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	stat = decide_route(ctx, pkt, vip, cfg, &r);
 	if (stat != CONTINUE)
 		return stat;
+	if (!pkt->now)
+		pkt->now = bpf_ktime_get_ns();
 	if (!r.be)
 		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
 	/* 2.10 and 2.1.3 */
@@ -340,6 +343,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	stat = decapsulate(ctx, &inner, pkt->frame_len, &pkt->fib);
 	if (stat != CONTINUE)
 		return stat;
+	pkt->now = bpf_ktime_get_ns();
 	if (confirm) {
 		/* Updated in place, then copied into flows (a map value may be the source of an
 		 * update), then removed from pending. */
@@ -371,7 +375,9 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, const struct p
 		__u64 *tat = rate_slow.lookup(&zero), next;
 
 		if (cfg && tat) {
-			if (gcra_admit(*tat, pkt->now, cfg->slow_interval_ns, cfg->slow_tolerance_ns, &next))
+			__u64 now = pkt->now ? pkt->now : bpf_ktime_get_ns();
+
+			if (gcra_admit(*tat, now, cfg->slow_interval_ns, cfg->slow_tolerance_ns, &next))
 				*tat = next;
 			else
 				stat = STAT_DROP_RATE_SLOW_PATH; /* userspace is saturated: shed load here */
@@ -406,7 +412,6 @@ int xdp_relay(struct xdp_md *ctx)
 	__be16 proto;
 
 	pkt.frame_len = data_end - data;
-	pkt.now = bpf_ktime_get_ns();
 	cfg = config.lookup(&zero);
 	if (!cfg) {
 		stat = STAT_PASS_NOT_RELAY; /* cannot happen (array of one): fail open */
