@@ -234,6 +234,8 @@ class VoiceClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The far end's DTLS close_notify makes aiortc schedule a close() of its own: let it finish.
+        await asyncio.sleep(0.05)
 
 
 class DirectAnswerer:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -422,3 +424,65 @@ def test_drain_refuses_new_sessions_keeps_live_ones_and_exits(world: World) -> N
         10,
         what="the relay to drop the drained backend",
     )
+
+
+def pin(proc: subprocess.Popen[Any], cpu: int) -> None:
+    """Pin every thread of ``proc`` (and of its children, if nsenter forked) to ``cpu``."""
+    pids = [
+        proc.pid,
+        *map(
+            int, subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        ),
+    ]
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+
+
+def cpu_seconds(proc: subprocess.Popen[Any]) -> float:
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+LOAD_SESSIONS = 12
+LOAD_SECONDS = 8.0
+
+
+@pytest.mark.parametrize("world", ["xdp"], indirect=True)
+def test_sessions_hold_50_frames_per_second_on_one_core(world: World) -> None:
+    """LOAD_SESSIONS concurrent two-way voice sessions on one transceiver pinned to CPU 0.
+
+    Clients, agent and relay control plane run on CPU 1. Every stream must receive at
+    least 48 of the 50 frames per second; the transceiver's CPU use gives sessions/core.
+    """
+    tx = world.tx[1]
+    pin(tx.proc, 0)
+    pin(world.relay, 1)
+    utterance = np.concatenate([tone(350.0, 400), silence(800)])
+
+    async def load() -> tuple[list[float], float]:
+        os.sched_setaffinity(0, {1})
+        clients = [VoiceClient(tx.url) for _ in range(LOAD_SESSIONS)]
+        async with aiohttp.ClientSession() as http:
+            for c in clients:
+                await c.connect(http)
+            for c in clients:
+                c.mic.play(np.tile(utterance, 20))
+            await asyncio.sleep(2.0)  # settle
+            counts = [len(c.heard.frames) for c in clients]
+            used = cpu_seconds(tx.proc)
+            started = time.monotonic()
+            await asyncio.sleep(LOAD_SECONDS)
+            elapsed = time.monotonic() - started
+            share = (cpu_seconds(tx.proc) - used) / elapsed
+            rates = [(len(c.heard.frames) - n) / elapsed for c, n in zip(clients, counts, strict=True)]
+            await asyncio.gather(*(c.hangup(http) for c in clients))
+        return rates, share
+
+    rates, share = run_in_namespace(world.client_ns(), load)
+    print(
+        f"\n{LOAD_SESSIONS} sessions: transceiver CPU {share * 100:.1f}% of one core, "
+        f"{share / LOAD_SESSIONS * 100:.2f}% per session -> ~{LOAD_SESSIONS / share:.0f} sessions/core; "
+        f"frames/s per stream min {min(rates):.1f} median {median(rates):.1f}"
+    )
+    assert min(rates) >= 48.0, rates
+    assert share < 1.0
