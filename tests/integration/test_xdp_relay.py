@@ -1,0 +1,245 @@
+"""The XDP program on real veth links, native and generic mode, with real UDP traffic.
+
+Three namespaces: a client, the relay (program attached to its public and private
+veths by the production loader) and a transceiver stand-in with a plain UDP socket on
+the tunnel port::
+
+    client cli0 198.18.0.2 ── pub0 198.18.0.1  relay  priv0 10.70.0.1 ── tx0 10.70.0.11 transceiver
+
+The client sends a STUN binding request carrying a valid token, then a stream of DTLS-
+and RTP-sized packets to VIP:3478. The transceiver decapsulates (icegate.geneve), checks
+it sees the client's real address and the VIP, and answers each with Geneve whose inner
+packet is VIP:3478 -> client (icegate.inet.build_udp). The client sees every answer come
+from VIP:3478, and the counters match the traffic exactly (permanent neighbours and IPv6
+off, so nothing else crosses the links).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from controlplane import loader as loader_module
+from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane.kernel import KernelStore
+from controlplane.layout import BackendState, Stat
+from controlplane.loader import Loader
+from controlplane.store import Backend, RateConfig, TunnelEndpoint, Vip
+from icegate import geneve, inet, netns, stun, token
+from icegate.lab.kernel import set_offloads
+from tests.data.packet_builders import check, success
+
+KEY = bytes(range(16))
+VIP = ("192.0.2.10", 3478)
+CLIENT = ("198.18.0.2", 40000)
+RELAY_PUB, RELAY_PRIV = "198.18.0.1", "10.70.0.1"
+TRANSCEIVER = ("10.70.0.11", 6081)
+MACS = {
+    "cli0": "02:00:00:00:01:02",
+    "pub0": "02:00:00:00:01:01",
+    "priv0": "02:00:00:00:02:01",
+    "tx0": "02:00:00:00:02:02",
+}
+MEDIA = [160, 172, 300, 1100] * 50  # payload sizes: RTP audio frames and DTLS handshake records
+LIMITS = RelayLimits(max_flows=1024, max_pending=256, max_rate_sources=256, events_pages=8)
+
+
+@dataclass
+class XdpLab:
+    relay_ns: str
+    loader: Loader
+    store: KernelStore
+    client: socket.socket
+    transceiver: socket.socket
+
+
+def udp_socket(ns: str, addr: tuple[str, int]) -> socket.socket:
+    """A UDP socket that lives in ``ns`` (created while the thread is in it)."""
+    with netns.entered(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(5.0)
+    return sock
+
+
+def build_namespaces(prefix: str) -> tuple[str, str, str]:
+    client, relay, tx = f"{prefix}cli", f"{prefix}relay", f"{prefix}tx"
+    for ns in (client, relay, tx):
+        netns.create(ns)
+        for key in ("all", "default"):  # no router solicitations or MLD on the links
+            netns.sysctl(ns, f"net.ipv6.conf.{key}.disable_ipv6", "1")
+    netns.veth(client, "cli0", relay, "pub0", mtu=1500)
+    netns.veth(relay, "priv0", tx, "tx0", mtu=1600)  # carries public MTU + 36 (DATAPATH.md §6)
+    for ns, dev in ((client, "cli0"), (relay, "pub0"), (relay, "priv0"), (tx, "tx0")):
+        netns.set_mac(ns, dev, MACS[dev])
+    netns.address(client, "cli0", f"{CLIENT[0]}/24")
+    netns.address(relay, "pub0", f"{RELAY_PUB}/24")
+    netns.address(relay, "priv0", f"{RELAY_PRIV}/24")
+    netns.address(tx, "tx0", f"{TRANSCEIVER[0]}/24")
+    netns.route(client, f"{VIP[0]}/32", gateway=RELAY_PUB)
+    # Permanent neighbours: no ARP on the links, so the counters see only the test's packets.
+    netns.neighbour(client, "cli0", RELAY_PUB, MACS["pub0"])
+    netns.neighbour(relay, "pub0", CLIENT[0], MACS["cli0"])
+    netns.neighbour(relay, "priv0", TRANSCEIVER[0], MACS["tx0"])
+    netns.neighbour(tx, "tx0", RELAY_PRIV, MACS["priv0"])
+    # Complete checksums from the senders; GRO on the receivers, so that frames the
+    # program redirects into a veth are delivered in native mode (NOTES.md).
+    set_offloads(client, [("cli0", True)])
+    set_offloads(tx, [("tx0", True)])
+    return client, relay, tx
+
+
+def relay_config(name: str, mode: str) -> RelayConfig:
+    return RelayConfig(
+        name=name,
+        vips=(VipConfig(*VIP),),
+        tunnel=TunnelConfig(address4=RELAY_PRIV),
+        interfaces=("pub0", "priv0"),
+        xdp_mode=mode,  # type: ignore[arg-type]
+        limits=LIMITS,
+    )
+
+
+def start_relay(relay_ns: str, config: RelayConfig) -> Loader:
+    loader = Loader(config)
+    loader.load()
+    with netns.entered(relay_ns):
+        modes = loader.attach()
+    assert modes == {"pub0": config.xdp_mode, "priv0": config.xdp_mode}
+    store = loader.store()
+    store.set_vips([Vip(*VIP, 0)])
+    store.set_config(TunnelEndpoint(RELAY_PRIV, None, 6081), RateConfig())
+    store.set_route_keys({0: KEY})
+    store.put_backend(Backend(1, 1, *TRANSCEIVER, BackendState.ACTIVE, 1))
+    return loader
+
+
+@pytest.fixture(params=["native", "generic"])
+def lab(request: pytest.FixtureRequest, ns_prefix: str) -> Iterator[XdpLab]:
+    client_ns, relay_ns, tx_ns = build_namespaces(ns_prefix)
+    config = relay_config(f"it-{ns_prefix.rstrip('-')}", request.param)
+    loader = start_relay(relay_ns, config)
+    client = udp_socket(client_ns, CLIENT)
+    transceiver = udp_socket(tx_ns, TRANSCEIVER)
+    try:
+        yield XdpLab(relay_ns, loader, loader.store(), client, transceiver)
+    finally:
+        client.close()
+        transceiver.close()
+        with netns.entered(relay_ns):
+            loader.detach()
+        loader.close()
+        loader.unpin()  # the namespaces (and their links) go with ns_prefix
+
+
+def exchange(lab: XdpLab, payload: bytes, reply_for: Any) -> tuple[int, int]:
+    """Client -> relay -> transceiver -> relay -> client; returns (forward, return) frame sizes."""
+    lab.client.sendto(payload, VIP)
+    data, sender = lab.transceiver.recvfrom(4096)
+    assert sender[0] == RELAY_PRIV and sender[1] >= geneve.EPHEMERAL_BASE
+    header, inner = geneve.decapsulate(data)
+    packet = inet.parse_udp(inner)
+    assert (packet.src, packet.sport, packet.dst, packet.dport) == (*CLIENT, *VIP)  # the real client
+    assert header.vni == 1 and packet.payload == payload
+    out = geneve.encapsulate(inet.build_udp(*VIP, *CLIENT, reply_for(payload)), 1)
+    lab.transceiver.sendto(out, (RELAY_PRIV, 6081))
+    got, source = lab.client.recvfrom(4096)
+    assert source == VIP and got == reply_for(payload)  # the answer comes from VIP:3478
+    return 14 + 20 + 8 + len(payload), 14 + 20 + 8 + len(out)
+
+
+def counters(store: KernelStore) -> dict[str, tuple[int, int]]:
+    return {Stat(i).name: c for i, c in enumerate(store.counters()) if c != (0, 0)}
+
+
+def test_stun_then_media_through_xdp(lab: XdpLab) -> None:
+    ufrag = token.mint(0, KEY, 1, 1)
+    request = check(ufrag)
+    assert stun.first_check_ufrag(request) == ufrag.encode()
+    first = exchange(lab, request, lambda _: success(CLIENT))
+    sizes = [
+        exchange(lab, bytes([22 if n == 1100 else 0x80]) + bytes(n - 1), lambda p: p[::-1]) for n in MEDIA
+    ]
+
+    assert counters(lab.store) == {
+        "FWD_NEW_FLOW": (1, first[0]),
+        "FWD_CONFIRM": (1, first[1]),
+        "FWD_FLOW": (len(MEDIA), sum(f for f, _ in sizes)),
+        "FWD_RETURN": (len(MEDIA), sum(r for _, r in sizes)),
+    }
+    flow = lab.store.get_flow((inet.addr16(CLIENT[0]), CLIENT[1], 0))
+    assert flow is not None and (flow.cluster, flow.index) == (1, 1)
+    assert (flow.packets_in, flow.packets_out) == (len(MEDIA) + 1, len(MEDIA) + 1)
+    assert lab.store.get_pending((inet.addr16(CLIENT[0]), CLIENT[1], 0)) is None
+
+
+def test_status_and_detach_find_the_program(lab: XdpLab) -> None:
+    pin_dir = lab.loader.pin_dir
+    with netns.entered(lab.relay_ns):
+        info = loader_module.status(pin_dir)
+        attached = {(a["interface"], a["mode"]) for a in info["attached"]}
+        assert attached == {("pub0", lab.loader.modes["pub0"]), ("priv0", lab.loader.modes["priv0"])}
+        assert {a["prog_id"] for a in info["attached"]} == {info["program"]["id"]}
+        removed = loader_module.detach(pin_dir, remove_pins=False)
+        assert sorted(removed) == sorted(f"xdp on {i} ({m})" for i, m in attached)
+        assert loader_module.status(pin_dir)["attached"] == []
+    # Detached: a packet for the VIP is no longer relayed (and nothing is counted).
+    lab.client.sendto(check(token.mint(0, KEY, 1, 1)), VIP)
+    lab.transceiver.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        lab.transceiver.recvfrom(4096)
+    assert counters(lab.store) == {}
+
+
+def test_replacing_the_program_loses_no_packet(lab: XdpLab) -> None:
+    """A control-plane restart: load again over the pins, attach over the running program."""
+    exchange(lab, check(token.mint(0, KEY, 1, 1)), lambda _: success(CLIENT))
+    sent = 0
+    stop = threading.Event()
+
+    def stream() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            lab.client.sendto(b"\x80" + sent.to_bytes(4, "big") + bytes(167), VIP)
+            sent += 1
+            time.sleep(0.0005)
+
+    received: list[bytes] = []
+
+    def receive() -> None:
+        lab.transceiver.settimeout(1.0)
+        while True:
+            try:
+                data, _ = lab.transceiver.recvfrom(4096)
+            except TimeoutError:
+                return
+            received.append(data)
+
+    sender, receiver = threading.Thread(target=stream), threading.Thread(target=receive)
+    receiver.start()
+    sender.start()
+    try:
+        time.sleep(0.3)
+        old = loader_module.status(lab.loader.pin_dir)["program"]["id"]
+        fresh = Loader(lab.loader.config)
+        fresh.load()  # reuses every pinned map
+        with netns.entered(lab.relay_ns):
+            assert fresh.attach() == lab.loader.modes
+            now = loader_module.status(lab.loader.pin_dir)
+        assert now["program"]["id"] != old and {a["prog_id"] for a in now["attached"]} == {
+            now["program"]["id"]
+        }
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        sender.join()
+        receiver.join()
+    fresh.close()
+    assert sent > 100 and len(received) == sent  # every packet crossed, old program or new
+    assert counters(lab.store)["FWD_FLOW"][0] == sent
