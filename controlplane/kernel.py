@@ -415,7 +415,7 @@ class PinnedMap(Generic[_K, _V]):
         return sum(1 for key in list(self.keys()) if self.delete(key))
 
     def count(self) -> int:
-        return sum(1 for _ in self.keys())
+        return sum(1 for _ in self.items())
 
     def _what(self, op: str) -> str:
         return f"{op} in map {self.path.name}"
@@ -691,10 +691,11 @@ class KernelStore:
                 out[key.value] = (sum(c.packets for c in values), sum(c.bytes for c in values))
         return out
 
-    def fill(self) -> dict[str, int]:
-        """Entries per hash map."""
+    def fill(self) -> dict[str, dict[str, int]]:
+        """``{"entries", "capacity"}`` per hash map."""
         return {
-            name: self.maps[name].count() for name in ("flows", "pending", "backends", "vips", "rate_sources")
+            name: {"entries": self.maps[name].count(), "capacity": self.maps[name].info.max_entries}
+            for name in ("flows", "pending", "backends", "vips", "rate_sources")
         }
 
     def reset(self, names: Sequence[str]) -> None:

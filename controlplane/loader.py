@@ -324,16 +324,20 @@ def attachments(prog_id: int | None = None) -> list[tuple[str, int, XdpAttachmen
 
 
 def status(pin_dir: Path) -> dict[str, Any]:
-    """The relay's program and where it is attached (in the current network namespace)."""
+    """The relay's program, where it is attached (in the current network namespace) and
+    the fill level of its hash maps: ``{"program", "attached", "maps"}``."""
     if not pin_dir.is_dir():
         raise RelayNotRunning(f"relay {pin_dir.name!r} is not running: nothing pinned at {pin_dir}")
     pid = pinned_prog_id(pin_dir)
     attached = [] if pid is None else attachments(pid)
+    with KernelStore(pin_dir) as store:
+        fill = store.fill()
     return {
         "program": {"id": pid, "pinned": str(pin_dir / kernel.PROG_PIN)} if pid is not None else None,
         "attached": [
             {"interface": n, "ifindex": i, "mode": a.mode, "prog_id": a.prog_id} for n, i, a in attached
         ],
+        "maps": fill,
     }
 
 

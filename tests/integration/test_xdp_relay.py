@@ -177,6 +177,11 @@ def test_stun_then_media_through_xdp(lab: XdpLab) -> None:
     assert flow is not None and (flow.cluster, flow.index) == (1, 1)
     assert (flow.packets_in, flow.packets_out) == (len(MEDIA) + 1, len(MEDIA) + 1)
     assert lab.store.get_pending((inet.addr16(CLIENT[0]), CLIENT[1], 0)) is None
+    with netns.entered(lab.relay_ns):
+        maps = loader_module.status(lab.loader.pin_dir)["maps"]
+    assert maps["flows"] == {"entries": 1, "capacity": LIMITS.max_flows}
+    assert maps["pending"] == {"entries": 0, "capacity": LIMITS.max_pending}
+    assert (maps["vips"]["entries"], maps["backends"]["entries"]) == (1, 1)
 
 
 def test_status_and_detach_find_the_program(lab: XdpLab) -> None:
