@@ -2,7 +2,7 @@
 
 Three namespaces: a client, the relay (program attached to its public and private
 veths by the production loader) and a transceiver stand-in with a plain UDP socket on
-the tunnel port::
+the tunnel port, all IPv4 or all IPv6::
 
     client cli0 198.18.0.2 ── pub0 198.18.0.1  relay  priv0 10.70.0.1 ── tx0 10.70.0.11 transceiver
 
@@ -10,8 +10,10 @@ The client sends a STUN binding request carrying a valid token, then a stream of
 and RTP-sized packets to VIP:3478. The transceiver decapsulates (icegate.geneve), checks
 it sees the client's real address and the VIP, and answers each with Geneve whose inner
 packet is VIP:3478 -> client (icegate.inet.build_udp). The client sees every answer come
-from VIP:3478, and the counters match the traffic exactly (permanent neighbours and IPv6
-off, so nothing else crosses the links).
+from VIP:3478, and the counters match the traffic exactly (permanent neighbours, no
+router solicitations; the IPv6 runs leave out the PASS counters, which see the kernel's
+own MLD reports). Over IPv6 the transceiver's kernel checks the outer UDP checksum the
+program computed.
 """
 
 from __future__ import annotations
@@ -36,10 +38,6 @@ from icegate.lab.kernel import set_offloads
 from tests.data.packet_builders import check, success
 
 KEY = bytes(range(16))
-VIP = ("192.0.2.10", 3478)
-CLIENT = ("198.18.0.2", 40000)
-RELAY_PUB, RELAY_PRIV = "198.18.0.1", "10.70.0.1"
-TRANSCEIVER = ("10.70.0.11", 6081)
 MACS = {
     "cli0": "02:00:00:00:01:02",
     "pub0": "02:00:00:00:01:01",
@@ -50,8 +48,36 @@ MEDIA = [160, 172, 300, 1100] * 50  # payload sizes: RTP audio frames and DTLS h
 LIMITS = RelayLimits(max_flows=1024, max_pending=256, max_rate_sources=256, events_pages=8)
 
 
+@dataclass(frozen=True)
+class Net:
+    """The addresses of one run: all IPv4, or all IPv6 (IPv6 client and transceiver)."""
+
+    family: int
+    vip: tuple[str, int]
+    client: tuple[str, int]
+    relay_pub: str
+    tunnel: str  # the relay's private address, its Geneve endpoint
+    transceiver: tuple[str, int]
+    prefixlen: int
+
+
+NET4 = Net(
+    4, ("192.0.2.10", 3478), ("198.18.0.2", 40000), "198.18.0.1", "10.70.0.1", ("10.70.0.11", 6081), 24
+)
+NET6 = Net(
+    6,
+    ("2001:db8:1::10", 3478),
+    ("2001:db8:ff::2", 40000),
+    "2001:db8:ff::1",
+    "fd00:70::1",
+    ("fd00:70::21", 6081),
+    64,
+)
+
+
 @dataclass
 class XdpLab:
+    net: Net
     relay_ns: str
     loader: Loader
     store: KernelStore
@@ -62,32 +88,38 @@ class XdpLab:
 def udp_socket(ns: str, addr: tuple[str, int]) -> socket.socket:
     """A UDP socket that lives in ``ns`` (created while the thread is in it)."""
     with netns.entered(ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(addr)
     sock.settimeout(5.0)
     return sock
 
 
-def build_namespaces(prefix: str) -> tuple[str, str, str]:
+def build_namespaces(prefix: str, net: Net) -> tuple[str, str, str]:
     client, relay, tx = f"{prefix}cli", f"{prefix}relay", f"{prefix}tx"
     for ns in (client, relay, tx):
         netns.create(ns)
-        for key in ("all", "default"):  # no router solicitations or MLD on the links
-            netns.sysctl(ns, f"net.ipv6.conf.{key}.disable_ipv6", "1")
+        for key in ("all", "default"):
+            if net.family == 4:  # no router solicitations or MLD on the links
+                netns.sysctl(ns, f"net.ipv6.conf.{key}.disable_ipv6", "1")
+            else:  # addresses usable at once, no solicitations
+                netns.sysctl(ns, f"net.ipv6.conf.{key}.accept_dad", "0")
+                netns.sysctl(ns, f"net.ipv6.conf.{key}.router_solicitations", "0")
+    if net.family == 6:  # the loader only warns about IPv6 forwarding (DATAPATH.md §6)
+        netns.sysctl(relay, "net.ipv6.conf.all.forwarding", "1")
     netns.veth(client, "cli0", relay, "pub0", mtu=1500)
-    netns.veth(relay, "priv0", tx, "tx0", mtu=1600)  # carries public MTU + 36 (DATAPATH.md §6)
+    netns.veth(relay, "priv0", tx, "tx0", mtu=1600)  # carries public MTU + 56 (DATAPATH.md §6)
     for ns, dev in ((client, "cli0"), (relay, "pub0"), (relay, "priv0"), (tx, "tx0")):
         netns.set_mac(ns, dev, MACS[dev])
-    netns.address(client, "cli0", f"{CLIENT[0]}/24")
-    netns.address(relay, "pub0", f"{RELAY_PUB}/24")
-    netns.address(relay, "priv0", f"{RELAY_PRIV}/24")
-    netns.address(tx, "tx0", f"{TRANSCEIVER[0]}/24")
-    netns.route(client, f"{VIP[0]}/32", gateway=RELAY_PUB)
+    netns.address(client, "cli0", f"{net.client[0]}/{net.prefixlen}")
+    netns.address(relay, "pub0", f"{net.relay_pub}/{net.prefixlen}")
+    netns.address(relay, "priv0", f"{net.tunnel}/{net.prefixlen}")
+    netns.address(tx, "tx0", f"{net.transceiver[0]}/{net.prefixlen}")
+    netns.route(client, f"{net.vip[0]}/{32 if net.family == 4 else 128}", gateway=net.relay_pub)
     # Permanent neighbours: no ARP on the links, so the counters see only the test's packets.
-    netns.neighbour(client, "cli0", RELAY_PUB, MACS["pub0"])
-    netns.neighbour(relay, "pub0", CLIENT[0], MACS["cli0"])
-    netns.neighbour(relay, "priv0", TRANSCEIVER[0], MACS["tx0"])
-    netns.neighbour(tx, "tx0", RELAY_PRIV, MACS["priv0"])
+    netns.neighbour(client, "cli0", net.relay_pub, MACS["pub0"])
+    netns.neighbour(relay, "pub0", net.client[0], MACS["cli0"])
+    netns.neighbour(relay, "priv0", net.transceiver[0], MACS["tx0"])
+    netns.neighbour(tx, "tx0", net.tunnel, MACS["priv0"])
     # Complete checksums from the senders; GRO on the receivers, so that frames the
     # program redirects into a veth are delivered in native mode (NOTES.md).
     set_offloads(client, [("cli0", True)])
@@ -95,40 +127,44 @@ def build_namespaces(prefix: str) -> tuple[str, str, str]:
     return client, relay, tx
 
 
-def relay_config(name: str, mode: str) -> RelayConfig:
+def relay_config(name: str, mode: str, net: Net) -> RelayConfig:
+    tunnel = TunnelConfig(address4=net.tunnel) if net.family == 4 else TunnelConfig(address6=net.tunnel)
     return RelayConfig(
         name=name,
-        vips=(VipConfig(*VIP),),
-        tunnel=TunnelConfig(address4=RELAY_PRIV),
+        vips=(VipConfig(*net.vip),),
+        tunnel=tunnel,
         interfaces=("pub0", "priv0"),
         xdp_mode=mode,  # type: ignore[arg-type]
         limits=LIMITS,
     )
 
 
-def start_relay(relay_ns: str, config: RelayConfig) -> Loader:
+def start_relay(relay_ns: str, config: RelayConfig, net: Net) -> Loader:
     loader = Loader(config)
     loader.load()
     with netns.entered(relay_ns):
         modes = loader.attach()
     assert modes == {"pub0": config.xdp_mode, "priv0": config.xdp_mode}
     store = loader.store()
-    store.set_vips([Vip(*VIP, 0)])
-    store.set_config(TunnelEndpoint(RELAY_PRIV, None, 6081), RateConfig())
+    store.set_vips([Vip(*net.vip, 0)])
+    store.set_config(TunnelEndpoint(config.tunnel.address4, config.tunnel.address6, 6081), RateConfig())
     store.set_route_keys({0: KEY})
-    store.put_backend(Backend(1, 1, *TRANSCEIVER, BackendState.ACTIVE, 1))
+    store.put_backend(Backend(1, 1, *net.transceiver, BackendState.ACTIVE, 1))
     return loader
 
 
-@pytest.fixture(params=["native", "generic"])
+@pytest.fixture(
+    params=[("native", NET4), ("generic", NET4), ("native", NET6), ("generic", NET6)],
+    ids=["native-ipv4", "generic-ipv4", "native-ipv6", "generic-ipv6"],
+)
 def lab(request: pytest.FixtureRequest, ns_prefix: str) -> Iterator[XdpLab]:
-    client_ns, relay_ns, tx_ns = build_namespaces(ns_prefix)
-    config = relay_config(f"it-{ns_prefix.rstrip('-')}", request.param)
-    loader = start_relay(relay_ns, config)
-    client = udp_socket(client_ns, CLIENT)
-    transceiver = udp_socket(tx_ns, TRANSCEIVER)
+    mode, net = request.param
+    client_ns, relay_ns, tx_ns = build_namespaces(ns_prefix, net)
+    loader = start_relay(relay_ns, relay_config(f"it-{ns_prefix.rstrip('-')}", mode, net), net)
+    client = udp_socket(client_ns, net.client)
+    transceiver = udp_socket(tx_ns, net.transceiver)
     try:
-        yield XdpLab(relay_ns, loader, loader.store(), client, transceiver)
+        yield XdpLab(net, relay_ns, loader, loader.store(), client, transceiver)
     finally:
         client.close()
         transceiver.close()
@@ -140,43 +176,54 @@ def lab(request: pytest.FixtureRequest, ns_prefix: str) -> Iterator[XdpLab]:
 
 def exchange(lab: XdpLab, payload: bytes, reply_for: Any) -> tuple[int, int]:
     """Client -> relay -> transceiver -> relay -> client; returns (forward, return) frame sizes."""
-    lab.client.sendto(payload, VIP)
+    net = lab.net
+    lab.client.sendto(payload, net.vip)
     data, sender = lab.transceiver.recvfrom(4096)
-    assert sender[0] == RELAY_PRIV and sender[1] >= geneve.EPHEMERAL_BASE
+    assert sender[0] == net.tunnel and sender[1] >= geneve.EPHEMERAL_BASE  # tunnel address, entropy port
     header, inner = geneve.decapsulate(data)
     packet = inet.parse_udp(inner)
-    assert (packet.src, packet.sport, packet.dst, packet.dport) == (*CLIENT, *VIP)  # the real client
+    assert (packet.src, packet.sport, packet.dst, packet.dport) == (*net.client, *net.vip)  # the real client
     assert header.vni == 1 and packet.payload == payload
-    out = geneve.encapsulate(inet.build_udp(*VIP, *CLIENT, reply_for(payload)), 1)
-    lab.transceiver.sendto(out, (RELAY_PRIV, 6081))
+    out = geneve.encapsulate(inet.build_udp(*net.vip, *net.client, reply_for(payload)), 1)
+    lab.transceiver.sendto(out, (net.tunnel, 6081))
     got, source = lab.client.recvfrom(4096)
-    assert source == VIP and got == reply_for(payload)  # the answer comes from VIP:3478
-    return 14 + 20 + 8 + len(payload), 14 + 20 + 8 + len(out)
+    assert source[:2] == net.vip and got == reply_for(payload)  # the answer comes from VIP:3478
+    ip_header = 20 if net.family == 4 else 40
+    return 14 + ip_header + 8 + len(payload), 14 + ip_header + 8 + len(out)
 
 
-def counters(store: KernelStore) -> dict[str, tuple[int, int]]:
-    return {Stat(i).name: c for i, c in enumerate(store.counters()) if c != (0, 0)}
+def counters(lab: XdpLab) -> dict[str, tuple[int, int]]:
+    """Counters that moved. With IPv6 on, the kernel's own MLD reports cross the links
+    (PASS_NOT_UDP): not the test's traffic, so PASS counters are left out there."""
+    moved = {Stat(i).name: c for i, c in enumerate(lab.store.counters()) if c != (0, 0)}
+    if lab.net.family == 6:
+        moved = {name: c for name, c in moved.items() if not name.startswith("PASS_")}
+    return moved
+
+
+def flow_key(net: Net) -> tuple[bytes, int, int]:
+    return inet.addr16(net.client[0]), net.client[1], 0
 
 
 def test_stun_then_media_through_xdp(lab: XdpLab) -> None:
     ufrag = token.mint(0, KEY, 1, 1)
     request = check(ufrag)
     assert stun.first_check_ufrag(request) == ufrag.encode()
-    first = exchange(lab, request, lambda _: success(CLIENT))
+    first = exchange(lab, request, lambda _: success(lab.net.client))
     sizes = [
         exchange(lab, bytes([22 if n == 1100 else 0x80]) + bytes(n - 1), lambda p: p[::-1]) for n in MEDIA
     ]
 
-    assert counters(lab.store) == {
+    assert counters(lab) == {
         "FWD_NEW_FLOW": (1, first[0]),
         "FWD_CONFIRM": (1, first[1]),
         "FWD_FLOW": (len(MEDIA), sum(f for f, _ in sizes)),
         "FWD_RETURN": (len(MEDIA), sum(r for _, r in sizes)),
     }
-    flow = lab.store.get_flow((inet.addr16(CLIENT[0]), CLIENT[1], 0))
+    flow = lab.store.get_flow(flow_key(lab.net))
     assert flow is not None and (flow.cluster, flow.index) == (1, 1)
     assert (flow.packets_in, flow.packets_out) == (len(MEDIA) + 1, len(MEDIA) + 1)
-    assert lab.store.get_pending((inet.addr16(CLIENT[0]), CLIENT[1], 0)) is None
+    assert lab.store.get_pending(flow_key(lab.net)) is None
     with netns.entered(lab.relay_ns):
         maps = loader_module.status(lab.loader.pin_dir)["maps"]
     assert maps["flows"] == {"entries": 1, "capacity": LIMITS.max_flows}
@@ -195,23 +242,23 @@ def test_status_and_detach_find_the_program(lab: XdpLab) -> None:
         assert sorted(removed) == sorted(f"xdp on {i} ({m})" for i, m in attached)
         assert loader_module.status(pin_dir)["attached"] == []
     # Detached: a packet for the VIP is no longer relayed (and nothing is counted).
-    lab.client.sendto(check(token.mint(0, KEY, 1, 1)), VIP)
+    lab.client.sendto(check(token.mint(0, KEY, 1, 1)), lab.net.vip)
     lab.transceiver.settimeout(0.5)
     with pytest.raises(TimeoutError):
         lab.transceiver.recvfrom(4096)
-    assert counters(lab.store) == {}
+    assert counters(lab) == {}
 
 
 def test_replacing_the_program_loses_no_packet(lab: XdpLab) -> None:
     """A control-plane restart: load again over the pins, attach over the running program."""
-    exchange(lab, check(token.mint(0, KEY, 1, 1)), lambda _: success(CLIENT))
+    exchange(lab, check(token.mint(0, KEY, 1, 1)), lambda _: success(lab.net.client))
     sent = 0
     stop = threading.Event()
 
     def stream() -> None:
         nonlocal sent
         while not stop.is_set():
-            lab.client.sendto(b"\x80" + sent.to_bytes(4, "big") + bytes(167), VIP)
+            lab.client.sendto(b"\x80" + sent.to_bytes(4, "big") + bytes(167), lab.net.vip)
             sent += 1
             time.sleep(0.0005)
 
@@ -247,4 +294,4 @@ def test_replacing_the_program_loses_no_packet(lab: XdpLab) -> None:
         receiver.join()
     fresh.close()
     assert sent > 100 and len(received) == sent  # every packet crossed, old program or new
-    assert counters(lab.store)["FWD_FLOW"][0] == sent
+    assert counters(lab)["FWD_FLOW"][0] == sent
