@@ -45,6 +45,7 @@ XDP_FLAGS_REPLACE = 1 << 4
 XDP_ATTACHED_NONE, XDP_ATTACHED_DRV, XDP_ATTACHED_SKB, XDP_ATTACHED_HW, XDP_ATTACHED_MULTI = range(5)
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 PROG_PIN = "prog"  # the program is pinned beside its maps, so status/detach can find it
+HASH_MAPS = ("flows", "pending", "backends", "vips", "rate_sources")
 
 _K = TypeVar("_K", bound=ctypes.Structure)
 _V = TypeVar("_V", bound=ctypes.Structure)
@@ -691,12 +692,13 @@ class KernelStore:
                 out[key.value] = (sum(c.packets for c in values), sum(c.bytes for c in values))
         return out
 
-    def fill(self) -> dict[str, dict[str, int]]:
-        """``{"entries", "capacity"}`` per hash map."""
-        return {
-            name: {"entries": self.maps[name].count(), "capacity": self.maps[name].info.max_entries}
-            for name in ("flows", "pending", "backends", "vips", "rate_sources")
-        }
+    def fill(self) -> dict[str, int]:
+        """Entries per hash map (``capacity`` has their sizes as pinned)."""
+        return {name: self.maps[name].count() for name in HASH_MAPS}
+
+    def capacity(self) -> dict[str, int]:
+        """``max_entries`` per hash map, as pinned (not as the configuration says)."""
+        return {name: self.maps[name].info.max_entries for name in HASH_MAPS}
 
     def reset(self, names: Sequence[str]) -> None:
         """Empty the named maps (tests, and ``flows flush`` of the rate buckets)."""

@@ -332,12 +332,13 @@ def status(pin_dir: Path) -> dict[str, Any]:
     attached = [] if pid is None else attachments(pid)
     with KernelStore(pin_dir) as store:
         fill = store.fill()
+        capacity = store.capacity()
     return {
         "program": {"id": pid, "pinned": str(pin_dir / kernel.PROG_PIN)} if pid is not None else None,
         "attached": [
             {"interface": n, "ifindex": i, "mode": a.mode, "prog_id": a.prog_id} for n, i, a in attached
         ],
-        "maps": fill,
+        "maps": {name: {"entries": fill[name], "capacity": capacity[name]} for name in fill},
     }
 
 
