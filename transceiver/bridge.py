@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
 import time
 from collections import deque
@@ -27,9 +26,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
-import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, AudioResampler
+from av import AudioFrame, Packet
 
 from icegate.errors import WireError
 from transceiver.agent_protocol import (
@@ -45,12 +43,12 @@ from transceiver.agent_protocol import (
     decode_event,
     event,
 )
+from transceiver.audio import MonoConverter, VoiceEncoder
 from transceiver.config import VadConfig
 from transceiver.vad import Endpointer
 
 logger = logging.getLogger(__name__)
 
-TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 MAX_PLAYOUT_FRAMES = 60 * 1000 // FRAME_MS  # 60 s of agent audio queued at most
 SILENCE = bytes(FRAME_BYTES)
 
@@ -65,17 +63,18 @@ class EventSink(Protocol):
 
 
 class AgentVoiceTrack(MediaStreamTrack):
-    """The audio the client hears: the bridge's playout queue, one frame every 20 ms (silence if empty)."""
+    """The audio the client hears: the playout queue, one Opus packet every 20 ms (silence if empty)."""
 
     kind = "audio"
 
     def __init__(self, bridge: MediaBridge) -> None:
         super().__init__()
         self._bridge = bridge
+        self._encoder = VoiceEncoder()
         self._start: float | None = None
         self._pts = 0
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> Packet:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -86,11 +85,7 @@ class AgentVoiceTrack(MediaStreamTrack):
             if delay > 0:
                 await asyncio.sleep(delay)
         pcm = self._bridge.next_playout_frame()
-        frame = AudioFrame.from_ndarray(np.frombuffer(pcm, "<i2").reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = TIME_BASE
-        return frame
+        return self._encoder.encode(pcm, self._pts, silent=pcm is SILENCE)
 
 
 class MediaBridge:
@@ -173,19 +168,17 @@ class MediaBridge:
     # -- client -> agent -------------------------------------------------------------
 
     async def _read_input(self, track: MediaStreamTrack) -> None:
-        resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        pending = bytearray()
+        converter = MonoConverter()
+        pending = b""
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
             assert isinstance(frame, AudioFrame)
-            for mono in resampler.resample(frame):
-                pending += bytes(mono.planes[0])[: mono.samples * 2]
+            pending += converter.convert(frame)
             while len(pending) >= FRAME_BYTES:
-                pcm = bytes(pending[:FRAME_BYTES])
-                del pending[:FRAME_BYTES]
+                pcm, pending = pending[:FRAME_BYTES], pending[FRAME_BYTES:]
                 await self.input_frame(pcm)
 
     async def input_frame(self, pcm: bytes) -> None:

@@ -160,14 +160,18 @@ def world(
             wait_for(
                 lambda t=tx, log=tx_log: alive(t.proc, log) and t.get("/readyz")[0] == 200, 20, what="readyz"
             )
-        wait_for(
-            lambda: (
-                alive(relay, relay_log)
-                and metric(world.relay_metrics(), 'icegate_relay_backends{state="active"}') == 2
-            ),
-            20,
-            what="the relay to sync both transceivers",
-        )
+        try:
+            wait_for(
+                lambda: (
+                    alive(relay, relay_log)
+                    and metric(world.relay_metrics(), 'icegate_relay_backends{state="active"}') == 2
+                ),
+                20,
+                what="the relay to sync both transceivers",
+            )
+        except AssertionError as exc:
+            backends = [line for line in world.relay_metrics().splitlines() if "backends" in line]
+            raise AssertionError(f"{exc}\n{backends}\n{relay_log.read_text()[-3000:]}") from None
         yield world
     finally:
         lab.down()

@@ -1,0 +1,62 @@
+"""transceiver.audio: our Opus encoding decodes to what went in; silence costs a cached packet."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiortc.codecs.opus import OpusDecoder
+from aiortc.jitterbuffer import JitterFrame
+from av import AudioFrame
+
+from tests.e2e.clients import dominant_frequency, tone
+from transceiver.audio import RING_OUT_FRAMES, MonoConverter, VoiceEncoder, silence_payload
+from transceiver.bridge import SILENCE
+
+FRAME = 960
+
+
+def decode(packets: list[bytes]) -> np.ndarray:
+    """What a client hears: aiortc's own Opus decoder, then our mono conversion."""
+    decoder, converter = OpusDecoder(), MonoConverter()
+    out = []
+    for i, payload in enumerate(packets):
+        for frame in decoder.decode(JitterFrame(payload, i * FRAME)):
+            assert isinstance(frame, AudioFrame)
+            out.append(np.frombuffer(converter.convert(frame), "<i2"))
+    return np.concatenate(out)
+
+
+def test_voice_round_trips_through_opus() -> None:
+    encoder = VoiceEncoder()
+    speech = tone(440.0, 400).reshape(-1, FRAME)
+    packets = [encoder.encode(f.tobytes(), i * FRAME, silent=False) for i, f in enumerate(speech)]
+    assert [p.pts for p in packets] == [i * FRAME for i in range(len(speech))]
+    heard = decode([bytes(p) for p in packets])
+    assert abs(dominant_frequency(heard[FRAME * 4 :]) - 440.0) < 3.0
+
+
+def test_silence_is_one_cached_packet_after_the_ring_out() -> None:
+    encoder = VoiceEncoder()
+    assert bytes(encoder.encode(SILENCE, 0, silent=True)) == silence_payload()  # never spoke: no encoder
+    assert encoder._codec is None
+    speech = tone(440.0, 60).reshape(-1, FRAME)
+    for i, frame in enumerate(speech):
+        encoder.encode(frame.tobytes(), i * FRAME, silent=False)
+    after = [
+        bytes(encoder.encode(SILENCE, (10 + i) * FRAME, silent=True)) for i in range(RING_OUT_FRAMES + 3)
+    ]
+    assert after[RING_OUT_FRAMES:] == [silence_payload()] * 3
+    assert np.max(np.abs(decode([silence_payload()] * 5))) <= 2  # digital silence, give or take an LSB
+
+
+def test_mono_converter_takes_stereo_s16_and_anything_else() -> None:
+    left = tone(300.0, 20)
+    stereo = np.stack([left, left]).T.reshape(1, -1)
+    frame = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+    frame.sample_rate = 48000
+    assert MonoConverter().convert(frame) == left.tobytes()
+    planar = AudioFrame.from_ndarray(
+        np.stack([left, left]).astype(np.float32) / 32768, format="fltp", layout="stereo"
+    )
+    planar.sample_rate = 48000
+    converted = np.frombuffer(MonoConverter().convert(planar), "<i2")
+    assert abs(dominant_frequency(converted) - 300.0) < 60.0  # resampled (and delayed) but the same tone
