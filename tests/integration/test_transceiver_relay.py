@@ -232,6 +232,11 @@ def test_tone_agent_answers_each_turn(world: World) -> None:
                 first = client.heard.first_loud_after(end_of_speech)
                 assert first is not None
                 latencies.append(first - end_of_speech)
+            assert client.location is not None
+            status, body = await asyncio.to_thread(tx.get, client.location)
+            stats = json.loads(body)["stats"]  # sampled every second from RTCP
+            assert status == 200 and {"rtt_s", "jitter_s", "loss"} <= stats.keys(), stats
+            assert 0 < stats["rtt_s"] < 0.5 and stats["loss"] == 0.0
             await client.hangup(http)
         return client, latencies
 

@@ -14,7 +14,9 @@ import pytest
 from icegate import token
 from icegate.config import load
 from tests.e2e.clients import VoiceClient
+from tests.support import free_port
 from transceiver.config import TransceiverConfig
+from transceiver.offer import prepare_offer
 from transceiver.service import Transceiver
 
 KEY = "00112233445566778899aabbccddeeff"
@@ -217,3 +219,39 @@ def test_a_client_that_never_connects_is_reaped() -> None:
             assert 'icegate_transceiver_sessions_total{outcome="reaped"} 1.0' in await resp.text()
 
     run(scenario, connect_timeout_s=0.5)
+
+
+def test_offer_preparation_drops_candidates_a_relayed_session_cannot_use() -> None:
+    async def make() -> str:
+        client = VoiceClient("unused")
+        try:
+            return await client.offer()
+        finally:
+            await client.pc.close()
+
+    offer = asyncio.run(make())
+    extra = (
+        "a=candidate:1 1 udp 2122260223 0b7cbd39-0b1e-4a5e-8a1c-6c2e0f7d1a1b.local 50000 typ host\r\n"
+        "a=candidate:2 1 tcp 1518280447 100.64.1.2 9 typ host tcptype active\r\n"
+    )
+    at = offer.index("a=candidate:")
+    prepared = prepare_offer((offer[:at] + extra + offer[at:]).encode())
+    assert prepared.dropped_candidates == 2
+    assert ".local" not in prepared.sdp and " tcp " not in prepared.sdp
+    assert prepared.sdp.count("a=candidate:") == offer.count("a=candidate:")
+    assert prepared.audio_lines == 1
+
+
+def test_redis_down_is_degraded_but_ready() -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        async with http.get(f"{url}/readyz") as resp:
+            detail = await resp.json()
+        assert resp.status == 200 and detail["status"] == "degraded" and detail["redis"] is False
+        client, offer = await client_offer()  # still answering: the configured key mints tokens
+        try:
+            async with http.post(f"{url}/v1/sessions", data=offer, headers=SDP) as resp:
+                assert resp.status == 201
+        finally:
+            await client.pc.close()
+
+    run(scenario, redis_url=f"redis://127.0.0.1:{free_port()}/0")
