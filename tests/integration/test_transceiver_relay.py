@@ -213,6 +213,9 @@ def test_echo_round_trip_through_the_relay(world: World) -> None:
     assert metric(text, 'icegate_transceiver_sessions_total{outcome="completed"}') == 1
     assert metric(text, "icegate_transceiver_setup_seconds_count") == 1
     assert metric(text, 'icegate_transceiver_mux_packets_total{direction="in",result="delivered"}') > 100
+    # aioice's first checks went to the client's offered host candidate before the client's own
+    # check had made the relay's flow: they were held and flushed, not lost to a retransmission.
+    assert metric(text, 'icegate_transceiver_mux_packets_total{direction="out",result="flushed"}') >= 1
 
 
 def test_tone_agent_answers_each_turn(world: World) -> None:
