@@ -113,7 +113,17 @@ class SessionManager:
     # -- creation --------------------------------------------------------------------
 
     async def create(self, body: bytes) -> tuple[Session, str]:
-        """Answer an offer; raise :class:`SignalingError` with the HTTP status when it cannot."""
+        """Answer an offer; raise :class:`SignalingError` with the HTTP status when it cannot.
+
+        Every refused offer counts as outcome ``rejected``.
+        """
+        try:
+            return await self._create(body)
+        except SignalingError:
+            self.outcomes["rejected"] += 1
+            raise
+
+    async def _create(self, body: bytes) -> tuple[Session, str]:
         if self.draining:
             raise SignalingError(UNAVAILABLE, "draining: this transceiver takes no new sessions")
         if len(self._sessions) >= self.config.max_sessions:
@@ -186,7 +196,6 @@ class SessionManager:
 
     async def _abandon(self, session: Session) -> None:
         session.outcome = "rejected"
-        self.outcomes["rejected"] += 1
         await self._teardown(session)
 
     # -- lifetime --------------------------------------------------------------------

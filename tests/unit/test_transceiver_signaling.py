@@ -113,6 +113,7 @@ def test_bad_offers_are_refused_with_a_reason(body: bytes, status: int, reason: 
             assert resp.status == status
             assert reason in (await resp.json())["error"]
         assert len(service.sessions) == 0 and service.mux.routes == 0
+        assert service.sessions.outcomes["rejected"] == 1
 
     run(scenario)
 
