@@ -138,7 +138,9 @@ class MediaBridge:
             )
         except (aiohttp.ClientError, OSError) as exc:
             logger.warning("session %s: agent %s unreachable: %s", self.session_id, self._agent_url, exc)
-            self._ws = None
+            if self._ws is not None:
+                await self._ws.close()
+                self._ws = None
             return
         self._tasks.append(asyncio.create_task(self._read_agent(self._ws)))
 

@@ -197,6 +197,12 @@ class TunnelMux(asyncio.DatagramProtocol):
         receiver.datagram_received(payload, client)
 
     def _learn(self, key: FlowKey, route: Route, relay: Addr) -> None:
+        """Bind (client, VIP) to the route its check named; the relay already verified the token.
+
+        The check itself is not authenticated here (aioice does that next): a forged one can
+        only point that client address's later packets at the session the forger named,
+        which the relay's flow (keyed the same way) would carry to this transceiver anyway.
+        """
         flow = self._flows.get(key)
         if flow is not None and flow.route is route:
             flow.relay = relay  # the client may now come through another relay behind the VIP
