@@ -207,7 +207,7 @@ def test_echo_round_trip_through_the_relay(world: World) -> None:
         [f for f, t in zip(client.heard.frames, client.heard.arrivals, strict=True) if started <= t <= done]
     )
     assert abs(dominant_frequency(echoed) - 440.0) < 5.0
-    assert 0.55 < (done - started) < 1.2  # about the 600 ms utterance (+ pre-roll and tail)
+    assert 0.55 < (done - started) < 2.0  # the 600 ms utterance (+ pre-roll and tail), paced in real time
     wait_for(lambda: tx.sessions() == [], 5, what="the session to end")
     text = tx.metrics()
     assert metric(text, 'icegate_transceiver_sessions_total{outcome="completed"}') == 1
@@ -248,7 +248,7 @@ def test_tone_agent_answers_each_turn(world: World) -> None:
     assert abs(dominant_frequency(heard) - TONE_HZ) < 5.0
     # end of speech -> first tone frame: the VAD's endpoint (hangover + silence, 500 ms)
     # plus the path; generous bounds on a shared 2-core machine.
-    assert all(0.4 < lat < 1.5 for lat in latencies), latencies
+    assert all(0.4 < lat < 2.5 for lat in latencies), latencies
     assert metric(tx.metrics(), "icegate_transceiver_turn_latency_seconds_count") == 2
 
 
