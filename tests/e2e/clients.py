@@ -53,23 +53,6 @@ def dominant_frequency(pcm: np.ndarray, rate: int = RATE) -> float:
     return float(np.argmax(spectrum) * rate / pcm.size)
 
 
-def loud_spans(pcm: np.ndarray, threshold: float = 0.05, frame: int = FRAME) -> list[tuple[int, int]]:
-    """(start, end) sample indices of runs of 20 ms frames louder than ``threshold`` (of full scale)."""
-    frames = pcm[: pcm.size // frame * frame].reshape(-1, frame).astype(np.float64)
-    loud = np.sqrt(np.mean(frames**2, axis=1)) >= threshold * 32767
-    spans: list[tuple[int, int]] = []
-    start = None
-    for i, flag in enumerate(loud):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            spans.append((start * frame, i * frame))
-            start = None
-    if start is not None:
-        spans.append((start * frame, loud.size * frame))
-    return spans
-
-
 class ScriptTrack(MediaStreamTrack):
     """The client's microphone: plays ``script`` in real time, then silence, 20 ms per frame."""
 
