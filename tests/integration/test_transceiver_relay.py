@@ -4,7 +4,7 @@ Everything is a real process in the lab's namespaces (``icegate.lab``): the rela
 (``icegate relay run``, userspace twin or XDP: the ``world`` fixture's parameter), two
 transceivers (``icegate transceiver run``: tx1 with the echo agent, tx2 with the tone
 agent, each ``icegate agent run`` on its host's loopback), the lab's Redis. Clients are
-unmodified aiortc peers running in the client namespaces (``tests/e2e/clients.py``).
+unmodified aiortc peers running in the client namespaces (``transceiver/client.py``).
 """
 
 from __future__ import annotations
@@ -35,17 +35,9 @@ from icegate import geneve, inet, netns
 from icegate.lab import Lab, LabConfig, TransceiverSettings
 from icegate.lab.config import PublicConfig
 from icegate.schema import Keys, RouteKeySet
-from tests.e2e.clients import (
-    DirectAnswerer,
-    VoiceClient,
-    connect_direct,
-    dominant_frequency,
-    median,
-    run_in_namespace,
-    silence,
-    tone,
-)
+from tests.e2e.clients import DirectAnswerer, connect_direct, median, run_in_namespace
 from tests.support import REPO, Processes, wait_for
+from transceiver.client import VoiceClient, dominant_frequency, silence, tone
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
 KEY = bytes(range(48, 64))

@@ -7,9 +7,9 @@ from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 from av import AudioFrame
 
-from tests.e2e.clients import dominant_frequency, tone
 from transceiver.audio import RING_OUT_FRAMES, MonoConverter, VoiceEncoder, silence_payload
 from transceiver.bridge import SILENCE
+from transceiver.client import dominant_frequency, tone
 
 FRAME = 960
 

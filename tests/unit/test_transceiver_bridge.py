@@ -17,10 +17,10 @@ import aiohttp
 import numpy as np
 from aiohttp.test_utils import TestServer
 
-from tests.e2e.clients import dominant_frequency, silence, tone
 from transceiver.agent_protocol import FRAME_SAMPLES
 from transceiver.agents import PREROLL_FRAMES, TAIL_FRAMES, AgentKind, make_app
 from transceiver.bridge import SILENCE, MediaBridge
+from transceiver.client import dominant_frequency, silence, tone
 from transceiver.config import VadConfig
 
 VAD = VadConfig(threshold_db=-40.0, start_ms=60, hangover_ms=100, silence_ms=400)

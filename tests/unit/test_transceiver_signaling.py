@@ -13,8 +13,8 @@ import pytest
 
 from icegate import token
 from icegate.config import load
-from tests.e2e.clients import VoiceClient
 from tests.support import free_port
+from transceiver.client import VoiceClient
 from transceiver.config import TransceiverConfig
 from transceiver.offer import prepare_offer
 from transceiver.service import Transceiver

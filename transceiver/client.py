@@ -1,0 +1,355 @@
+"""A WHIP voice client: an unmodified aiortc peer, as any standard WebRTC client would be.
+
+:class:`VoiceClient` POSTs its offer to ``/v1/sessions`` (RFC 9725 shape), plays a PCM
+script (48 kHz mono s16) into its microphone track in real time, records what it hears
+with the arrival time of every frame, and collects the turn events of the ``events``
+data channel. :func:`converse` runs a whole scripted session (connect, N turns of
+"say a tone, wait for the agent's answer", RTCP statistics, hang up) and returns a
+JSON-ready result; ``python -m transceiver.client URL --out result.json`` runs it as a
+process (``icegate demo`` starts one per session in the lab's client namespaces).
+
+The client never uses a STUN server (``iceServers=[]``): it offers its host candidates
+and the transceiver learns its address from the checks that arrive through the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcicetransport import RTCIceTransport
+from av import AudioFrame, AudioResampler
+
+RATE = 48000
+FRAME = 960  # 20 ms
+TIME_BASE = fractions.Fraction(1, RATE)
+SPEECH_MS = 600  # one utterance of a scripted turn
+LOUD = 0.05  # RMS (fraction of full scale) above which a heard frame counts as the agent's voice
+
+
+def tone(hz: float, ms: int, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(RATE * ms // 1000) / RATE
+    return (amplitude * 32767 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+
+
+def silence(ms: int) -> np.ndarray:
+    return np.zeros(RATE * ms // 1000, np.int16)
+
+
+def dominant_frequency(pcm: np.ndarray, rate: int = RATE) -> float:
+    """The strongest frequency of ``pcm`` (Hann-windowed FFT peak)."""
+    if pcm.size < 2:
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(pcm.size)))
+    spectrum[0] = 0.0
+    return float(np.argmax(spectrum) * rate / pcm.size)
+
+
+class ScriptTrack(MediaStreamTrack):
+    """The client's microphone: plays ``script`` in real time, then silence, 20 ms per frame."""
+
+    kind = "audio"
+
+    def __init__(self, script: np.ndarray | None = None) -> None:
+        super().__init__()
+        self._script = np.zeros(0, np.int16)
+        self._pos = 0
+        self._pts = 0
+        self._start: float | None = None
+        self.script_started: float | None = None  # monotonic time the current script began playing
+        self.frames_sent = 0
+        if script is not None:
+            self.play(script)
+
+    def play(self, script: np.ndarray) -> None:
+        """Start ``script`` at the next frame (replacing what is left of the current one)."""
+        self._script = script.astype(np.int16)
+        self._pos = 0
+        self.script_started = None
+
+    @property
+    def done(self) -> bool:
+        return self._pos >= self._script.size
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME
+            delay = self._start + self._pts / RATE - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        chunk = np.zeros(FRAME, np.int16)
+        if not self.done:
+            if self._pos == 0:
+                self.script_started = time.monotonic()
+            part = self._script[self._pos : self._pos + FRAME]
+            chunk[: part.size] = part
+            self._pos += FRAME
+        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = TIME_BASE
+        self.frames_sent += 1
+        return frame
+
+
+def loud(frame: np.ndarray, threshold: float = LOUD) -> bool:
+    return bool(np.sqrt(np.mean(frame.astype(np.float64) ** 2)) >= threshold * 32767)
+
+
+@dataclass
+class Heard:
+    """What the client's speaker received: mono PCM with the arrival time of each 20 ms frame."""
+
+    frames: list[np.ndarray] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+
+    def pcm(self) -> np.ndarray:
+        return np.concatenate(self.frames) if self.frames else np.zeros(0, np.int16)
+
+    def first_loud_after(self, t: float, threshold: float = LOUD) -> float | None:
+        for arrival, frame in zip(self.arrivals, self.frames, strict=True):
+            if arrival >= t and loud(frame, threshold):
+                return arrival
+        return None
+
+    def between(self, start: float, end: float) -> np.ndarray:
+        """The PCM of the frames that arrived in ``[start, end]``."""
+        chosen = [f for f, t in zip(self.frames, self.arrivals, strict=True) if start <= t <= end]
+        return np.concatenate(chosen) if chosen else np.zeros(0, np.int16)
+
+
+async def record(track: MediaStreamTrack, heard: Heard) -> None:
+    resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        assert isinstance(frame, AudioFrame)
+        now = time.monotonic()
+        for mono in resampler.resample(frame):
+            heard.frames.append(mono.to_ndarray().reshape(-1).copy())
+            heard.arrivals.append(now)
+
+
+@dataclass
+class VoiceClient:
+    """One WHIP-style voice session against ``base_url`` (``http://host:port``)."""
+
+    base_url: str
+    token: str | None = None
+    mic: ScriptTrack = field(default_factory=ScriptTrack)
+    heard: Heard = field(default_factory=Heard)
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    location: str | None = None
+    answer: str | None = None
+    setup_s: float | None = None  # POST sent -> connected
+    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/sdp"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def offer(self) -> str:
+        """Create the offer (tracks, data channel, gathered candidates) without sending it."""
+        pc = self.pc
+        pc.addTrack(self.mic)
+        channel = pc.createDataChannel("events")
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            self.events.append((time.monotonic(), json.loads(message)))
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.create_task(record(track, self.heard)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+
+    async def connect(self, http: aiohttp.ClientSession, timeout: float = 15.0) -> float:
+        """POST the offer, apply the answer, wait for ``connected``; return the set-up time."""
+        offer = await self.offer()
+        started = time.monotonic()
+        async with http.post(f"{self.base_url}/v1/sessions", data=offer, headers=self._headers()) as resp:
+            body = await resp.text()
+            if resp.status != 201:
+                raise AssertionError(f"POST /v1/sessions: {resp.status} {body}")
+            self.location = resp.headers["Location"]
+            self.answer = body
+        connected = asyncio.get_running_loop().create_future()
+
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState in ("connected", "failed", "closed") and not connected.done():
+                connected.set_result(self.pc.connectionState)
+
+        await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        state = await asyncio.wait_for(connected, timeout)
+        if state != "connected":
+            raise AssertionError(f"session ended up {state}")
+        self.setup_s = time.monotonic() - started
+        return self.setup_s
+
+    def event_types(self) -> list[str]:
+        return [e["type"] for _, e in self.events]
+
+    def event_times(self, kind: str) -> list[float]:
+        return [t for t, e in self.events if e["type"] == kind]
+
+    async def wait_event(self, kind: str, count: int = 1, timeout: float = 10.0) -> float:
+        """Wait until ``count`` events of ``kind`` arrived; return the arrival time of the last."""
+        deadline = time.monotonic() + timeout
+        while True:
+            times = self.event_times(kind)
+            if len(times) >= count:
+                return times[count - 1]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count}x {kind} within {timeout}s; got {self.event_types()}")
+            await asyncio.sleep(0.01)
+
+    def ice_transport(self) -> RTCIceTransport | None:
+        """The ICE transport the audio runs on (the bundled one)."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio" and transceiver.sender.transport is not None:
+                ice: RTCIceTransport = transceiver.sender.transport.transport
+                return ice
+        return None
+
+    def addresses(self) -> dict[str, list[str]]:
+        """``ip:port`` of the local and the remote candidates of the audio transport."""
+        ice = self.ice_transport()
+        if ice is None:
+            return {"local": [], "remote": []}
+        return {
+            "local": [f"{c.ip}:{c.port}" for c in ice.iceGatherer.getLocalCandidates()],
+            "remote": [f"{c.ip}:{c.port}" for c in ice.getRemoteCandidates()],
+        }
+
+    async def rtp_stats(self) -> dict[str, Any]:
+        """Loss and round trip from RTCP: what the far end reported (receiver reports) and our receiver."""
+        out: dict[str, Any] = {}
+        for stats in (await self.pc.getStats()).values():
+            if stats.type == "remote-inbound-rtp":  # the transceiver's receiver reports on our stream
+                out["up_packets_lost"] = stats.packetsLost
+                out["up_fraction_lost"] = stats.fractionLost
+                if stats.roundTripTime is not None:
+                    out["rtcp_rtt_ms"] = round(stats.roundTripTime * 1000, 2)
+            elif stats.type == "inbound-rtp":  # our receiver (what our own reports say)
+                out["down_packets_received"] = stats.packetsReceived
+                out["down_packets_lost"] = stats.packetsLost
+            elif stats.type == "outbound-rtp":
+                out["up_packets_sent"] = stats.packetsSent
+        return out
+
+    async def hangup(self, http: aiohttp.ClientSession | None = None) -> None:
+        if http is not None and self.location is not None:
+            async with http.delete(f"{self.base_url}{self.location}", headers=self._headers()):
+                pass
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The far end's DTLS close_notify makes aiortc schedule a close() of its own: let it finish.
+        await asyncio.sleep(0.05)
+
+
+async def take_turn(client: VoiceClient, number: int, hz: float, timeout: float) -> dict[str, Any]:
+    """Say ``SPEECH_MS`` of ``hz`` and wait for answer ``number``.
+
+    Round trip: end of speech -> first loud frame of the answer at the client.
+    """
+    client.mic.play(np.concatenate([tone(hz, SPEECH_MS), silence(100)]))
+    async with asyncio.timeout(1.0):
+        while client.mic.script_started is None:
+            await asyncio.sleep(0.005)
+    end_of_speech = client.mic.script_started + SPEECH_MS / 1000
+    done = await client.wait_event("response_done", count=number, timeout=timeout)
+    first = client.heard.first_loud_after(end_of_speech)
+    answer = client.heard.between(first, done) if first is not None else np.zeros(0, np.int16)
+    return {
+        "rtt_ms": None if first is None else round((first - end_of_speech) * 1000, 1),
+        "heard_hz": round(dominant_frequency(answer), 1),
+        "answer_ms": round(answer.size * 1000 / RATE),
+    }
+
+
+async def converse(
+    url: str, hz: float, duration_s: float, *, token: str | None = None, timeout: float = 15.0
+) -> dict[str, Any]:
+    """A whole session: connect, turns until ``duration_s`` has passed (at least one), stats, hang up.
+
+    Never raises for a failed session: the result carries ``error`` instead.
+    """
+    client = VoiceClient(url, token=token)
+    result: dict[str, Any] = {"url": url, "tone_hz": hz, "error": None, "turns": []}
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with asyncio.timeout(duration_s + 3 * timeout):
+                await client.connect(http, timeout)
+                assert client.setup_s is not None
+                result["setup_ms"] = round(client.setup_s * 1000, 1)
+                result |= client.addresses()
+                talking = time.monotonic()
+                while True:
+                    turn = await take_turn(client, len(result["turns"]) + 1, hz, timeout)
+                    result["turns"].append(turn)
+                    per_turn = (time.monotonic() - talking) / len(result["turns"])
+                    if time.monotonic() - talking + per_turn > duration_s:
+                        break
+                result["rtp"] = await client.rtp_stats()
+        except Exception as exc:  # reported in the result: the caller judges every session
+            result["error"] = f"{type(exc).__name__}: {exc}".strip()
+        finally:
+            result["connection_state"] = client.pc.connectionState
+            result["frames_sent"] = client.mic.frames_sent
+            result["frames_received"] = len(client.heard.frames)
+            result["events"] = client.event_types()
+            result["location"] = client.location
+            try:
+                await client.hangup(http)
+            except Exception as exc:  # the session is over either way
+                result["hangup_error"] = f"{type(exc).__name__}: {exc}"
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+@click.command()
+@click.argument("url")
+@click.option("--hz", type=float, default=392.0, show_default=True, help="Pitch of the spoken tone.")
+@click.option("--duration", type=float, default=2.0, show_default=True, help="Seconds of turns (>= 1 turn).")
+@click.option("--token", help="Bearer token for the signaling endpoint.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result here.")
+def main(url: str, hz: float, duration: float, token: str | None, out: Path | None) -> None:
+    """One voice session against the transceiver at URL; prints (or writes) the result as JSON."""
+    result = asyncio.run(converse(url, hz, duration, token=token))
+    text = json.dumps(result, indent=1)
+    if out is None:
+        click.echo(text)
+    else:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+    raise SystemExit(0 if result["error"] is None else 1)
+
+
+if __name__ == "__main__":
+    main()
