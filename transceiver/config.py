@@ -67,6 +67,7 @@ class TransceiverConfig:
     signaling_port: Port = SIGNALING_PORT
     signaling_url: str | None = None  # advertised in the registration; derived when unset
     auth_token: str | None = None
+    cors_origins: tuple[str, ...] = ("*",)  # origins whose pages may call signaling; () turns CORS off
     agent_url: str | None = None  # ws://host:port/ of a voice agent; None: no agent
     redis_url: str | None = None
     # Without Redis (tests, single hosts): a fixed route key, 32 hex digits, and its id.
@@ -104,6 +105,11 @@ class TransceiverConfig:
             raise ConfigError(f"{path}.route_key_id", f"expected 0..{MAX_KEY_ID}, got {self.route_key_id}")
         if self.redis_url is None and self.route_key is None:
             raise ConfigError(f"{path}.redis_url", "either redis_url or route_key is required")
+        for i, origin in enumerate(self.cors_origins):
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"{path}.cors_origins[{i}]", f"expected '*' or http(s)://host[:port], got {origin!r}"
+                )
         if self.agent_url is not None and not self.agent_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"{path}.agent_url", f"expected a ws:// or wss:// URL, got {self.agent_url}")
         if not 0 < self.heartbeat_interval_s < self.heartbeat_ttl_s:

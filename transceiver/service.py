@@ -80,6 +80,7 @@ class Transceiver:
             self.readiness,
             auth_token=cfg.auth_token,
             max_offer_bytes=cfg.max_offer_bytes,
+            cors_origins=cfg.cors_origins,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

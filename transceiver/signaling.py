@@ -8,7 +8,16 @@ DELETE   /v1/sessions/{id}      end it -> 204 (404 if unknown)
 GET      /metrics               Prometheus exposition
 GET      /livez                 200 while the process runs (no dependency checks)
 GET      /readyz                200 ready or degraded (Redis down, still serving), 503 not ready
+OPTIONS  any                    CORS preflight (204; 403 for an origin not allowed)
 =======  =====================  =============================================================
+
+CORS (for browsers on another origin, e.g. a web page POSTing its offer): with
+``cors_origins`` set (``("*",)`` by default; empty turns CORS off), every response to a
+request from an allowed ``Origin`` carries ``Access-Control-Allow-Origin`` and exposes
+``Location`` (the session URL a WHIP client needs for its ``DELETE``) and
+``Retry-After``. Preflights are answered before the bearer-token check: browsers never
+send ``Authorization`` on a preflight. ``Authorization`` is listed explicitly in
+``Access-Control-Allow-Headers`` because a ``*`` there does not cover it.
 
 Errors are JSON ``{"error": reason}``: 400 malformed offer, 401 missing/wrong bearer
 token (when ``auth_token`` is set; ``/v1`` only), 404, 413 offer larger than
@@ -19,10 +28,11 @@ negotiate, 503 draining or at capacity (with ``Retry-After``).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from icegate.errors import SignalingError
@@ -30,12 +40,58 @@ from transceiver.session import SessionManager
 
 SDP = "application/sdp"
 RETRY_AFTER_S = 5
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type"
+CORS_EXPOSE = "Location, Retry-After"
+CORS_MAX_AGE_S = 600
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 def error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers or None)
+
+
+def cors_origin(origins: Sequence[str], origin: str | None) -> str | None:
+    """The ``Access-Control-Allow-Origin`` value for a request from ``origin``; None: not allowed."""
+    if origin is None or not origins:
+        return None
+    if origin in origins:
+        return origin
+    return "*" if "*" in origins else None
+
+
+def cors_headers(allowed: str) -> dict[str, str]:
+    headers = {"Access-Control-Allow-Origin": allowed, "Access-Control-Expose-Headers": CORS_EXPOSE}
+    if allowed != "*":
+        headers["Vary"] = "Origin"  # the answer differs by origin: caches must key on it
+    return headers
+
+
+def make_cors(origins: Sequence[str]) -> Middleware:
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        allowed = cors_origin(origins, request.headers.get("Origin"))
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            if allowed is None:
+                return error(403, "origin not allowed")
+            headers = cors_headers(allowed) | {
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+            }
+            return web.Response(status=204, headers=headers)
+        if allowed is None:
+            return await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own 404/405: readable by the page too
+            exc.headers.update(cors_headers(allowed))
+            raise
+        response.headers.update(cors_headers(allowed))
+        return response
+
+    return cors
 
 
 def make_app(
@@ -45,6 +101,7 @@ def make_app(
     *,
     auth_token: str | None = None,
     max_offer_bytes: int = 65536,
+    cors_origins: Sequence[str] = ("*",),
 ) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -97,7 +154,8 @@ def make_app(
         ready, detail = readiness()
         return web.json_response(detail, status=200 if ready else 503)
 
-    app = web.Application(middlewares=[guard], client_max_size=max_offer_bytes)
+    middlewares: list[Middleware] = [make_cors(cors_origins), guard] if cors_origins else [guard]
+    app = web.Application(middlewares=middlewares, client_max_size=max_offer_bytes)
     app.router.add_post("/v1/sessions", create)
     app.router.add_get("/v1/sessions", listing)
     app.router.add_get("/v1/sessions/{id}", show)
