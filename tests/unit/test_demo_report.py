@@ -1,0 +1,90 @@
+"""icegate.demo_report: the demo's verdict per session, relay totals, the table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from icegate.demo_report import Plan, Session, judge, match_flows, table, totals
+
+VIPS = ["192.0.2.10:3478"]
+
+
+def good_result(**changes: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "error": None,
+        "setup_ms": 60.0,
+        "local": ["100.64.1.2:40000"],
+        "remote": ["192.0.2.10:3478"],
+        "turns": [{"rtt_ms": 790.0, "heard_hz": 391.0, "answer_ms": 600}],
+        "frames_sent": 100,
+        "frames_received": 95,
+        "rtp": {"up_packets_lost": 0, "down_packets_lost": 0},
+        "events": ["speech_started", "speech_stopped", "response_started", "response_done"],
+    }
+    return result | changes
+
+
+def flow(**changes: Any) -> dict[str, Any]:
+    return {"client": "100.64.1.2", "client_port": 40000, "packets_in": 120, "packets_out": 118} | changes
+
+
+def session(result: dict[str, Any], rows: list[dict[str, Any]], cached: bool = True) -> Session:
+    s = Session(Plan(1, "c1", "tx1", "http://10.70.0.11:8080", 392.0, 392.0), result)
+    match_flows([s], rows)
+    s.cached = cached
+    judge(s, VIPS, per_flow_counters=True)
+    return s
+
+
+def test_a_good_session_passes_and_reports_its_relay_packets() -> None:
+    s = session(good_result(), [flow(client_port=1), flow()])
+    assert s.ok, s.problems
+    assert s.to_json()["fast_path_packets"] == 238
+    assert s.to_json()["rtt_ms"] == 790.0
+
+
+@pytest.mark.parametrize(
+    ("result", "rows", "cached", "problem"),
+    [
+        (good_result(error="session failed", setup_ms=None), [flow()], True, "never connected"),
+        (good_result(remote=["10.70.0.11:6081"]), [flow()], True, "not all relay VIPs"),
+        (good_result(turns=[]), [flow()], True, "no turn completed"),
+        (good_result(turns=[{"rtt_ms": None, "heard_hz": 0.0}]), [flow()], True, "no agent audio"),
+        (good_result(turns=[{"rtt_ms": 700.0, "heard_hz": 349.0}]), [flow()], True, "expected 392.0 Hz"),
+        (good_result(frames_received=0), [flow()], True, "no audio frames"),
+        (good_result(), [], True, "no relay flow"),
+        (good_result(), [flow(packets_out=0)], True, "120 in / 0 out"),
+        (good_result(), [flow()], False, "did not record"),
+    ],
+)  # fmt: skip
+def test_a_session_fails_with_a_reason(
+    result: dict[str, Any], rows: list[dict[str, Any]], cached: bool, problem: str
+) -> None:
+    s = session(result, rows, cached)
+    assert not s.ok
+    assert any(problem in p for p in s.problems), s.problems
+    assert "FAILED" in table([s], per_flow_counters=True)
+
+
+def test_userspace_sessions_need_no_per_flow_counters() -> None:
+    s = Session(Plan(1, "c1", "tx1", "u", 392.0, 392.0), good_result(), cached=True)
+    judge(s, VIPS, per_flow_counters=False)
+    assert s.ok and s.flow is None
+    assert "cached" in table([s], per_flow_counters=False)
+
+
+def test_totals_are_the_difference_per_verdict() -> None:
+    before = {"forward/flow": 10, "pass/not_ip": 3}
+    after = {
+        "forward/flow": 110,
+        "forward/return": 90,
+        "slow/no_flow": 2,
+        "drop/token_mac": 1,
+        "pass/not_ip": 3,
+    }
+    t = totals(after, before)
+    assert (t["fast_path_packets"], t["slow_path_packets"], t["dropped_packets"]) == (190, 2, 1)
+    assert t["passed_packets"] == 0
+    assert list(t["counters"]) == ["forward/flow", "forward/return", "slow/no_flow", "drop/token_mac"]
