@@ -1,14 +1,13 @@
 """Cold start with ``--preload``: 10k cached flows from Redis into the real pinned ``flows`` map.
 
-DESIGN B8 wants the map part at most 20 ms for 10k flows; this measures it with the
-kernel's batch update (and prints the Redis part, which the target does not cover).
+Every flow arrives, with its backend and tag. How fast is ``bench.flow_restore``'s
+question (DESIGN B8: at most 20 ms for the map part), not this test's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -70,16 +69,8 @@ def test_preload_10k_flows_into_the_kernel_map(pinned: KernelStore, redis: Redis
             await store.close()
 
     pinned.flush_flows()
-    started = time.perf_counter()
     report = asyncio.run(preload())
-    total = time.perf_counter() - started
-    print(
-        f"preload {FLOWS} flows into the kernel map: put_flows {report.map_s * 1e3:.1f} ms, "
-        f"prepare {report.prepare_s * 1e3:.1f} ms, redis {report.redis_s * 1e3:.0f} ms, "
-        f"total {total * 1e3:.0f} ms"
-    )
     assert (report.scanned, report.installed, report.skipped) == (FLOWS, FLOWS, 0)
     assert sum(1 for _ in pinned.flows()) == FLOWS
     flow = pinned.get_flow((addr16("100.64.3.7"), 50000, 0))
     assert flow is not None and (flow.cluster, flow.index, flow.token_tag) == (1, 1, 3 * 250 + 6)
-    assert report.map_s < 0.2  # DESIGN target 20 ms; generous here for a shared 2-core machine

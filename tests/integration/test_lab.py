@@ -299,23 +299,18 @@ def test_native_xdp_shows_in_status_and_down_removes_pins(lab: Lab) -> None:
 
 def test_down_leaves_nothing(ns_prefix: str) -> None:
     name = lab_name(ns_prefix)
-    started = time.monotonic()
     up = json.loads(icegate("lab", "up", "--name", name, "--json").stdout)
-    up_seconds = time.monotonic() - started
     assert up["state"] == "up"
     the_lab = Lab.load(name)
     redis_record = the_lab.process("redis")
     assert redis_record is not None and redis_record.alive
     extra = the_lab.start_process("sleeper", "c2", ["sleep", "600"])
 
-    started = time.monotonic()
     down = json.loads(icegate("lab", "down", "--name", name, "--json").stdout)
-    down_seconds = time.monotonic() - started
     assert sorted(down["processes"]) == ["redis", "sleeper"] and down["strays"] == []
     assert len(down["namespaces"]) == 7
     assert not redis_record.alive and not extra.alive
     assert_gone(the_lab)
-    assert up_seconds < 10 and down_seconds < 5, (up_seconds, down_seconds)
 
 
 def test_down_of_a_missing_lab_is_a_no_op(ns_prefix: str) -> None:

@@ -163,7 +163,8 @@ def test_redis_outage_degrades_and_recovers(procs: Processes) -> None:
         measured = asyncio.run(scenario())
         r.close()
     print("redis outage:", {k: round(v * 1e3, 2) for k, v in measured.items()}, "ms")
-    assert measured["recover_while_down_s"] < 0.01
+    # "at once": without waiting for a Redis command to time out (a functional bound, not a speed)
+    assert measured["recover_while_down_s"] < cfg.redis.timeout_s
 
 
 async def _async(value: Any) -> Any:
