@@ -157,15 +157,9 @@ class Demo:
 
     # ---- steps ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Steps 1-4; the caller tears down (``lab.down``) whatever happens."""
         started = time.monotonic()
-        timings: dict[str, float] = {}
-        self.lab.up()
-        self.built = True
-        timings["lab_up_s"] = round(time.monotonic() - started, 2)
-        hosts = len(self.lab.topology.hosts)
-        self.say(f"lab {self.lab.name} up: {hosts} namespaces, Redis in {self.lab.namespace('dc')}")
-        self.start_components()
-        timings["components_ready_s"] = round(time.monotonic() - started, 2)
+        timings = self.up()
         before = self.relay_counters()
         plans = self.plan()
         results = self.run_clients(plans)
@@ -173,6 +167,18 @@ class Demo:
         summary = self.conclude(plans, results, before)
         summary["timings"] = timings
         return summary
+
+    def up(self) -> dict[str, float]:
+        """Lab, relay, transceivers and agents, all ready (the e2e tests start browsers against this)."""
+        started = time.monotonic()
+        self.lab.up()
+        self.built = True
+        timings = {"lab_up_s": round(time.monotonic() - started, 2)}
+        hosts = len(self.lab.topology.hosts)
+        self.say(f"lab {self.lab.name} up: {hosts} namespaces, Redis in {self.lab.namespace('dc')}")
+        self.start_components()
+        timings["components_ready_s"] = round(time.monotonic() - started, 2)
+        return timings
 
     def start_components(self) -> None:
         lab, opts = self.lab, self.options

@@ -1,0 +1,226 @@
+"""An unmodified browser through the relay: headless Chromium in a lab client namespace.
+
+The stack is the demo's (:meth:`icegate.demo.Demo.up`: lab, XDP relay, two transceivers,
+echo agents). The test serves ``chromium_page.html`` on the client's loopback; the page
+POSTs its offer cross-origin to the transceiver's signaling (CORS preflight included),
+connects to the relay VIP, talks for a few seconds, and reports what ``getStats`` and the
+``events`` data channel showed. Two runs:
+
+- ``mic``: getUserMedia on Chromium's fake capture device (a WAV of tone bursts);
+- ``tone``: WebAudio and no media permission, so Chromium offers only mDNS host
+  candidates. The transceiver drops those, so it can only learn the browser from its
+  connectivity checks through the relay (peer-reflexive), which is what must work.
+
+Either way the relay's flows must show the browser's real address and port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from icegate import netns
+from icegate.demo import Demo, Options, Progress
+from icegate.lab import Lab
+from transceiver.client import RATE, silence, tone
+
+PAGE = Path(__file__).with_name("chromium_page.html")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",  # the page plays what it hears (counted energy)
+]  # fmt: skip
+MEDIA_FLAGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+VIP = ("192.0.2.10", 3478)
+TALK_S = 4
+REPORT_TIMEOUT_S = 45
+
+
+class PageServer:
+    """The test's web server on 127.0.0.1 inside a client namespace: the page, and /report."""
+
+    def __init__(self, namespace: str) -> None:
+        self.reports: queue.Queue[dict[str, Any]] = queue.Queue()
+        reports = self.reports
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = PAGE.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                reports.put(json.loads(data))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        with netns.entered(namespace):  # the listening socket lives in the client's namespace
+            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Browser:
+    report: dict[str, Any]
+    log: str
+
+
+def write_wav(path: Path) -> None:
+    """Chromium's fake microphone: 600 ms at 523 Hz every 2 s (looped by Chromium)."""
+    pcm = np.concatenate([silence(500), tone(523.3, 600), silence(900)]).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def end_session(leader: subprocess.Popen[Any]) -> None:
+    """End Chromium (we started it as a session leader) and every process of that session."""
+    if leader.poll() is None:
+        leader.terminate()
+        try:
+            leader.wait(10)
+        except subprocess.TimeoutExpired:
+            leader.kill()
+            leader.wait(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        members = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _sid(int(p.name)) == leader.pid
+        ]
+        if not members:
+            return
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise AssertionError(f"processes of chromium's session {leader.pid} survived")
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_browser(lab: Lab, client: str, audio: str, tmp: Path) -> Browser:
+    """Load the page in a fresh headless Chromium inside ``client``'s namespace; return its report."""
+    assert CHROMIUM, "chromium is not installed: run scripts/setup"
+    namespace = lab.namespace(client)
+    server = PageServer(namespace)
+    signaling = lab.transceiver(1).signaling_url
+    url = f"http://127.0.0.1:{server.port}/?signaling={signaling}&audio={audio}&seconds={TALK_S}"
+    argv = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}"]
+    if audio == "mic":
+        wav = tmp / "voice.wav"
+        write_wav(wav)
+        argv += [*MEDIA_FLAGS, f"--use-file-for-fake-audio-capture={wav}"]
+    log = tmp / "chromium.log"
+    with log.open("w") as out:
+        proc = netns.spawn(namespace, [*argv, url], stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        report = server.reports.get(timeout=REPORT_TIMEOUT_S)
+    except queue.Empty:
+        raise AssertionError(f"no report from the page:\n{log.read_text()[-3000:]}") from None
+    finally:
+        end_session(proc)
+        server.close()
+    return Browser(report, log.read_text())
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Demo]:
+    name = f"icgc{os.getpid() % 100000}"
+    demo = Demo(Options(lab_name=name, mode="xdp", agent="echo"), Progress(quiet=True))
+    try:
+        demo.up()
+        yield demo
+    finally:
+        Lab.load(name).down()
+        netns.remove_prefixed(f"{name}-")
+
+
+@pytest.mark.parametrize(("client", "audio"), [("c1", "mic"), ("c2", "tone")])
+def test_chromium_talks_to_the_agent_through_the_relay(
+    stack: Demo, client: str, audio: str, tmp_path: Path
+) -> None:
+    lab = stack.lab
+    before = stack.relay_counters()
+    browser = run_browser(lab, client, audio, tmp_path)
+    r = browser.report
+    assert "error" not in r, f"{r}\n{browser.log[-3000:]}"
+    print(f"\n{client}/{audio}: {r['user_agent']}, setup {r['setup_ms']} ms, inbound {r['inbound']}")
+
+    candidates = [line.split()[4] for line in r["offer_candidates"] if " udp " in line]
+    client_ip = next(c.address for c in lab.clients() if c.name == client)
+    if audio == "tone":
+        # no media permission: every host candidate hidden behind an mDNS name
+        assert candidates and all(c.endswith(".local") for c in candidates), candidates
+    else:
+        assert client_ip in candidates, candidates
+
+    # signaling: cross-origin POST (CORS preflight), Location readable, DELETE at the end
+    assert r["status"] == 201 and r["location"].startswith("/v1/sessions/")
+    assert r["delete_status"] == 204
+    assert r["connection_state"] == "connected"
+    assert 0 < r["setup_ms"] < 5000
+
+    # the selected pair ends at the relay VIP
+    remote = r["pair"]["remote"]
+    assert (remote["address"], remote["port"], remote["protocol"]) == (*VIP, "udp")
+    port = r["pair"]["local"]["port"]
+
+    # audio both ways: ~50 packets/s, and the agent's echo is not silence
+    inbound, outbound = r["inbound"], r["outbound"]
+    assert inbound["packetsReceived"] >= 40 * TALK_S and outbound["packetsSent"] >= 40 * TALK_S
+    assert inbound["packetsLost"] <= 2
+    assert inbound["totalAudioEnergy"] > 0.01, inbound  # silence decodes to ~0
+    # a whole turn on the data channel: the transceiver's VAD heard the browser, the echo came back
+    assert r["events"][:4] == ["speech_started", "speech_stopped", "response_started", "response_done"]
+
+    # the relay forwarded it in the kernel, and its flow carries the browser's real address
+    flows = [f for f in stack.relay_flows() if (f["client"], f["client_port"]) == (client_ip, port)]
+    assert len(flows) == 1, stack.relay_flows()
+    flow = flows[0]
+    assert (flow["vip"], flow["vip_port"], flow["backend"]) == (*VIP, "1:1")
+    assert flow["packets_in"] >= 40 * TALK_S and flow["packets_out"] >= 40 * TALK_S, flow
+    assert f"{client_ip}:{port}" in stack.cached_flows()
+    counters = stack.relay_counters()
+    forwarded = counters.get("forward/flow", 0) - before.get("forward/flow", 0)
+    assert forwarded >= flow["packets_in"] - 20  # the flow's packets are the datapath's, bar a few pending
+    assert counters.get("slow/no_flow", 0) == before.get("slow/no_flow", 0)
