@@ -57,8 +57,7 @@ class Target:
 
 def _kernel_maps(target: Target) -> MapStore:
     check_pinned(target)
-    kernel = _kernel_module()
-    store: MapStore = kernel.KernelStore(target.pin_dir)
+    store: MapStore = _import("controlplane.kernelstore").KernelStore(target.pin_dir)
     return store
 
 
@@ -75,7 +74,7 @@ def _kernel_info(target: Target) -> dict[str, Any]:
 
 
 def _kernel_capacities(target: Target) -> dict[str, int]:
-    infos = _kernel_module().pinned_map_infos(target.pin_dir)
+    infos = _import("controlplane.kernel").pinned_map_infos(target.pin_dir)
     sizes = map_capacity(target.limits)
     return {name: infos[name].max_entries if name in infos else size for name, size in sizes.items()}
 
@@ -88,10 +87,6 @@ def _kernel_detach(target: Target) -> list[str]:
     loader = _import("controlplane.loader")
     removed: list[str] = loader.detach(target.pin_dir)
     return removed
-
-
-def _kernel_module() -> Any:
-    return _import("controlplane.kernel")
 
 
 def _import(name: str) -> Any:

@@ -5,20 +5,19 @@ open a map, so this module talks to the kernel through ``libbpf.so.1`` (ctypes):
 
 - :class:`PinnedMap`: one pinned map, typed with the ``layout.py`` structs; per-CPU
   values come back as one struct per possible CPU;
-- :class:`KernelStore`: :class:`controlplane.store.MapStore` over the pinned maps,
-  converting to and from the dataclasses in ``store.py``;
-- :func:`check_maps`: do pinned maps match the sizes the configuration asks for;
+- :func:`map_specs`, :func:`check_maps`: the maps ``bpf/maps.h`` declares, and do pinned
+  maps match the sizes the configuration asks for;
 - :func:`prog_test_run`: ``BPF_PROG_TEST_RUN`` of an XDP program (tests, benchmarks);
 - :func:`xdp_query`, :func:`xdp_attach`, :func:`xdp_detach`: XDP attach points.
 
-Errors are :class:`BpfError`; a missing pin directory is :class:`RelayNotRunning`.
+``kernelstore.py`` builds :class:`controlplane.store.MapStore` on top of this.
+Errors are :class:`BpfError`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import dataclasses
 import errno
 import os
 from collections.abc import Iterator, Sequence
@@ -29,9 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from controlplane import layout
 from controlplane.config import RelayLimits
-from controlplane.store import Backend, Flow, FlowKeyT, RateConfig, TunnelEndpoint, Vip
-from icegate.errors import BpfError, DependencyError, RelayNotRunning
-from icegate.inet import addr16, from_addr16
+from icegate.errors import BpfError, DependencyError
 
 # uapi/linux/bpf.h
 BPF_ANY = 0
@@ -45,7 +42,6 @@ XDP_FLAGS_REPLACE = 1 << 4
 XDP_ATTACHED_NONE, XDP_ATTACHED_DRV, XDP_ATTACHED_SKB, XDP_ATTACHED_HW, XDP_ATTACHED_MULTI = range(5)
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 PROG_PIN = "prog"  # the program is pinned beside its maps, so status/detach can find it
-HASH_MAPS = ("flows", "pending", "backends", "vips", "rate_sources")
 
 _K = TypeVar("_K", bound=ctypes.Structure)
 _V = TypeVar("_V", bound=ctypes.Structure)
@@ -493,230 +489,6 @@ def pinned_map_infos(pin_dir: Path) -> dict[str, MapInfo]:
         finally:
             os.close(fd)
     return infos
-
-
-# ---- KernelStore ----------------------------------------------------------------------
-def _flow_key(key: FlowKeyT) -> layout.FlowKey:
-    return layout.FlowKey(layout.Addr16(*key[0]), _swap16(key[1]), key[2])
-
-
-def _from_flow_key(key: layout.FlowKey) -> FlowKeyT:
-    return bytes(key.client_addr), _swap16(key.client_port), int(key.vip_index)
-
-
-def _swap16(value: int) -> int:
-    return ((value & 0xFF) << 8) | (value >> 8)
-
-
-def _flow_value(flow: Flow) -> layout.FlowValue:
-    return layout.FlowValue(
-        layout.BackendKey(flow.cluster, flow.index),
-        flow.token_tag,
-        flow.created_ns,
-        flow.last_seen_ns,
-        flow.packets_in,
-        flow.bytes_in,
-        flow.packets_out,
-        flow.bytes_out,
-    )
-
-
-def _from_flow_value(v: layout.FlowValue) -> Flow:
-    return Flow(
-        v.backend.cluster,
-        v.backend.index,
-        v.token_tag,
-        v.created_ns,
-        v.last_seen_ns,
-        v.packets_in,
-        v.bytes_in,
-        v.packets_out,
-        v.bytes_out,
-    )
-
-
-def _from_backend(key: layout.BackendKey, v: layout.BackendValue) -> Backend:
-    return Backend(key.cluster, key.index, v.host, v.host_port, layout.BackendState(v.state), v.generation)
-
-
-def _optional_addr(raw: bytes) -> str | None:
-    return None if raw == bytes(16) else from_addr16(raw)
-
-
-class KernelStore:
-    """:class:`controlplane.store.MapStore` over the maps pinned in ``pin_dir``."""
-
-    def __init__(self, pin_dir: Path | str, relay: str | None = None) -> None:
-        self.pin_dir = Path(pin_dir)
-        name = relay or self.pin_dir.name
-        if not self.pin_dir.is_dir():
-            raise RelayNotRunning(f"relay {name!r} is not running: nothing pinned at {self.pin_dir}")
-        opened: dict[str, PinnedMap[Any, Any]] = {}
-        try:
-            for map_name, spec in map_specs(RelayLimits()).items():
-                if spec.key is None or spec.value is None:
-                    continue
-                path = self.pin_dir / map_name
-                if not path.exists():
-                    raise RelayNotRunning(f"relay {name!r}: map {map_name} is not pinned at {path}")
-                opened[map_name] = PinnedMap(path, spec.key, spec.value)
-        except BaseException:
-            for m in opened.values():
-                m.close()
-            raise
-        self.maps = opened
-
-    def close(self) -> None:
-        for m in self.maps.values():
-            m.close()
-
-    def __enter__(self) -> KernelStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---- per packet (the slow path) ----
-    def vip_index(self, addr16: bytes, port: int) -> int | None:
-        value = self.maps["vips"].lookup(layout.VipKey(layout.Addr16(*addr16), _swap16(port), 0))
-        return None if value is None else int(value.index)
-
-    def get_flow(self, key: FlowKeyT) -> Flow | None:
-        value = self.maps["flows"].lookup(_flow_key(key))
-        return None if value is None else _from_flow_value(value)
-
-    def get_pending(self, key: FlowKeyT) -> Flow | None:
-        value = self.maps["pending"].lookup(_flow_key(key))
-        return None if value is None else _from_flow_value(value)
-
-    def put_flow(self, key: FlowKeyT, flow: Flow) -> None:
-        self.maps["flows"].update(_flow_key(key), _flow_value(flow))
-
-    def put_pending(self, key: FlowKeyT, flow: Flow) -> None:
-        self.maps["pending"].update(_flow_key(key), _flow_value(flow))
-
-    def delete_flow(self, key: FlowKeyT) -> None:
-        self.maps["flows"].delete(_flow_key(key))
-
-    def delete_pending(self, key: FlowKeyT) -> None:
-        self.maps["pending"].delete(_flow_key(key))
-
-    def get_backend(self, cluster: int, index: int) -> Backend | None:
-        key = layout.BackendKey(cluster, index)
-        value = self.maps["backends"].lookup(key)
-        return None if value is None else _from_backend(key, value)
-
-    def route_key(self, key_id: int) -> bytes | None:
-        if not 0 <= key_id < layout.MAX_ROUTE_KEYS:
-            return None
-        value = self.maps["route_keys"].lookup(U32(key_id))
-        return value.key if value is not None and value.valid else None
-
-    # ---- management ----
-    def vips(self) -> list[Vip]:
-        found = [Vip(k.host, k.host_port, v[0].index) for k, v in self.maps["vips"].items()]
-        return sorted(found, key=lambda vip: vip.index)
-
-    def set_vips(self, vips: list[Vip]) -> None:
-        wanted = {bytes(layout.VipKey.of(v.address, v.port)): v for v in vips}
-        for key in list(self.maps["vips"].keys()):
-            if bytes(key) not in wanted:
-                self.maps["vips"].delete(key)
-        for v in vips:
-            self.maps["vips"].update(layout.VipKey.of(v.address, v.port), layout.VipValue(v.index, 0, 0))
-
-    def backends(self) -> list[Backend]:
-        found = [_from_backend(k, v[0]) for k, v in self.maps["backends"].items()]
-        return sorted(found, key=lambda b: (b.cluster, b.index))
-
-    def put_backend(self, backend: Backend) -> None:
-        value = layout.BackendValue.of(backend.address, backend.port, backend.state, backend.generation)
-        self.maps["backends"].update(layout.BackendKey(backend.cluster, backend.index), value)
-
-    def delete_backend(self, cluster: int, index: int) -> None:
-        self.maps["backends"].delete(layout.BackendKey(cluster, index))
-
-    def route_keys(self) -> dict[int, bytes]:
-        found = {}
-        for key_id in range(layout.MAX_ROUTE_KEYS):
-            key = self.route_key(key_id)
-            if key is not None:
-                found[key_id] = key
-        return found
-
-    def set_route_keys(self, keys: dict[int, bytes]) -> None:
-        for key_id in range(layout.MAX_ROUTE_KEYS):
-            key = keys.get(key_id)
-            value = layout.RouteKey.of(key) if key is not None else layout.RouteKey()
-            self.maps["route_keys"].update(U32(key_id), value)
-
-    def flows(self) -> Iterator[tuple[FlowKeyT, Flow]]:
-        for key, values in self.maps["flows"].items():
-            yield _from_flow_key(key), _from_flow_value(values[0])
-
-    def pending(self) -> Iterator[tuple[FlowKeyT, Flow]]:
-        for key, values in self.maps["pending"].items():
-            yield _from_flow_key(key), _from_flow_value(values[0])
-
-    def put_flows(self, items: list[tuple[FlowKeyT, Flow]]) -> int:
-        return self.maps["flows"].update_batch([(_flow_key(k), _flow_value(f)) for k, f in items])
-
-    def flush_flows(self) -> int:
-        return self.maps["flows"].clear() + self.maps["pending"].clear()
-
-    def tunnel(self) -> TunnelEndpoint:
-        cfg = self._config()
-        return TunnelEndpoint(
-            _optional_addr(bytes(cfg.tunnel_addr4)),
-            _optional_addr(bytes(cfg.tunnel_addr6)),
-            _swap16(cfg.tunnel_port),
-        )
-
-    def rate_config(self) -> RateConfig:
-        cfg = self._config()
-        return RateConfig(**{f.name: int(getattr(cfg, f.name)) for f in dataclasses.fields(RateConfig)})
-
-    def set_config(self, tunnel: TunnelEndpoint, rate: RateConfig) -> None:
-        self.maps["config"].update(U32(0), config_struct(tunnel, rate))
-
-    def _config(self) -> layout.RelayConfigMap:
-        value = self.maps["config"].lookup(U32(0))
-        return value if value is not None else layout.RelayConfigMap()
-
-    # ---- counters and housekeeping (not part of MapStore) ----
-    def counters(self) -> list[tuple[int, int]]:
-        """``(packets, bytes)`` per ``layout.Stat`` index, summed over CPUs (one batch read)."""
-        out = [(0, 0)] * layout.STAT_MAX
-        for key, values in self.maps["counters"].items(batch=layout.STAT_MAX):
-            if key.value < layout.STAT_MAX:
-                out[key.value] = (sum(c.packets for c in values), sum(c.bytes for c in values))
-        return out
-
-    def fill(self) -> dict[str, int]:
-        """Entries per hash map (``capacity`` has their sizes as pinned)."""
-        return {name: self.maps[name].count() for name in HASH_MAPS}
-
-    def capacity(self) -> dict[str, int]:
-        """``max_entries`` per hash map, as pinned (not as the configuration says)."""
-        return {name: self.maps[name].info.max_entries for name in HASH_MAPS}
-
-    def reset(self, names: Sequence[str]) -> None:
-        """Empty the named maps (tests, and ``flows flush`` of the rate buckets)."""
-        for name in names:
-            self.maps[name].clear()
-
-
-def config_struct(tunnel: TunnelEndpoint, rate: RateConfig) -> layout.RelayConfigMap:
-    """The ``config`` map's value for a tunnel endpoint and rate limits."""
-    cfg = layout.RelayConfigMap()
-    if tunnel.address4:
-        cfg.tunnel_addr4 = layout.Addr16(*addr16(tunnel.address4))
-    if tunnel.address6:
-        cfg.tunnel_addr6 = layout.Addr16(*addr16(tunnel.address6))
-    cfg.tunnel_port = _swap16(tunnel.port)
-    for f in dataclasses.fields(RateConfig):
-        setattr(cfg, f.name, getattr(rate, f.name))
-    return cfg
 
 
 # ---- programs -------------------------------------------------------------------------

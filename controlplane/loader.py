@@ -34,7 +34,8 @@ from icegate.bpf import PROGRAM, source_dir
 
 from controlplane import kernel, layout
 from controlplane.config import RelayConfig
-from controlplane.kernel import KernelStore, XdpAttachment
+from controlplane.kernel import XdpAttachment
+from controlplane.kernelstore import KernelStore
 from controlplane.store import RateConfig, TunnelEndpoint
 from icegate.errors import BpfError, DependencyError, LinkError, RelayNotRunning
 

@@ -5,7 +5,7 @@ use. Two implementations:
 
 - :class:`MemoryStore` (here): dictionaries with LRU bounds, for the userspace twin and
   unit tests;
-- ``KernelStore`` (``kernel.py``): the pinned BPF maps through bpf(2) syscalls, for the
+- ``KernelStore`` (``kernelstore.py``): the pinned BPF maps through bpf(2) syscalls, for the
   slow path and the control plane in XDP mode, and for the CLI while the daemon is down.
 
 Values are plain Python (dataclasses, tuples, ``bytes``), not ctypes structs; each

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from controlplane import layout
-from controlplane.kernel import KernelStore, possible_cpus
+from controlplane.kernel import possible_cpus
+from controlplane.kernelstore import KernelStore
 from controlplane.layout import FlowEventKind
 from controlplane.loader import Loader, status
 from controlplane.store import Flow

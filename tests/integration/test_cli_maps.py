@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from controlplane import cli, kernel, layout, loader
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
-from controlplane.kernel import KernelStore
+from controlplane.kernelstore import KernelStore
 from controlplane.layout import BackendState, Stat
 from controlplane.store import Backend, Flow, Vip
 from icegate.inet import addr16

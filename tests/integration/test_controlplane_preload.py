@@ -15,7 +15,7 @@ import redis as redis_sync
 
 from controlplane import loader
 from controlplane.config import RedisConfig, RelayConfig, RelayLimits, TunnelConfig, VipConfig
-from controlplane.kernel import KernelStore
+from controlplane.kernelstore import KernelStore
 from controlplane.layout import BackendState
 from controlplane.recovery import PreloadReport, Recovery
 from controlplane.redisio import RedisStore

@@ -29,7 +29,7 @@ import pytest
 
 from controlplane import loader as loader_module
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
-from controlplane.kernel import KernelStore
+from controlplane.kernelstore import KernelStore
 from controlplane.layout import BackendState, Stat
 from controlplane.loader import Loader
 from controlplane.store import Backend, RateConfig, TunnelEndpoint, Vip
