@@ -64,7 +64,7 @@ class Options:
     sessions: int = 4
     agent: str = "echo"
     mode: str = "auto"
-    duration_s: float = 4.0
+    duration_s: float = 3.0
     lab_name: str = DEFAULT_NAME
     keep: bool = False
 
@@ -241,7 +241,7 @@ class Demo:
 
     def run_clients(self, plans: list[demo_report.Plan]) -> dict[int, dict[str, Any]]:
         opts = self.options
-        self.say(f"{len(plans)} clients: each {opts.duration_s:g} s of turns with the {opts.agent} agent")
+        self.say(f"{len(plans)} clients: turns for {opts.duration_s:g} s each, {opts.agent} agent answering")
         outputs = {}
         results_dir = self.lab.dir / "results"  # not beside the process records (<name>.json)
         results_dir.mkdir(exist_ok=True)
@@ -455,9 +455,9 @@ def render(summary: dict[str, Any], table: str) -> str:
 @click.option(
     "--duration",
     type=click.FloatRange(min=0.0),
-    default=4.0,
+    default=3.0,
     show_default=True,
-    help="Seconds of turns per session (at least one turn).",
+    help="Each client starts new turns for this many seconds (one turn takes ~2 s).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (`icegate lab down` removes it).")

@@ -294,7 +294,7 @@ async def take_turn(client: VoiceClient, number: int, hz: float, timeout: float)
 async def converse(
     url: str, hz: float, duration_s: float, *, token: str | None = None, timeout: float = 15.0
 ) -> dict[str, Any]:
-    """A whole session: connect, turns until ``duration_s`` has passed (at least one), stats, hang up.
+    """A whole session: connect, turns (new ones start until ``duration_s`` has passed), stats, hang up.
 
     Never raises for a failed session: the result carries ``error`` instead.
     """
@@ -309,12 +309,9 @@ async def converse(
                 result["setup_ms"] = round(client.setup_s * 1000, 1)
                 result |= client.addresses()
                 talking = time.monotonic()
-                while True:
+                while not result["turns"] or time.monotonic() - talking < duration_s:
                     turn = await take_turn(client, len(result["turns"]) + 1, hz, timeout)
                     result["turns"].append(turn)
-                    per_turn = (time.monotonic() - talking) / len(result["turns"])
-                    if time.monotonic() - talking + per_turn > duration_s:
-                        break
                 result["rtp"] = await client.rtp_stats()
         except Exception as exc:  # reported in the result: the caller judges every session
             result["error"] = f"{type(exc).__name__}: {exc}".strip()
@@ -335,7 +332,7 @@ async def converse(
 @click.command()
 @click.argument("url")
 @click.option("--hz", type=float, default=392.0, show_default=True, help="Pitch of the spoken tone.")
-@click.option("--duration", type=float, default=2.0, show_default=True, help="Seconds of turns (>= 1 turn).")
+@click.option("--duration", type=float, default=2.0, show_default=True, help="Turns for S seconds (>= 1).")
 @click.option("--token", help="Bearer token for the signaling endpoint.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result here.")
 def main(url: str, hz: float, duration: float, token: str | None, out: Path | None) -> None:

@@ -22,7 +22,7 @@ from tests.support import REPO
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
 SESSIONS = 2
-DURATION_S = 2.0
+DURATION_S = 1.0  # one turn each
 VIP = "192.0.2.10:3478"
 CLIENT_NETS = {"c1": "100.64.1.", "c2": "100.64.2."}
 
