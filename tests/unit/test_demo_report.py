@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from icegate.demo import datapath_of, describe_datapath
 from icegate.demo_report import Plan, Session, judge, match_flows, table, totals
 
 VIPS = ["192.0.2.10:3478"]
@@ -88,3 +91,28 @@ def test_totals_are_the_difference_per_verdict() -> None:
     assert (t["fast_path_packets"], t["slow_path_packets"], t["dropped_packets"]) == (190, 2, 1)
     assert t["passed_packets"] == 0
     assert list(t["counters"]) == ["forward/flow", "forward/return", "slow/no_flow", "drop/token_mac"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "mode", "said"),
+    [
+        (["datapath mode=xdp-native interfaces=pub0:native,priv0:native"], "xdp-native", "XDP native"),
+        (["datapath mode=xdp-generic interfaces=pub0:generic,priv0:generic"], "xdp-generic", "XDP generic"),
+        (["datapath mode=userspace reason=requested"], "userspace", "userspace twin (requested)"),
+        (
+            ["datapath mode=userspace reason=xdp_unavailable error=bcc is not available (no module bcc)"],
+            "userspace",
+            "userspace twin (xdp_unavailable: bcc is not available (no module bcc))",
+        ),
+        ([], "unknown", "datapath unknown"),
+    ],
+)
+def test_the_demo_says_which_datapath_and_why(
+    tmp_path: Path, messages: list[str], mode: str, said: str
+) -> None:
+    log = tmp_path / "relay.log"
+    lines = ["=== header line written by the lab", json.dumps({"msg": "http listening address=127.0.0.1"})]
+    log.write_text("\n".join(lines + [json.dumps({"level": "info", "msg": m}) for m in messages]) + "\n")
+    found, reason = datapath_of(str(log))
+    assert found == mode
+    assert said in describe_datapath(found, reason)
