@@ -382,25 +382,41 @@ class PinnedMap(Generic[_K, _V]):
             for key, value in items:
                 self.update(key, value)
             return len(items)
+        keys = b"".join(bytes(k) for k, _ in items)
+        values = b"".join(bytes(v) for _, v in items)
+        return self.update_batch_raw(keys, values)
+
+    def update_batch_raw(self, keys: bytes | bytearray, values: bytes | bytearray) -> int:
+        """:meth:`update_batch` of keys and values already packed back to back
+        (``layout.packer``); one value per entry, so not for per-CPU maps."""
         ksize, vsize = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
-        keys = ctypes.create_string_buffer(b"".join(bytes(k) for k, _ in items), ksize * len(items))
-        values = ctypes.create_string_buffer(b"".join(bytes(v) for _, v in items), vsize * len(items))
-        count = ctypes.c_uint32(len(items))
+        count = len(keys) // ksize
+        if self.percpu:
+            raise BpfError(f"map {self.path.name} is per-CPU: use update_batch")
+        if len(keys) != count * ksize or len(values) != count * vsize:
+            raise ValueError(
+                f"batch for map {self.path.name}: {len(keys)} key bytes and {len(values)} value bytes "
+                f"are not whole {ksize}-byte keys and {vsize}-byte values of the same count"
+            )
+        if not count:
+            return 0
+        count_io = ctypes.c_uint32(count)
         opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
         ret = _call(
             "bpf_map_update_batch",
             self.fd,
-            keys,
-            values,
-            ctypes.byref(count),
+            (ctypes.c_char * len(keys)).from_buffer_copy(keys),
+            (ctypes.c_char * len(values)).from_buffer_copy(values),
+            ctypes.byref(count_io),
             ctypes.byref(opts),
             what=self._what("batch update"),
             ok=(errno.EINVAL, errno.ENOTSUP, 524),
         )
         if ret < 0:
-            for key, value in items:
-                self.update(key, value)
-        return len(items)
+            for i in range(count):
+                key = self.key_type.from_buffer_copy(keys, i * ksize)
+                self.update(key, self.value_type.from_buffer_copy(values, i * vsize))
+        return count
 
     def clear(self) -> int:
         """Delete every entry (arrays cannot shrink: their entries are zeroed instead)."""

@@ -21,6 +21,9 @@ from icegate.bpf import source_dir
 
 from controlplane import layout
 from controlplane.config import RelayLimits
+from controlplane.kernelstore import flow_key_struct, flow_value_struct, pack_flows
+from controlplane.store import Flow
+from icegate.inet import addr16
 from icegate.rfc7983 import PacketKind
 from tests.bpf.harness import XdpRelay
 
@@ -142,3 +145,24 @@ def test_limits_match(c_facts: dict[str, int]) -> None:
     defaults = RelayLimits()
     for name in RelayLimits._BOUNDS:
         assert c_facts[f"limit {name.upper()}"] == getattr(defaults, name), f"default of {name}"
+
+
+def test_packed_formats_are_the_struct_layouts() -> None:
+    """``layout.packer`` derives its formats from the ctypes structs: same size for every
+    struct (so no implicit padding and the same offsets), and the flow formats that
+    ``put_flows`` packs with are the ones shared.h documents."""
+    for cname, cls in layout.STRUCTS.items():
+        assert layout.packer(cls).size == ctypes.sizeof(cls) == layout.EXPECTED_SIZES[cname], cname
+    assert (layout.FLOW_KEY.format, layout.FLOW_VALUE.format) == ("=16sHH", "=HHIQQQQQQ")
+
+
+def test_packed_flows_are_the_ctypes_bytes() -> None:
+    items = [
+        ((addr16("100.64.1.2"), 40000, 0), Flow(1, 2, 0xDEADBEEF, 5, 6, 7, 8, 9, 10)),
+        ((addr16("2001:db8::1"), 1, 3), Flow(65535, 65534, 0, 2**64 - 1, 0, 1, 2, 3, 4)),
+    ]
+    keys, values = pack_flows(items)
+    assert bytes(keys) == b"".join(bytes(flow_key_struct(k)) for k, _ in items)
+    assert bytes(values) == b"".join(bytes(flow_value_struct(f)) for _, f in items)
+    with pytest.raises(ValueError, match="16 bytes, got 4"):
+        pack_flows([((bytes(4), 1, 0), items[0][1])])

@@ -262,5 +262,30 @@ def test_per_cpu_counters_are_summed(xdp: XdpRelay) -> None:
     assert ctypes.sizeof(layout.Counter) == 16
 
 
+def test_put_flows_batch_reads_back(xdp: XdpRelay) -> None:
+    """put_flows packs keys and values itself (layout.FLOW_KEY/FLOW_VALUE): every field
+    comes back through the ctypes structs, and malformed batches are refused."""
+    xdp.apply(STATE)
+    items = [
+        (
+            (addr16(f"100.64.7.{i + 1}"), 40000 + i, i % 2),
+            Flow(1, 1 + i % 2, i, 10 + i, 20 + i, i, 2 * i, 3, 4),
+        )
+        for i in range(100)
+    ]
+    items.append(
+        ((addr16("2001:db8:7::1"), 65535, 1), Flow(65535, 65535, 2**32 - 1, 2**64 - 1, 0, 1, 2, 3, 4))
+    )
+    assert xdp.store.put_flows(items) == len(items)
+    assert sorted(xdp.store.flows()) == sorted(items, key=lambda kv: kv[0])
+    assert xdp.store.put_flows([]) == 0
+    flows = xdp.store.maps["flows"]
+    with pytest.raises(ValueError, match="not whole 20-byte keys and 56-byte values"):
+        flows.update_batch_raw(bytes(40), bytes(56))
+    with pytest.raises(BpfError, match="per-CPU"):
+        xdp.store.maps["counters"].update_batch_raw(bytes(4), bytes(16))
+    xdp.apply(STATE)
+
+
 def layout_flow(flow: dict[str, Any]) -> Flow:
     return Flow(flow["cluster"], flow["index"], flow["token_tag"], 1, 1)
