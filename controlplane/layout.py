@@ -125,16 +125,11 @@ def swap16(value: int) -> int:
     return ((value & 0xFF) << 8) | (value >> 8)
 
 
-class Counter(ctypes.Structure):
-    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+class _AddrPort:
+    """``host`` and ``host_port`` of a struct with an ``addr`` and a ``__be16 port``."""
 
-
-class VipKey(ctypes.Structure):
-    _fields_ = [("addr", Addr16), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
-
-    @classmethod
-    def of(cls, host: str, port: int) -> VipKey:
-        return cls(Addr16(*addr16(host)), swap16(port), 0)
+    addr: Any
+    port: int
 
     @property
     def host(self) -> str:
@@ -145,6 +140,18 @@ class VipKey(ctypes.Structure):
         return swap16(self.port)
 
 
+class Counter(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class VipKey(_AddrPort, ctypes.Structure):
+    _fields_ = [("addr", Addr16), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+    @classmethod
+    def of(cls, host: str, port: int) -> VipKey:
+        return cls(Addr16(*addr16(host)), swap16(port), 0)
+
+
 class VipValue(ctypes.Structure):
     _fields_ = [("index", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("flags", ctypes.c_uint32)]
 
@@ -153,7 +160,7 @@ class BackendKey(ctypes.Structure):
     _fields_ = [("cluster", ctypes.c_uint16), ("index", ctypes.c_uint16)]
 
 
-class BackendValue(ctypes.Structure):
+class BackendValue(_AddrPort, ctypes.Structure):
     _fields_ = [
         ("addr", Addr16),
         ("port", ctypes.c_uint16),
@@ -166,14 +173,6 @@ class BackendValue(ctypes.Structure):
     def of(cls, host: str, port: int, state: BackendState, generation: int = 0) -> BackendValue:
         family = 6 if ":" in host else 4
         return cls(Addr16(*addr16(host)), swap16(port), family, int(state), generation)
-
-    @property
-    def host(self) -> str:
-        return from_addr16(bytes(self.addr))
-
-    @property
-    def host_port(self) -> int:
-        return swap16(self.port)
 
 
 class FlowKey(ctypes.Structure):
