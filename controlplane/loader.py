@@ -14,19 +14,27 @@ A control-plane restart loses no packet: the maps are pinned under
 ``<bpffs>/icegate/<relay>/`` and bcc reuses them, and attaching over a running program
 swaps one pointer in the kernel. The program is pinned there too (``prog``), so the
 module-level :func:`status` and :func:`detach` work from the CLI with the daemon down,
-without bcc. :func:`detach` removes the program from every interface it is attached to
-in the current network namespace; :func:`unpin` removes the maps (flows are lost).
+without bcc. :func:`detach` removes the program from every interface it is attached to;
+:func:`unpin` removes the maps (flows are lost).
+
+An XDP attachment belongs to a network namespace, and the CLI may run in another one
+(the root namespace, with the relay in ``/run/netns/relay``). :meth:`Loader.attach`
+therefore records where it attached, in ``/run/icegate/relay/<relay>/attach.json``
+(bpffs holds BPF objects only), and :func:`status` and :func:`detach` enter that
+namespace when it is not their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +45,13 @@ from controlplane.config import RelayConfig
 from controlplane.kernel import XdpAttachment
 from controlplane.kernelstore import KernelStore
 from controlplane.store import RateConfig, TunnelEndpoint
+from icegate import netns
 from icegate.errors import BpfError, DependencyError, LinkError, RelayNotRunning
 
 log = logging.getLogger(__name__)
 
 ENTRY = "xdp_relay"  # the XDP function in relay.c
+RUN_DIR = Path("/run/icegate/relay")  # <relay>/attach.json: where the program was attached
 EventCallback = Callable[[layout.FlowEvent], None]
 
 
@@ -181,6 +191,7 @@ class Loader:
         for ifname in self.config.interfaces:
             self.modes[ifname] = self._attach_one(ifname)
             enable_forwarding(ifname)
+        write_attach_record(self.pin_dir, kernel.prog_id(self.prog_fd), self.modes)
         return dict(self.modes)
 
     def _attach_one(self, ifname: str) -> str:
@@ -220,14 +231,17 @@ class Loader:
         return "generic"
 
     def detach(self) -> list[str]:
-        """Remove the program from ``config.interfaces`` (the maps stay pinned)."""
+        """Remove the program from ``config.interfaces``, in the namespace it was attached
+        in (the maps stay pinned)."""
         removed = []
-        for ifname in self.config.interfaces:
-            with contextlib.suppress(LinkError):
-                index = ifindex(ifname)
-                for att in kernel.xdp_query(index):
-                    kernel.xdp_detach(index, att.mode)
-                    removed.append(f"{ifname} ({att.mode})")
+        with attach_namespace(self.pin_dir):
+            for ifname in self.config.interfaces:
+                with contextlib.suppress(LinkError):
+                    index = ifindex(ifname)
+                    for att in kernel.xdp_query(index):
+                        kernel.xdp_detach(index, att.mode)
+                        removed.append(f"{ifname} ({att.mode})")
+        remove_attach_record(self.pin_dir)
         self.modes.clear()
         return removed
 
@@ -325,17 +339,20 @@ def attachments(prog_id: int | None = None) -> list[tuple[str, int, XdpAttachmen
 
 
 def status(pin_dir: Path) -> dict[str, Any]:
-    """The relay's program, where it is attached (in the current network namespace) and
-    the fill level of its hash maps: ``{"program", "attached", "maps"}``."""
+    """The relay's program, where it is attached (in the namespace :meth:`Loader.attach`
+    recorded, else this one) and the fill level of its hash maps:
+    ``{"program", "netns", "attached", "maps"}``; ``netns`` is None for this namespace."""
     if not pin_dir.is_dir():
         raise RelayNotRunning(f"relay {pin_dir.name!r} is not running: nothing pinned at {pin_dir}")
     pid = pinned_prog_id(pin_dir)
-    attached = [] if pid is None else attachments(pid)
+    with attach_namespace(pin_dir) as where:
+        attached = [] if pid is None else attachments(pid)
     with KernelStore(pin_dir) as store:
         fill = store.fill()
         capacity = store.capacity()
     return {
         "program": {"id": pid, "pinned": str(pin_dir / kernel.PROG_PIN)} if pid is not None else None,
+        "netns": where,
         "attached": [
             {"interface": n, "ifindex": i, "mode": a.mode, "prog_id": a.prog_id} for n, i, a in attached
         ],
@@ -344,14 +361,17 @@ def status(pin_dir: Path) -> dict[str, Any]:
 
 
 def detach(pin_dir: Path, *, remove_pins: bool = True) -> list[str]:
-    """Detach the relay's program from every interface here, then (by default) unpin
-    everything: what ``icegate relay detach`` does. Returns what was removed."""
+    """Detach the relay's program from every interface, in the namespace it was attached
+    in, then (by default) unpin everything: what ``icegate relay detach`` does. Returns
+    what was removed."""
     removed = []
     pid = pinned_prog_id(pin_dir) if pin_dir.is_dir() else None
     if pid is not None:
-        for ifname, index, att in attachments(pid):
-            kernel.xdp_detach(index, att.mode)
-            removed.append(f"xdp on {ifname} ({att.mode})")
+        with attach_namespace(pin_dir) as where:
+            for ifname, index, att in attachments(pid):
+                kernel.xdp_detach(index, att.mode)
+                removed.append(f"xdp on {ifname} ({att.mode})" + (f" in netns {where}" if where else ""))
+        remove_attach_record(pin_dir)
     if remove_pins:
         removed.extend(unpin(pin_dir))
     return removed
@@ -359,6 +379,7 @@ def detach(pin_dir: Path, *, remove_pins: bool = True) -> list[str]:
 
 def unpin(pin_dir: Path) -> list[str]:
     """Remove the pinned maps and program (the kernel frees them once nothing uses them)."""
+    remove_attach_record(pin_dir)
     if not pin_dir.is_dir():
         return []
     removed = []
@@ -367,3 +388,73 @@ def unpin(pin_dir: Path) -> list[str]:
         removed.append(f"pin {entry.name}")
     pin_dir.rmdir()
     return removed
+
+
+# ---- where the program was attached -----------------------------------------------------
+@dataclass(frozen=True)
+class AttachRecord:
+    pin_dir: str  # whose record: the same relay name under another bpffs is another relay
+    prog_id: int
+    netns_dev: int
+    netns_inode: int
+    netns_name: str | None  # under /run/netns, if it has a name there
+    interfaces: dict[str, str]  # ifname -> mode
+
+
+def attach_record_path(pin_dir: Path) -> Path:
+    return RUN_DIR / pin_dir.name / "attach.json"
+
+
+def write_attach_record(pin_dir: Path, prog_id: int, modes: dict[str, str]) -> None:
+    """Remember the calling thread's namespace as the one the program is attached in."""
+    ident = netns.identity()
+    record = AttachRecord(str(pin_dir), prog_id, *ident, netns.name_of(ident), dict(modes))
+    path = attach_record_path(pin_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = path.with_suffix(".tmp")
+        fresh.write_text(json.dumps(asdict(record), indent=1) + "\n")
+        os.replace(fresh, path)
+    except OSError as exc:
+        log.warning("cannot record the attach namespace at %s (%s): detach elsewhere misses it", path, exc)
+
+
+def read_attach_record(pin_dir: Path) -> AttachRecord | None:
+    """The record of ``pin_dir``'s relay; None if there is none or it is unreadable."""
+    path = attach_record_path(pin_dir)
+    try:
+        record = AttachRecord(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable attach record %s: %s", path, exc)
+        return None
+    return record if record.pin_dir == str(pin_dir) else None
+
+
+def remove_attach_record(pin_dir: Path) -> None:
+    """Remove the record, if it is ``pin_dir``'s (not another bpffs's relay of the same name)."""
+    if read_attach_record(pin_dir) is None:
+        return
+    path = attach_record_path(pin_dir)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+@contextlib.contextmanager
+def attach_namespace(pin_dir: Path) -> Iterator[str | None]:
+    """Run the body in the namespace the relay's program was attached in, when that is
+    not the calling thread's; yields its name (its path if it has none), or None when
+    the body runs here: same namespace, no record, or the namespace is gone."""
+    record = read_attach_record(pin_dir)
+    if record is None or (record.netns_dev, record.netns_inode) == netns.identity():
+        yield None
+        return
+    where = netns.locate((record.netns_dev, record.netns_inode), record.netns_name)
+    if where is None:
+        log.info("the namespace relay %s was attached in is gone", pin_dir.name)
+        yield None
+        return
+    with netns.entered_path(where, record.netns_name):
+        yield record.netns_name or where

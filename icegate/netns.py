@@ -23,6 +23,7 @@ from pyroute2 import NetlinkError, NetNS, netns
 from icegate.errors import LinkError
 
 NETNS_DIR = "/run/netns"
+THREAD_NS = "/proc/thread-self/ns/net"
 CLONE_NEWNET = 0x40000000
 NUD_PERMANENT = 0x80
 
@@ -195,12 +196,23 @@ def entered(name: str) -> Iterator[None]:
     Only for code that does not hop threads: asyncio executors and pyroute2 workers
     would not follow.
     """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path(name), os.O_RDONLY)
+    with entered_path(path(name), name):
+        yield
+
+
+@contextlib.contextmanager
+def entered_path(ns_path: str, what: str | None = None) -> Iterator[None]:
+    """:func:`entered` for any namespace file (``/proc/<pid>/ns/net`` too)."""
+    own = os.open(THREAD_NS, os.O_RDONLY)
+    try:
+        target = os.open(ns_path, os.O_RDONLY)
+    except BaseException:
+        os.close(own)
+        raise
     try:
         if _libc.setns(target, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            raise LinkError(f"setns({name}) failed: {os.strerror(err)}")
+            raise LinkError(f"setns({what or ns_path}) failed: {os.strerror(err)}")
         try:
             yield
         finally:
@@ -210,3 +222,32 @@ def entered(name: str) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(own)
+
+
+def identity(ns_path: str = "") -> tuple[int, int]:
+    """``(device, inode)`` of a namespace file: equal for the same namespace, whatever the
+    path. Without a path, the calling thread's namespace."""
+    st = os.stat(ns_path or THREAD_NS)
+    return st.st_dev, st.st_ino
+
+
+def name_of(ident: tuple[int, int]) -> str | None:
+    """The ``/run/netns`` name of a namespace, if it has one."""
+    for name in names():
+        with contextlib.suppress(OSError):
+            if identity(path(name)) == ident:
+                return name
+    return None
+
+
+def locate(ident: tuple[int, int], name: str | None = None) -> str | None:
+    """A file that opens the namespace ``ident``: ``/run/netns/<name>`` (``name`` first),
+    else the namespace of any process in it. None when it is gone."""
+    candidates = [path(name)] if name else []
+    candidates += [path(n) for n in names()]
+    candidates += [f"/proc/{pid}/ns/net" for pid in os.listdir("/proc") if pid.isdigit()]
+    for candidate in candidates:
+        with contextlib.suppress(OSError):
+            if identity(candidate) == ident:
+                return candidate
+    return None

@@ -329,8 +329,11 @@ class Lab:
         return sorted(self.pin_root.glob(f"{self.prefix}*")) if self.pin_root.is_dir() else []
 
     def _remove_pins(self) -> list[str]:
+        from controlplane.loader import remove_attach_record  # the relay's record of where it attached
+
         removed = []
         for path in self._pins():
+            remove_attach_record(path)
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

@@ -18,7 +18,9 @@ program computed.
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from controlplane import cli
 from controlplane import loader as loader_module
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
 from controlplane.kernelstore import KernelStore
@@ -247,6 +251,37 @@ def test_status_and_detach_find_the_program(lab: XdpLab) -> None:
     with pytest.raises(TimeoutError):
         lab.transceiver.recvfrom(4096)
     assert counters(lab) == {}
+
+
+def xdp_programs(ns: str) -> dict[str, int]:
+    """ifname -> id of the XDP program attached to it, as ``ip -n <ns> -j link`` reports."""
+    links = json.loads(subprocess.run(["ip", "-n", ns, "-j", "link"], check=True, capture_output=True).stdout)
+    return {link["ifname"]: link["xdp"]["prog"]["id"] for link in links if "xdp" in link}
+
+
+@pytest.mark.parametrize(
+    "lab", [("native", NET4), ("generic", NET4)], ids=["native-ipv4", "generic-ipv4"], indirect=True
+)
+def test_detach_from_the_root_namespace(lab: XdpLab) -> None:
+    """``icegate relay detach`` run in the root namespace finds the program in the relay's
+    namespace (recorded at attach), detaches it there and removes the pins."""
+    pin_dir, mode = lab.loader.pin_dir, lab.loader.config.xdp_mode
+    assert netns.identity() != netns.identity(netns.path(lab.relay_ns))  # the test runs elsewhere
+    info = loader_module.status(pin_dir)
+    prog_id = info["program"]["id"]
+    assert info["netns"] == lab.relay_ns
+    assert {(a["interface"], a["mode"], a["prog_id"]) for a in info["attached"]} == {
+        ("pub0", mode, prog_id),
+        ("priv0", mode, prog_id),
+    }
+    assert xdp_programs(lab.relay_ns) == {"pub0": prog_id, "priv0": prog_id}
+
+    result = CliRunner().invoke(cli.relay, ["detach", "--name", pin_dir.name])
+    assert result.exit_code == 0, result.output
+    for ifname in ("pub0", "priv0"):
+        assert f"xdp on {ifname} ({mode}) in netns {lab.relay_ns}" in result.output
+    assert xdp_programs(lab.relay_ns) == {}
+    assert not pin_dir.exists() and not loader_module.attach_record_path(pin_dir).exists()
 
 
 def test_replacing_the_program_loses_no_packet(lab: XdpLab) -> None:
