@@ -89,26 +89,16 @@ class Event:
     ts_ns: int
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class FrameResult:
     """The outcome of one frame. ``output`` is the packet from the IP header on."""
 
-    __slots__ = ("action", "egress", "eth_dst", "eth_src", "output", "stat")
-
-    def __init__(
-        self,
-        stat: Stat,
-        action: Action,
-        egress: str | None = None,
-        eth_src: bytes | None = None,
-        eth_dst: bytes | None = None,
-        output: bytes | None = None,
-    ) -> None:
-        self.stat = stat
-        self.action = action
-        self.egress = egress
-        self.eth_src = eth_src
-        self.eth_dst = eth_dst
-        self.output = output
+    stat: Stat
+    action: Action
+    egress: str | None = None
+    eth_src: bytes | None = None
+    eth_dst: bytes | None = None
+    output: bytes | None = None
 
     @property
     def frame(self) -> bytes | None:
@@ -122,6 +112,7 @@ class FrameResult:
         return f"FrameResult({self.stat.name}, {self.action}, egress={self.egress})"
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class SocketResult:
     """The outcome of one datagram in socket mode.
 
@@ -132,21 +123,11 @@ class SocketResult:
     determined (also for SLOW verdicts, which is what the slow-path hook recovers).
     """
 
-    __slots__ = ("addr", "data", "key", "stat", "vip")
-
-    def __init__(
-        self,
-        stat: Stat,
-        data: bytes | None = None,
-        addr: tuple[str, int] | None = None,
-        vip: tuple[bytes, int] | None = None,
-        key: FlowKeyT | None = None,
-    ) -> None:
-        self.stat = stat
-        self.data = data
-        self.addr = addr
-        self.vip = vip
-        self.key = key
+    stat: Stat
+    data: bytes | None = None
+    addr: tuple[str, int] | None = None
+    vip: tuple[bytes, int] | None = None
+    key: FlowKeyT | None = None
 
     @property
     def forwarded(self) -> bool:
