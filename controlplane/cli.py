@@ -32,8 +32,9 @@ from controlplane.metrics import CounterSource, map_capacity, map_fill
 from controlplane.redisio import RedisStore
 from controlplane.store import MapStore
 from icegate import token as tokens
+from icegate.cli import Group
 from icegate.config import load
-from icegate.errors import DependencyError, IcegateError, RelayNotRunning, StoreError, TokenError
+from icegate.errors import RelayNotRunning, StoreError, TokenError, import_optional
 from icegate.schema import RouteKeySet
 
 T = TypeVar("T")
@@ -57,7 +58,7 @@ class Target:
 
 def _kernel_maps(target: Target) -> MapStore:
     check_pinned(target)
-    store: MapStore = _import("controlplane.kernelstore").KernelStore(target.pin_dir)
+    store: MapStore = import_optional("controlplane.kernelstore").KernelStore(target.pin_dir)
     return store
 
 
@@ -68,13 +69,13 @@ def _kernel_counters(target: Target) -> CounterSource:
 
 def _kernel_info(target: Target) -> dict[str, Any]:
     check_pinned(target)
-    loader = _import("controlplane.loader")
+    loader = import_optional("controlplane.loader")
     info: dict[str, Any] = loader.status(target.pin_dir)
     return info
 
 
 def _kernel_capacities(target: Target) -> dict[str, int]:
-    infos = _import("controlplane.kernel").pinned_map_infos(target.pin_dir)
+    infos = import_optional("controlplane.kernel").pinned_map_infos(target.pin_dir)
     sizes = map_capacity(target.limits)
     return {name: infos[name].max_entries if name in infos else size for name, size in sizes.items()}
 
@@ -84,23 +85,14 @@ def _limit_capacities(target: Target) -> dict[str, int]:
 
 
 def _kernel_detach(target: Target) -> list[str]:
-    loader = _import("controlplane.loader")
+    loader = import_optional("controlplane.loader")
     removed: list[str] = loader.detach(target.pin_dir)
     return removed
 
 
-def _import(name: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        raise DependencyError(f"{name} is not available in this build ({exc})") from exc
-
-
 def check_pinned(target: Target) -> None:
     """Clear errors for the ways the maps can be missing: no bpffs, no name, nothing pinned."""
-    _import("controlplane.loader").check_bpffs(target.bpffs)
+    import_optional("controlplane.loader").check_bpffs(target.bpffs)
     if not target.name:
         found = pinned_relays(target.bpffs)
         which = f"relays pinned here: {', '.join(found)}" if found else "no relay is pinned on this host"
@@ -120,17 +112,6 @@ class CliEnv:
     detach: Callable[[Target], list[str]] = _kernel_detach
     clock_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
-
-
-class Group(click.Group):
-    """Errors of the icegate tree print as one line and exit 1, also when invoked directly."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except IcegateError as exc:
-            click.echo(f"icegate: {exc}", err=True)
-            ctx.exit(1)
 
 
 def _env(ctx: click.Context) -> CliEnv:

@@ -12,7 +12,6 @@ twin, and says which and why in one log line.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from controlplane.flowcache import FlowUpdate
 from controlplane.layout import STAT_MAX
 from controlplane.recovery import Recovery
 from controlplane.store import FlowKeyT, MapStore, MemoryStore
-from icegate.errors import DependencyError, IcegateError, LinkError
+from icegate.errors import IcegateError, LinkError, import_optional
 
 if TYPE_CHECKING:
     from controlplane.service import RelayService
@@ -42,13 +41,6 @@ class Runner(Protocol):
     def tasks(self) -> list[asyncio.Task[Any]]: ...
     async def start(self, service: RelayService) -> None: ...
     async def stop(self) -> None: ...
-
-
-def _module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        raise DependencyError(f"{name} is not available in this build ({exc})") from exc
 
 
 def select_runner(cfg: RelayConfig) -> Runner:
@@ -83,6 +75,22 @@ async def _slow_path_hook(recovery: Recovery, result: Any) -> bool:
     return result.key is not None and await recovery.recover_key(result.key)
 
 
+async def _start_twin(cfg: RelayConfig, maps: MapStore, service: RelayService, cannot_bind: str) -> Any:
+    """The twin's sockets over ``maps``, wired to the service: SLOW verdicts go to Redis
+    recovery, flow events to the flow cache. Both modes run one (XDP as its slow path)."""
+    twin = import_optional("controlplane.twin")
+    recovery = service.recovery
+    try:
+        return await twin.TwinRelay.start(
+            cfg,
+            maps,
+            on_slow=lambda result: _slow_path_hook(recovery, result),
+            on_event=service.flow_cache.record,
+        )
+    except OSError as exc:
+        raise LinkError(f"{cannot_bind}: {exc}") from exc
+
+
 class XdpRunner:
     """The XDP program (``loader.py``) over pinned maps, plus the twin's sockets as the slow path.
 
@@ -94,12 +102,12 @@ class XdpRunner:
     """
 
     def __init__(self, cfg: RelayConfig) -> None:
-        loader_module = _module("controlplane.loader")
+        loader_module = import_optional("controlplane.loader")
         self.cfg = cfg
         self.loader = loader_module.Loader(cfg)
         self.loader.load()  # compile, reuse or create the pinned maps: nothing attached yet
         self.maps: MapStore = self.loader.store()
-        self.cpus = _module("controlplane.kernel").possible_cpus()
+        self.cpus = import_optional("controlplane.kernel").possible_cpus()
         self.mode = "xdp"
         self.twin: Any = None
         self._poller: threading.Thread | None = None
@@ -124,17 +132,7 @@ class XdpRunner:
         return []
 
     async def start(self, service: RelayService) -> None:
-        twin = _module("controlplane.twin")
-        recovery = service.recovery
-        try:
-            self.twin = await twin.TwinRelay.start(
-                self.cfg,
-                self.maps,
-                on_slow=lambda result: _slow_path_hook(recovery, result),
-                on_event=service.flow_cache.record,
-            )
-        except OSError as exc:
-            raise LinkError(f"slow-path sockets cannot bind: {exc}") from exc
+        self.twin = await _start_twin(self.cfg, self.maps, service, "slow-path sockets cannot bind")
         modes = self.loader.attach()
         kinds = sorted(set(modes.values()))
         self.mode = f"xdp-{kinds[0]}" if len(kinds) == 1 else "xdp-mixed"
@@ -187,18 +185,7 @@ class TwinRunner:
         return []
 
     async def start(self, service: RelayService) -> None:
-        twin = _module("controlplane.twin")
-        recovery = service.recovery
-
-        try:
-            self.relay = await twin.TwinRelay.start(
-                self.cfg,
-                self.maps,
-                on_slow=lambda result: _slow_path_hook(recovery, result),
-                on_event=service.flow_cache.record,
-            )
-        except OSError as exc:
-            raise LinkError(f"userspace twin cannot bind its sockets: {exc}") from exc
+        self.relay = await _start_twin(self.cfg, self.maps, service, "userspace twin cannot bind its sockets")
 
     async def stop(self) -> None:
         if self.relay is not None:

@@ -17,6 +17,9 @@ caught, with ``raise ... from exc``, so callers only ever handle this tree.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 
 class IcegateError(Exception):
     """Base of every error icegate raises on purpose."""
@@ -77,3 +80,12 @@ class SignalingError(IcegateError):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def import_optional(name: str) -> Any:
+    """Import ``name``; a missing module is a DependencyError: a build may leave parts out
+    (the kernel side, the twin), and a command that needs one says which."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        raise DependencyError(f"{name} is not available in this build ({exc})") from exc
