@@ -1,18 +1,28 @@
-"""Helpers shared by the test tiers: real redis-server processes, owned subprocesses, ports."""
+"""Helpers shared by the test tiers: real redis-server processes, owned subprocesses, ports,
+namespaces removed by prefix, and the §9 vector ``state`` loaded into any map store."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane.layout import BackendState
+from controlplane.store import Backend, Flow, MapStore, RateConfig, TunnelEndpoint, Vip
 from icegate import netns
+from icegate.inet import addr16, from_addr16
+
+if TYPE_CHECKING:
+    from controlplane.kernelstore import KernelStore
+from icegate.lab.kernel import redis_server_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,6 +31,17 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 1.0) -> tuple[int, str]:
+    """``(status, body)`` of a GET, error statuses included; ``(0, "")`` when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
@@ -65,6 +86,21 @@ class Processes:
                     stream.close()
         self.started.clear()
 
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+@contextlib.contextmanager
+def prefixed_namespaces(prefix: str) -> Iterator[str]:
+    """Yield ``prefix``; afterwards every namespace whose name starts with it is removed."""
+    try:
+        yield prefix
+    finally:
+        netns.remove_prefixed(prefix)
+
 
 @dataclass
 class RedisServer:
@@ -77,36 +113,13 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if not found:
-        raise RuntimeError("redis-server is not installed: run scripts/setup")
-    return found
-
-
 @contextlib.contextmanager
 def redis_server(
     procs: Processes, host: str = "127.0.0.1", port: int | None = None, ns: str | None = None
 ) -> Iterator[RedisServer]:
     """A real redis-server (no persistence) on ``host:port``, optionally inside namespace ``ns``."""
     port = port or free_port()
-    argv = [
-        redis_binary(),
-        "--bind",
-        host,
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-        "--daemonize",
-        "no",
-        "--loglevel",
-        "warning",
-    ]
+    argv = redis_server_argv(host, port, loglevel="warning")
     proc = procs.start(argv, ns=ns, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def ready() -> bool:
@@ -120,3 +133,60 @@ def redis_server(
         yield RedisServer(host, port, proc)
     finally:
         procs.stop(proc)
+
+
+def load_vector_state(store: MapStore, state: Mapping[str, Any]) -> None:
+    """Apply a §9 ``state`` (tests/data/packets.json) to a store: the twin's MemoryStore or
+    the kernel maps. Flows and pending flows are optional, their token tags too."""
+    store.set_vips([Vip(v["address"], v["port"], v["index"]) for v in state["vips"]])
+    tunnel = state["tunnel"]
+    store.set_config(
+        TunnelEndpoint(tunnel.get("address4"), tunnel.get("address6"), tunnel["port"]),
+        RateConfig(**state["rate"]),
+    )
+    store.set_route_keys({int(k): bytes.fromhex(v) for k, v in state["route_keys"].items()})
+    for b in state["backends"]:
+        backend_state = BackendState[b["state"].upper()]
+        store.put_backend(
+            Backend(b["cluster"], b["index"], b["address"], b["port"], backend_state, b["generation"])
+        )
+    for name, put in (("flows", store.put_flow), ("pending", store.put_pending)):
+        for f in state.get(name, []):
+            put(
+                (addr16(f["client"]), f["port"], f["vip_index"]),
+                Flow(f["cluster"], f["index"], f.get("token_tag", 0), 1, 1),
+            )
+
+
+def flow_rows(items: Iterable[tuple[tuple[bytes, int, int], Flow]]) -> list[dict[str, Any]]:
+    """Flows as a vector's ``expect`` lists them, in :func:`sort_flows` order."""
+    rows = [
+        {"client": from_addr16(addr), "port": port, "vip_index": vip, "cluster": f.cluster, "index": f.index}
+        for (addr, port, vip), f in items
+    ]
+    return sort_flows(rows)
+
+
+def sort_flows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(flows, key=lambda d: (d["vip_index"], d["client"], d["port"]))
+
+
+@contextlib.contextmanager
+def pinned_relay(name: str, limits: RelayLimits | None = None) -> Iterator[KernelStore]:
+    """The relay program loaded by the production loader into pins of its own, nothing
+    attached, one VIP and a tunnel address configured; the pins are removed afterwards."""
+    from controlplane.loader import Loader  # root tiers only
+
+    config = RelayConfig(
+        name=name,
+        vips=(VipConfig("192.0.2.10"),),
+        tunnel=TunnelConfig("10.70.0.1"),
+        limits=limits or RelayLimits(),
+    )
+    relay = Loader(config)
+    try:
+        relay.load()
+        yield relay.store()
+    finally:
+        relay.close()
+        relay.unpin()

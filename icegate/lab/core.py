@@ -250,28 +250,9 @@ class Lab:
 
     def _start_redis(self) -> None:
         priv = self.config.private
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise LinkError("redis-server is not installed: run scripts/setup")
-        argv = [
-            binary,
-            "--bind",
-            priv.redis_address,
-            "--port",
-            str(priv.redis_port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(self.dir),
-            "--loglevel",
-            "notice",
-        ]
+        argv = kernel.redis_server_argv(
+            priv.redis_address, priv.redis_port, loglevel="notice", directory=str(self.dir)
+        )
         ns = self.namespace("dc")
         record = self.registry.start(REDIS_PROCESS, ns, argv, infra=True)
         kernel.wait_redis(ns, priv.redis_address, priv.redis_port, 10.0, lambda: record.alive)

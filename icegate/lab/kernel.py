@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -192,6 +193,16 @@ def _xdp(attr: Any) -> dict[str, Any] | None:
     return {"mode": XDP_MODES.get(attached, str(attached)), "prog_id": next((i for i in ids if i), None)}
 
 
+def redis_server_argv(host: str, port: int, *, loglevel: str, directory: str | None = None) -> list[str]:
+    """A redis-server in the foreground, no persistence, open to the lab's (or test's) hosts."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise LinkError("redis-server is not installed: run scripts/setup")
+    argv = [binary, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"]
+    argv += ["--protected-mode", "no", "--daemonize", "no", "--loglevel", loglevel]
+    return argv + (["--dir", directory] if directory else [])
+
+
 def redis_ping(ns: str, host: str, port: int, timeout: float = 0.5) -> bool:
     """A Redis ``PING`` from inside ``ns`` (raw RESP, so no client library is needed here)."""
     with netns.entered(ns):
@@ -215,10 +226,9 @@ def wait_redis(ns: str, host: str, port: int, timeout: float, alive: Any) -> Non
 
 def namespace_inode(name: str) -> tuple[int, int] | None:
     try:
-        st = os.stat(netns.path(name))
+        return netns.identity(netns.path(name))
     except OSError:
         return None
-    return st.st_dev, st.st_ino
 
 
 def _ancestors() -> set[int]:
@@ -246,11 +256,11 @@ def pids_in(namespaces: list[str]) -> list[int]:
         if not entry.isdigit() or int(entry) in spared:
             continue
         try:
-            st = os.stat(f"/proc/{entry}/ns/net")
+            ident = netns.identity(f"/proc/{entry}/ns/net")
         except OSError as exc:  # gone, or a kernel thread
             if exc.errno not in (errno.ENOENT, errno.EACCES, errno.ESRCH):
                 raise
             continue
-        if (st.st_dev, st.st_ino) in wanted:
+        if ident in wanted:
             found.append(int(entry))
     return found
