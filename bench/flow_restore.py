@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from controlplane.config import RelayConfig, TunnelConfig, VipConfig
 from controlplane.kernelstore import KernelStore, flow_key_struct, flow_value_struct, pack_flows
-from controlplane.loader import Loader
 from controlplane.store import Flow, FlowKeyT
 from icegate.inet import addr16
+from tests.support import pinned_relay
 
 NAME = "flow_restore"
 TARGET_MS = 20.0  # DESIGN.md §9, B8, for 10k flows
@@ -101,18 +100,8 @@ def write_results(
 def run(n: int, rounds: int) -> dict[str, list[float]]:
     """Load the program into fresh pins, measure, and remove the pins again."""
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-    config = RelayConfig(
-        name=f"bench-restore-{os.getpid()}",
-        vips=(VipConfig("192.0.2.10"),),
-        tunnel=TunnelConfig(address4="10.70.0.1"),
-    )
-    loader = Loader(config)
-    try:
-        loader.load()
-        return measure(loader.store(), flows(n), rounds)
-    finally:
-        loader.close()
-        loader.unpin()
+    with pinned_relay(f"bench-restore-{os.getpid()}") as store:
+        return measure(store, flows(n), rounds)
 
 
 def main() -> None:

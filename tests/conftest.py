@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from icegate import netns
-from tests.support import Processes, RedisServer, redis_server
+from tests.support import Processes, RedisServer, prefixed_namespaces, redis_server
 
 ROOT_TIERS = ("bpf", "integration", "e2e")
 _ns_counter = itertools.count()
@@ -37,20 +36,14 @@ def _require_root(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def procs() -> Iterator[Processes]:
     """Start subprocesses through this; they are ended by pid after the test."""
-    owned = Processes()
-    try:
+    with Processes() as owned:
         yield owned
-    finally:
-        owned.stop_all()
 
 
 @pytest.fixture(scope="session")
 def session_procs() -> Iterator[Processes]:
-    owned = Processes()
-    try:
+    with Processes() as owned:
         yield owned
-    finally:
-        owned.stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +56,5 @@ def redis(session_procs: Processes) -> Iterator[RedisServer]:
 @pytest.fixture
 def ns_prefix() -> Iterator[str]:
     """A unique namespace-name prefix; every namespace carrying it is removed afterwards."""
-    prefix = f"icgt{os.getpid() % 10000}x{next(_ns_counter)}-"
-    try:
+    with prefixed_namespaces(f"icgt{os.getpid() % 10000}x{next(_ns_counter)}-") as prefix:
         yield prefix
-    finally:
-        netns.remove_prefixed(prefix)

@@ -12,17 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from icegate import netns
 from tests.bpf.harness import RelayHost, XdpRelay, relay_config, vectors
+from tests.support import prefixed_namespaces
 
 
 @pytest.fixture(scope="session")
 def bpf_prefix() -> Iterator[str]:
-    prefix = f"icgt{os.getpid() % 10000}b-"
-    try:
+    with prefixed_namespaces(f"icgt{os.getpid() % 10000}b-") as prefix:
         yield prefix
-    finally:
-        netns.remove_prefixed(prefix)
 
 
 @pytest.fixture(scope="session")

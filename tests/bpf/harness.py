@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,12 +22,12 @@ from typing import Any
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
 from controlplane.datapath import Datapath, FrameResult
 from controlplane.kernel import prog_test_run
-from controlplane.layout import BackendState, Stat
+from controlplane.layout import Stat
 from controlplane.loader import Loader
 from controlplane.nexthop import StaticNextHop
-from controlplane.store import Backend, Flow, MemoryStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.store import MemoryStore
 from icegate import netns
-from icegate.inet import addr16, from_addr16
+from tests.support import flow_rows, load_vector_state
 
 DATA = Path(__file__).parents[1] / "data"
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
@@ -141,32 +141,8 @@ class XdpRelay:
 
     def apply(self, state: Mapping[str, Any]) -> None:
         """Empty the per-case maps, then load a §9 ``state``."""
-        store = self.store
-        store.reset(STATE_MAPS)
-        store.set_vips([Vip(v["address"], v["port"], v["index"]) for v in state["vips"]])
-        tunnel = state["tunnel"]
-        store.set_config(
-            TunnelEndpoint(tunnel.get("address4"), tunnel.get("address6"), tunnel["port"]),
-            RateConfig(**state["rate"]),
-        )
-        store.set_route_keys({int(k): bytes.fromhex(v) for k, v in state["route_keys"].items()})
-        for b in state["backends"]:
-            store.put_backend(
-                Backend(
-                    b["cluster"],
-                    b["index"],
-                    b["address"],
-                    b["port"],
-                    BackendState[b["state"].upper()],
-                    b["generation"],
-                )
-            )
-        for name, put in (("flows", store.put_flow), ("pending", store.put_pending)):
-            for f in state.get(name, []):
-                put(
-                    (addr16(f["client"]), f["port"], f["vip_index"]),
-                    Flow(f["cluster"], f["index"], f.get("token_tag", 0), 1, 1),
-                )
+        self.store.reset(STATE_MAPS)
+        load_vector_state(self.store, state)
 
     def run(self, frame: bytes, ingress: str = "public") -> Outcome:
         """One BPF_PROG_TEST_RUN of ``frame`` as if received on ``ingress``."""
@@ -191,50 +167,16 @@ class XdpRelay:
         return Outcome(stat, action, None, None, None, moved)
 
     def flows(self) -> list[dict[str, Any]]:
-        return _dump(self.store.flows())
+        return flow_rows(self.store.flows())
 
     def pending(self) -> list[dict[str, Any]]:
-        return _dump(self.store.pending())
-
-
-def _dump(items: Iterator[tuple[tuple[bytes, int, int], Flow]]) -> list[dict[str, Any]]:
-    found = [
-        {"client": from_addr16(k[0]), "port": k[1], "vip_index": k[2], "cluster": f.cluster, "index": f.index}
-        for k, f in items
-    ]
-    return sorted(found, key=lambda d: (d["vip_index"], d["client"], d["port"]))
-
-
-def sort_flows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(flows, key=lambda d: (d["vip_index"], d["client"], d["port"]))
+        return flow_rows(self.store.pending())
 
 
 # ---- the userspace twin on the same state and topology ----
 def twin_for(state: dict[str, Any]) -> Datapath:
     store = MemoryStore()
-    store.set_vips([Vip(v["address"], v["port"], v["index"]) for v in state["vips"]])
-    tunnel = state["tunnel"]
-    store.set_config(
-        TunnelEndpoint(tunnel["address4"], tunnel["address6"], tunnel["port"]), RateConfig(**state["rate"])
-    )
-    store.set_route_keys({int(k): bytes.fromhex(v) for k, v in state["route_keys"].items()})
-    for b in state["backends"]:
-        store.put_backend(
-            Backend(
-                b["cluster"],
-                b["index"],
-                b["address"],
-                b["port"],
-                BackendState[b["state"].upper()],
-                b["generation"],
-            )
-        )
-    for name, put in (("flows", store.put_flow), ("pending", store.put_pending)):
-        for f in state[name]:
-            put(
-                (addr16(f["client"]), f["port"], f["vip_index"]),
-                Flow(f["cluster"], f["index"], f["token_tag"], 1, 1),
-            )
+    load_vector_state(store, state)
     return Datapath(store, StaticNextHop(vectors()["topology"]))
 
 

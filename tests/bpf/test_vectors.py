@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from controlplane.layout import Stat
-from tests.bpf.harness import XdpRelay, sort_flows, vectors
+from tests.bpf.harness import XdpRelay, vectors
+from tests.support import sort_flows
 
 VECTORS = vectors()
 CASES = {c["name"]: c for c in VECTORS["cases"]}

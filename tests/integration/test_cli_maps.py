@@ -16,35 +16,24 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from controlplane import cli, kernel, layout, loader
-from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane import cli, kernel, layout
+from controlplane.config import RelayLimits
 from controlplane.kernelstore import KernelStore
 from controlplane.layout import BackendState, Stat
 from controlplane.store import Backend, Flow, Vip
 from icegate.inet import addr16
+from tests.support import pinned_relay
 
 S = 10**9
 
 
 @pytest.fixture(scope="module")
 def pinned() -> Iterator[KernelStore]:
-    cfg = RelayConfig(
-        name=f"clitest{os.getpid()}",
-        vips=(VipConfig("192.0.2.10"),),
-        tunnel=TunnelConfig("10.70.0.1"),
-        limits=RelayLimits(max_flows=1024, max_pending=64),
-    )
-    relay = loader.Loader(cfg)
-    relay.load()
-    try:
-        store = relay.store()
+    with pinned_relay(f"clitest{os.getpid()}", RelayLimits(max_flows=1024, max_pending=64)) as store:
         store.set_vips([Vip("192.0.2.10", 3478, 0), Vip("2001:db8::10", 3478, 1)])
         store.put_backend(Backend(1, 1, "10.70.0.11", 6081, BackendState.ACTIVE, 3))
         store.put_backend(Backend(1, 2, "10.70.0.12", 6081, BackendState.DRAINING, 1))
         yield store
-    finally:
-        relay.close()
-        loader.unpin(cfg.pin_dir)
 
 
 def fill_flows(store: KernelStore) -> int:

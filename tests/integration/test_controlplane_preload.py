@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_sync
 
-from controlplane import loader
-from controlplane.config import RedisConfig, RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane.config import RedisConfig, RelayLimits
 from controlplane.kernelstore import KernelStore
 from controlplane.layout import BackendState
 from controlplane.recovery import PreloadReport, Recovery
@@ -22,30 +21,18 @@ from controlplane.redisio import RedisStore
 from controlplane.store import Backend, Vip
 from icegate.inet import addr16
 from icegate.schema import CachedFlow, Keys
-from tests.support import RedisServer
+from tests.support import RedisServer, pinned_relay
 
 FLOWS = 10_000
 
 
 @pytest.fixture
 def pinned() -> Iterator[KernelStore]:
-    cfg = RelayConfig(
-        name=f"preload{os.getpid()}",
-        vips=(VipConfig("192.0.2.10"),),
-        tunnel=TunnelConfig("10.70.0.1"),
-        limits=RelayLimits(max_flows=16384, max_pending=64),
-    )
-    relay = loader.Loader(cfg)
-    relay.load()
-    try:
-        store = relay.store()
+    with pinned_relay(f"preload{os.getpid()}", RelayLimits(max_flows=16384, max_pending=64)) as store:
         store.set_vips([Vip("192.0.2.10", 3478, 0)])
         store.put_backend(Backend(1, 1, "10.70.0.11", 6081, BackendState.ACTIVE, 1))
         store.put_backend(Backend(1, 2, "10.70.0.12", 6081, BackendState.ACTIVE, 1))
         yield store
-    finally:
-        relay.close()
-        loader.unpin(cfg.pin_dir)
 
 
 def test_preload_10k_flows_into_the_kernel_map(pinned: KernelStore, redis: RedisServer) -> None:

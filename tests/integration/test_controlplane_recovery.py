@@ -23,8 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from icegate import geneve, inet, netns, stun
 from icegate import token as tokens
 from icegate.lab import Lab, LabConfig
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import REPO, Processes, RedisServer, redis_server, wait_for
+from tests.support import REPO, Processes, RedisServer, http_get, redis_server, wait_for
 
 KEY = bytes(range(32, 48))
 REDIS_PORT = 6380  # our own redis-server in the lab's dc namespace, so the test can stop it
@@ -242,13 +240,7 @@ class RelayProcess:
 
     def http(self, path: str) -> tuple[int, str]:
         with netns.entered(self.lab.namespace("relay")):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}{path}", timeout=1) as reply:
-                    return reply.status, reply.read().decode()
-            except urllib.error.HTTPError as exc:
-                return exc.code, exc.read().decode()
-            except OSError:
-                return 0, ""
+            return http_get(f"http://127.0.0.1:{HTTP_PORT}{path}")
 
     def icegate(self, *args: str) -> str:
         """The CLI inside the relay's namespace (XDP attachments are per namespace; pins are not)."""
@@ -279,6 +271,15 @@ class World:
         stream = ClientStream(settings.namespace, settings.address, self.lab.vips[0], ufrag)
         stream.start()
         assert stream.connected.wait(10), "session did not connect"
+        return stream
+
+    def cached_session(self) -> ClientStream:
+        """Start the relay and one session streaming through it; wait until the flow cache has it."""
+        self.relay.start()
+        wait_for(self.ready, 10, what="relay ready")
+        stream = self.stream()
+        wait_for(lambda: self.cached_flows() == 1, 5, what="the session in the flow cache")
+        time.sleep(0.3)
         return stream
 
     def write_route_keys(self) -> None:
@@ -326,11 +327,7 @@ def world(request: pytest.FixtureRequest, ns_prefix: str, procs: Processes) -> I
 
 def test_redis_outage_does_not_touch_forwarding(world: World) -> None:
     relay = world.relay
-    relay.start()
-    wait_for(world.ready, 10, what="relay ready")
-    stream = world.stream()
-    wait_for(lambda: world.cached_flows() == 1, 5, what="the session in the flow cache")
-    time.sleep(0.3)
+    stream = world.cached_session()
 
     world.relay.procs.stop(world.redis.proc)  # Redis goes away mid-stream
     wait_for(lambda: relay.http("/readyz")[0] == 503, 5, what="readiness degraded")
@@ -360,11 +357,7 @@ def test_redis_outage_does_not_touch_forwarding(world: World) -> None:
 
 def test_cold_start_recovers_flows_from_redis(world: World) -> None:
     relay = world.relay
-    relay.start()
-    wait_for(world.ready, 10, what="relay ready")
-    stream = world.stream()
-    wait_for(lambda: world.cached_flows() == 1, 5, what="the session in the flow cache")
-    time.sleep(0.3)
+    stream = world.cached_session()
 
     down = time.monotonic()
     relay.stop()  # userspace: the maps live in the process, so stopping it is the cold start
@@ -416,11 +409,7 @@ def test_control_plane_restart_loses_nothing(world: World) -> None:
 @pytest.mark.parametrize("world", ["xdp"], indirect=True)
 def test_flushed_flows_come_back_on_their_first_packet(world: World) -> None:
     relay = world.relay
-    relay.start()
-    wait_for(world.ready, 10, what="relay ready")
-    stream = world.stream()
-    wait_for(lambda: world.cached_flows() == 1, 5, what="the session in the flow cache")
-    time.sleep(0.3)
+    stream = world.cached_session()
     flushed = relay.icegate("flows", "flush", "--yes", "--name", relay.name)
     assert flushed.startswith("flushed ")
     wait_for(

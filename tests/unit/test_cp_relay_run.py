@@ -14,8 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import yaml
 from icegate import geneve, inet
 from icegate import token as tokens
 from icegate.schema import Keys, Registration, RouteKeySet
+from tests import support
 from tests.support import REPO, Processes, RedisServer, free_port, wait_for
 from tests.unit.test_cp_degraded import binding_request, binding_success
 
@@ -40,13 +39,7 @@ def udp_socket() -> socket.socket:
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://{LOCAL}:{port}{path}", timeout=1) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
+    return support.http_get(f"http://{LOCAL}:{port}{path}")
 
 
 def metric(port: int, name: str) -> float:

@@ -13,45 +13,19 @@ from typing import Any
 import pytest
 
 from controlplane.datapath import Datapath, Event
-from controlplane.layout import BackendState, FlowEventKind, Stat
+from controlplane.layout import FlowEventKind, Stat
 from controlplane.nexthop import StaticNextHop, mac_bytes
-from controlplane.store import Backend, Flow, MemoryStore, RateConfig, TunnelEndpoint, Vip
-from icegate.inet import addr16, from_addr16
+from controlplane.store import MemoryStore
+from icegate.inet import from_addr16
+from tests.support import flow_rows, load_vector_state, sort_flows
 
 VECTORS = json.loads((Path(__file__).parents[1] / "data" / "packets.json").read_text())
 CASES = {c["name"]: c for c in VECTORS["cases"]}
 
 
-def load_state(store: MemoryStore, state: dict[str, Any]) -> None:
-    """Apply a §9 ``state`` object to an empty store."""
-    store.set_vips([Vip(v["address"], v["port"], v["index"]) for v in state["vips"]])
-    tunnel = state["tunnel"]
-    store.set_config(
-        TunnelEndpoint(tunnel["address4"], tunnel["address6"], tunnel["port"]), RateConfig(**state["rate"])
-    )
-    store.set_route_keys({int(k): bytes.fromhex(v) for k, v in state["route_keys"].items()})
-    for b in state["backends"]:
-        state_ = BackendState[b["state"].upper()]
-        store.put_backend(Backend(b["cluster"], b["index"], b["address"], b["port"], state_, b["generation"]))
-    for name, put in (("flows", store.put_flow), ("pending", store.put_pending)):
-        for f in state[name]:
-            put(
-                (addr16(f["client"]), f["port"], f["vip_index"]),
-                Flow(f["cluster"], f["index"], f["token_tag"], 1, 1),
-            )
-
-
-def dump(items: Any) -> list[dict[str, Any]]:
-    found = [
-        {"client": from_addr16(k[0]), "port": k[1], "vip_index": k[2], "cluster": f.cluster, "index": f.index}
-        for k, f in items
-    ]
-    return sorted(found, key=lambda d: (d["vip_index"], d["client"], d["port"]))
-
-
 def make_datapath(case: dict[str, Any], events: list[Event] | None = None) -> tuple[Datapath, MemoryStore]:
     store = MemoryStore()
-    load_state(store, {**VECTORS["state"], **case.get("state", {})})
+    load_vector_state(store, {**VECTORS["state"], **case.get("state", {})})
     on_event = events.append if events is not None else None
     return Datapath(store, StaticNextHop(VECTORS["topology"]), on_event=on_event), store
 
@@ -85,13 +59,9 @@ def test_vector(name: str) -> None:
         assert moved == [(Stat[step["stat"]], 1, len(frame))], where
     expect = case.get("expect", {})
     if "flows" in expect:
-        assert dump(store.flows()) == sorted(
-            expect["flows"], key=lambda d: (d["vip_index"], d["client"], d["port"])
-        )
+        assert flow_rows(store.flows()) == sort_flows(expect["flows"])
     if "pending" in expect:
-        assert dump(store.pending()) == sorted(
-            expect["pending"], key=lambda d: (d["vip_index"], d["client"], d["port"])
-        )
+        assert flow_rows(store.pending()) == sort_flows(expect["pending"])
 
 
 def test_vectors_cover_the_issue_table() -> None:
@@ -132,7 +102,7 @@ def test_flow_counters_and_timestamps() -> None:
     clock = iter(range(1000, 10**6, 1000))
     case = CASES["a STUN success response from the owner confirms the flow"]
     store = MemoryStore()
-    load_state(store, {**VECTORS["state"], **case.get("state", {})})
+    load_vector_state(store, {**VECTORS["state"], **case.get("state", {})})
     datapath = Datapath(store, StaticNextHop(VECTORS["topology"]), clock=lambda: next(clock))
     sizes = {"public": 0, "private": 0}
     for step in case["steps"]:

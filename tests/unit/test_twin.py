@@ -4,8 +4,11 @@ builders against the icegate codecs, and ``TwinRelay`` on loopback sockets (no r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -233,6 +236,29 @@ async def loopback_relay(store: MemoryStore, **options: Any) -> tuple[TwinRelay,
     return relay, vip, transceiver
 
 
+@dataclass
+class Loopback:
+    relay: TwinRelay
+    vip: tuple[str, int]
+    transceiver: Peer
+    client: Peer
+    client_port: int
+
+
+@contextlib.asynccontextmanager
+async def loopback(store: MemoryStore, **options: Any) -> AsyncIterator[Loopback]:
+    """:func:`loopback_relay` and a client peer; the relay and both peers are closed afterwards."""
+    relay, vip, transceiver = await loopback_relay(store, **options)
+    client, cport = await peer()
+    try:
+        yield Loopback(relay, vip, transceiver, client, cport)
+    finally:
+        await relay.close()
+        for end in (client, transceiver):
+            assert end.transport is not None
+            end.transport.close()
+
+
 def socket_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -241,11 +267,10 @@ def socket_port() -> int:
 
 def test_twin_relay_on_loopback() -> None:
     async def scenario() -> None:
-        store = MemoryStore()
-        relay, vip, transceiver = await loopback_relay(store)
-        client, cport = await peer()
-        assert client.transport is not None and transceiver.transport is not None
-        try:
+        async with loopback(MemoryStore()) as lb:
+            relay, vip = lb.relay, lb.vip
+            transceiver, client, cport = lb.transceiver, lb.client, lb.client_port
+            assert client.transport is not None and transceiver.transport is not None
             client.transport.sendto(check(T11), vip)
             data, sender = await transceiver.next()
             assert sender == ("127.0.0.1", relay.config.tunnel.port)
@@ -262,10 +287,6 @@ def test_twin_relay_on_loopback() -> None:
             counts = dict(zip(Stat, relay.counters(), strict=True))
             assert [counts[s][0] for s in (Stat.FWD_NEW_FLOW, Stat.FWD_CONFIRM, Stat.FWD_FLOW)] == [1, 1, 1]
             assert sum(p for p, _ in relay.counters()) == 3 and relay.running
-        finally:
-            await relay.close()
-            client.transport.close()
-            transceiver.transport.close()
         assert not relay.running and relay.vip_addresses() == []
 
     asyncio.run(scenario())
@@ -282,21 +303,14 @@ def test_slow_hook_installs_the_flow_and_the_twin_forwards() -> None:
             store.put_flow(result.key, Flow(1, 1, 0, 0, 0))
             return True
 
-        relay, vip, transceiver = await loopback_relay(store, on_slow=recover)
-        client, _ = await peer()
-        assert client.transport is not None
-        try:
-            client.transport.sendto(DTLS, vip)
-            data, _ = await transceiver.next()
+        async with loopback(store, on_slow=recover) as lb:
+            assert lb.client.transport is not None
+            lb.client.transport.sendto(DTLS, lb.vip)
+            data, _ = await lb.transceiver.next()
             assert inet.parse_udp(geneve.decapsulate(data)[1]).payload == DTLS
             assert [r.stat for r in asked] == [Stat.SLOW_NO_FLOW]
-            assert relay.datapath.counter(Stat.SLOW_NO_FLOW)[0] == 1
-            assert relay.datapath.counter(Stat.FWD_FLOW)[0] == 0  # the retry is not counted again
-        finally:
-            await relay.close()
-            client.transport.close()
-            assert transceiver.transport is not None
-            transceiver.transport.close()
+            assert lb.relay.datapath.counter(Stat.SLOW_NO_FLOW)[0] == 1
+            assert lb.relay.datapath.counter(Stat.FWD_FLOW)[0] == 0  # the retry is not counted again
 
     asyncio.run(scenario())
 
@@ -306,19 +320,11 @@ def test_broken_slow_hook_does_not_stop_the_twin(caplog: pytest.LogCaptureFixtur
         async def broken(result: SocketResult) -> bool:
             raise RuntimeError("redis exploded")
 
-        store = MemoryStore()
-        relay, vip, transceiver = await loopback_relay(store, on_slow=broken)
-        client, _ = await peer()
-        assert client.transport is not None
-        try:
-            client.transport.sendto(DTLS, vip)
-            client.transport.sendto(check(T11), vip)
-            await transceiver.next()  # the twin still forwards the first check
-        finally:
-            await relay.close()
-            client.transport.close()
-            assert transceiver.transport is not None
-            transceiver.transport.close()
+        async with loopback(MemoryStore(), on_slow=broken) as lb:
+            assert lb.client.transport is not None
+            lb.client.transport.sendto(DTLS, lb.vip)
+            lb.client.transport.sendto(check(T11), lb.vip)
+            await lb.transceiver.next()  # the twin still forwards the first check
 
     asyncio.run(scenario())
     assert "slow-path hook failed" in caplog.text

@@ -24,7 +24,7 @@ from controlplane.nexthop import StaticNextHop
 from controlplane.store import MemoryStore
 from icegate import geneve, inet, stun
 from icegate.rfc7983 import WEBRTC_KINDS, classify
-from tests.unit.test_datapath import load_state
+from tests.support import load_vector_state
 
 VECTORS = json.loads((Path(__file__).parents[1] / "data" / "packets.json").read_text())
 FRAMES = sorted(
@@ -48,7 +48,7 @@ TO_BACKEND = {Stat.FWD_FLOW, Stat.FWD_PENDING, Stat.FWD_NEW_FLOW, Stat.FWD_REROU
 
 def fresh() -> tuple[Datapath, MemoryStore]:
     store = MemoryStore()
-    load_state(store, {**STATE, "flows": CONFIRMED, "pending": PENDING})
+    load_vector_state(store, {**STATE, "flows": CONFIRMED, "pending": PENDING})
     return Datapath(store, StaticNextHop(VECTORS["topology"])), store
 
 
