@@ -440,13 +440,9 @@ class Datapath:
             wire = self._wire(flow.cluster, flow.index)
             if wire is None:  # 2.1.2: draining and dead backends keep their flows
                 return Stat.DROP_BACKEND_UNKNOWN, None, HOP_OK
-        hop = HOP_OK
-        if ingress is not None:
-            hop = self.next_hop(
-                wire.addr16, packet_len + (OUTER_V4 if wire.family == 4 else OUTER_V6), ingress
-            )
-            if hop.status:
-                return self._hop_failed(hop), None, hop
+        hop = HOP_OK if ingress is None else self._backend_hop(wire, packet_len, ingress)
+        if hop.status:
+            return self._hop_failed(hop), None, hop
         now = self.clock()
         if routed is not None:
             flow.cluster, flow.index, flow.token_tag = routed.cluster, routed.index, routed.tag
@@ -486,13 +482,9 @@ class Datapath:
             global_tat = self._gcra(self._global_tat, now, rate.global_interval_ns, rate.global_tolerance_ns)
             if global_tat < 0:
                 return Stat.DROP_RATE_GLOBAL, None, HOP_OK
-        hop = HOP_OK
-        if ingress is not None:
-            hop = self.next_hop(
-                wire.addr16, packet_len + (OUTER_V4 if wire.family == 4 else OUTER_V6), ingress
-            )
-            if hop.status:
-                return self._hop_failed(hop), None, hop
+        hop = HOP_OK if ingress is None else self._backend_hop(wire, packet_len, ingress)
+        if hop.status:
+            return self._hop_failed(hop), None, hop
         if source_tat >= 0:
             self._sources[client16] = source_tat
             self._sources.move_to_end(client16)
@@ -519,6 +511,11 @@ class Datapath:
                 return Stat.DROP_RATE_SLOW_PATH
             self._slow_tat = tat
         return stat
+
+    def _backend_hop(self, wire: _Wire, packet_len: int, ingress: str) -> Hop:
+        """§6 for a frame: the next hop towards the backend, for the packet once encapsulated
+        (socket mode leaves it to ``sendto``)."""
+        return self.next_hop(wire.addr16, packet_len + (OUTER_V4 if wire.family == 4 else OUTER_V6), ingress)
 
     def _hop_failed(self, hop: Hop) -> Stat:
         if hop.status == Fib.NO_NEIGH:
