@@ -436,8 +436,12 @@ def token_mint(target: Target, cluster: int, index: int, key_hex: str | None, ke
 @json_option
 @click.argument("ufrag")
 @click.option("--key-hex", help="Check the MAC with this key (32 hex digits) instead of Redis's keys.")
-def token_decode(target: Target, as_json: bool, ufrag: str, key_hex: str | None) -> None:
-    """Cluster, transceiver, key id and MAC validity of UFRAG (a USERNAME's first part also works)."""
+@click.pass_context
+def token_decode(ctx: click.Context, target: Target, as_json: bool, ufrag: str, key_hex: str | None) -> None:
+    """Cluster, transceiver, key id and MAC validity of UFRAG (a USERNAME's first part also works).
+
+    The key comes from --key-hex, Redis, or the running relay's route_keys map, in that
+    order; without any, the fields still decode and mac_valid is "-" (unchecked)."""
     ufrag = ufrag.partition(":")[0]
     decoded = tokens.decode(ufrag)
     key = _key_arg(key_hex)
@@ -451,21 +455,42 @@ def token_decode(target: Target, as_json: bool, ufrag: str, key_hex: str | None)
         "mac": f"{decoded.mac:016x}",
         "tag": decoded.tag,
     }
+    notes: list[str] = []
     if key is not None:
         keys, row["key_state"] = {decoded.key_id: key}, "given"
     else:
-        key_set = run_redis(target, lambda store: store.route_key_set())
-        keys, row["key_state"] = _key_state(key_set, decoded.key_id)
+        keys, row["key_state"] = _decode_keys(ctx, target, decoded.key_id, notes)
     try:
         tokens.verify(ufrag, keys)
         row["mac_valid"] = True
     except TokenError as exc:
+        # no key to check with: the structure decoded, the MAC is unchecked (None)
         row["mac_valid"] = False if exc.reason == "token_mac" else None
         row["error"] = exc.reason
+    for note in notes:
+        click.echo(f"icegate: {note}", err=True)
     if as_json:
         click.echo(views.dump_json(row))
     else:
         click.echo("\n".join(f"{k + ':':<11} {'-' if v is None else v}" for k, v in row.items()))
+
+
+def _decode_keys(
+    ctx: click.Context, target: Target, key_id: int, notes: list[str]
+) -> tuple[dict[int, bytes], str]:
+    """Redis's key set, else the running relay's ``route_keys`` map, else no key."""
+    try:
+        return _key_state(run_redis(target, lambda store: store.route_key_set()), key_id)
+    except StoreError as exc:
+        notes.append(f"redis view unavailable: {exc}")
+    try:
+        in_map = _env(ctx).open_maps(target).route_keys()
+    except RelayNotRunning as exc:
+        notes.append(f"map view unavailable: {exc}")
+        return {}, "unknown"
+    if key_id in in_map:
+        return {key_id: in_map[key_id]}, "relay map"
+    return {}, "unknown"
 
 
 def _key_state(key_set: RouteKeySet | None, key_id: int) -> tuple[dict[int, bytes], str]:

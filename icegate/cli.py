@@ -27,10 +27,8 @@ COMMANDS = {
     "stats": ("controlplane.cli:stats", "live relay counters with rates"),
     "transceiver": ("transceiver.cli:transceiver", "run a WebRTC transceiver"),
     "agent": ("transceiver.cli:agent", "run a voice agent (echo, tone)"),
-    "geo": ("geo.cli:geo", "resolve and serve geo steering"),
     "lab": ("icegate.lab:lab", "build and tear down the network-namespace lab"),
     "demo": ("icegate.demo:demo", "voice sessions through the relay in the lab"),
-    "bench": ("bench.cli:bench", "run the benchmarks"),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from icegate.errors import LinkError
 
 PROCESS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STATE_FILE = "lab.json"  # the lab's own record; so "lab" is not a process name
+
+log = logging.getLogger(__name__)
 
 # Children of *this* Python process, kept so they are reaped when they end (no zombies,
 # no "subprocess still running" warnings); processes started by another `icegate lab`
@@ -179,19 +182,30 @@ class Registry:
     def read(self, name: str) -> LabProcess | None:
         try:
             data = json.loads(self.path(name).read_text())
+            data.pop("alive", None)
+            data["argv"] = tuple(data["argv"])
+            return LabProcess(**data)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise LinkError(f"unreadable process record {self.path(name)}: {exc}") from exc
-        data.pop("alive", None)
-        data["argv"] = tuple(data["argv"])
-        return LabProcess(**data)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # not written by Registry.start (or cut short): name the file, never guess a pid
+            raise LinkError(f"unreadable process record {self.path(name)}: {exc!r}") from exc
 
     def all(self) -> list[LabProcess]:
         if not self.directory.is_dir():
             return []
-        names = [p.stem for p in self.directory.glob("*.json") if p.name != STATE_FILE]
-        records = [r for r in map(self.read, names) if r is not None]
+        records = []
+        for path in self.directory.glob("*.json"):
+            if path.name == STATE_FILE:
+                continue
+            try:
+                record = self.read(path.stem)
+            except LinkError as exc:
+                # `lab down` still ends whatever runs in the lab's namespaces (by namespace)
+                log.warning("skipping %s", exc)
+                continue
+            if record is not None:
+                records.append(record)
         return sorted(records, key=lambda r: r.started_at)
 
     def forget(self, name: str) -> None:
@@ -220,9 +234,9 @@ class Registry:
         if previous is not None and previous.alive:
             raise LinkError(f"process {name} is already running (pid {previous.pid})")
         self.directory.mkdir(parents=True, exist_ok=True)
-        log = self.directory / f"{name}.log"
+        log_path = self.directory / f"{name}.log"
         full_env = None if env is None else {**os.environ, **env}
-        with open(log, "ab") as out:
+        with open(log_path, "ab") as out:
             out.write(f"=== {time.strftime('%F %T')} {namespace}: {' '.join(argv)}\n".encode())
             out.flush()
             child = netns.spawn(
@@ -243,7 +257,7 @@ class Registry:
             argv=tuple(argv),
             pid=child.pid,
             start_ticks=stat[1] if stat else 0,
-            log=str(log),
+            log=str(log_path),
             started_at=time.time(),
             infra=infra,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -21,7 +22,7 @@ from icegate import token as tokens
 from icegate.errors import RelayNotRunning
 from icegate.inet import addr16
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import RedisServer
+from tests.support import RedisServer, free_port
 
 S = 10**9
 NOW = 1000 * S
@@ -266,3 +267,31 @@ def test_token_init_rotate_mint_decode(redis: RedisServer) -> None:
     bad = invoke(cli.token, ["decode", "short", *where], env)
     assert bad.exit_code == 1 and "token_length" in bad.output
     r.close()
+
+
+def test_token_decode_without_redis() -> None:
+    """Redis down: the key comes from the relay's route_keys map; no relay either: the
+    fields still decode and the MAC is reported unchecked, exit 0."""
+    key = bytes(range(16))
+    ufrag = tokens.mint(2, key, 7, 9)
+    dead = ["--redis-url", f"redis://127.0.0.1:{free_port()}/0"]
+    maps = known_maps()
+    maps.set_route_keys({2: key})
+
+    from_map = invoke(cli.token, ["decode", ufrag, "--json", *dead], env_for(maps))
+    assert from_map.exit_code == 0, from_map.output
+    row = json.loads(from_map.stdout)
+    assert (row["cluster"], row["index"], row["key_id"]) == (7, 9, 2)
+    assert row["key_state"] == "relay map" and row["mac_valid"] is True
+    assert "redis view unavailable" in from_map.stderr
+
+    def not_running(target: Target) -> MemoryStore:
+        raise RelayNotRunning("relay 'edge1' is not running")
+
+    env = dataclasses.replace(env_for(maps), open_maps=not_running)
+    blind = invoke(cli.token, ["decode", ufrag, "--json", *dead], env)
+    assert blind.exit_code == 0, blind.output
+    row = json.loads(blind.stdout)
+    assert (row["cluster"], row["index"]) == (7, 9)
+    assert row["key_state"] == "unknown" and row["mac_valid"] is None and row["error"] == "token_key"
+    assert "map view unavailable: relay 'edge1' is not running" in blind.stderr
