@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,11 @@ from icegate import netns
 from icegate.inet import addr16, from_addr16
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from controlplane.kernelstore import KernelStore
+    from transceiver.config import TransceiverConfig
+    from transceiver.service import Transceiver
 from icegate.lab.kernel import redis_server_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +46,41 @@ def http_get(url: str, timeout: float = 1.0) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+def metric_sample(text: str, sample: str) -> float | None:
+    """The value of ``sample`` (a name with its labels, as exposed) in a /metrics page."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def run_transceiver(
+    cfg: TransceiverConfig,
+    scenario: Callable[[Transceiver, aiohttp.ClientSession, str], Awaitable[None]],
+) -> Transceiver:
+    """Start a real Transceiver (signaling and tunnel on free ports, no Redis), run
+    ``scenario(service, http, signaling_url)``, stop it; the stopped service is returned."""
+    import asyncio
+    import dataclasses
+
+    import aiohttp
+
+    from transceiver.service import Transceiver
+
+    async def main() -> Transceiver:
+        # Port 0 (any free port) is not a valid configured port: replace after validation.
+        service = Transceiver(dataclasses.replace(cfg, tunnel_port=0, signaling_port=0))
+        await service.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                await scenario(service, http, service.signaling_url)
+        finally:
+            await service.stop()
+        return service
+
+    return asyncio.run(main())
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:

@@ -7,6 +7,8 @@
   mono voice (32 kbit/s, ``voip``) and send one cached packet of encoded silence whenever
   the agent is quiet, which is most of a conversation. Opus decoders take mono packets
   in an ``opus/48000/2`` stream (RFC 7587 §7).
+- :class:`FrameClock`: real-time pacing of a track that yields one 20 ms frame per
+  ``recv()``, as a microphone would.
 - :class:`MonoConverter`: a decoded client frame to s16le mono 48 kHz bytes; for what
   aiortc's Opus decoder produces (s16 interleaved stereo, 48 kHz) a numpy view of the
   first channel (voice is mono-coded, both channels carry it), an ``AudioResampler``
@@ -15,7 +17,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import fractions
+import time
 from functools import cache
 
 import numpy as np
@@ -28,6 +32,27 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 BIT_RATE = 32000
 RING_OUT_FRAMES = 3  # silence still run through the encoder after speech, so it decays cleanly
 _SILENCE_PCM = bytes(FRAME_SAMPLES * 2)
+
+
+class FrameClock:
+    """The pts of a track's next 20 ms frame, returned once that frame is due.
+
+    The first call starts the clock; each later one advances pts by a frame and sleeps
+    until start + pts (absolute deadlines, so a late frame does not delay the rest)."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self.pts = 0
+
+    async def tick(self) -> int:
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self.pts += FRAME_SAMPLES
+            delay = self._start + self.pts / SAMPLE_RATE - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return self.pts
 
 
 def _opus_encoder() -> AudioCodecContext:

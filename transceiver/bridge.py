@@ -34,7 +34,6 @@ from transceiver.agent_protocol import (
     CHANNELS,
     FRAME_BYTES,
     FRAME_MS,
-    FRAME_SAMPLES,
     FROM_AGENT,
     SAMPLE_RATE,
     Event,
@@ -43,7 +42,7 @@ from transceiver.agent_protocol import (
     decode_event,
     event,
 )
-from transceiver.audio import MonoConverter, VoiceEncoder
+from transceiver.audio import FrameClock, MonoConverter, VoiceEncoder
 from transceiver.config import VadConfig
 from transceiver.vad import Endpointer
 
@@ -71,21 +70,14 @@ class AgentVoiceTrack(MediaStreamTrack):
         super().__init__()
         self._bridge = bridge
         self._encoder = VoiceEncoder()
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = FrameClock()
 
     async def recv(self) -> Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME_SAMPLES
-            delay = self._start + self._pts / SAMPLE_RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        pts = await self._clock.tick()
         pcm = self._bridge.next_playout_frame()
-        return self._encoder.encode(pcm, self._pts, silent=pcm is SILENCE)
+        return self._encoder.encode(pcm, pts, silent=pcm is SILENCE)
 
 
 class MediaBridge:

@@ -30,6 +30,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcicetransport import RTCIceTransport
 from av import AudioFrame, AudioResampler
 
+from transceiver.audio import FrameClock
+
 RATE = 48000
 FRAME = 960  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
@@ -64,8 +66,7 @@ class ScriptTrack(MediaStreamTrack):
         super().__init__()
         self._script = np.zeros(0, np.int16)
         self._pos = 0
-        self._pts = 0
-        self._start: float | None = None
+        self._clock = FrameClock()
         self.script_started: float | None = None  # monotonic time the current script began playing
         self.frames_sent = 0
         if script is not None:
@@ -84,13 +85,7 @@ class ScriptTrack(MediaStreamTrack):
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME
-            delay = self._start + self._pts / RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        pts = await self._clock.tick()
         chunk = np.zeros(FRAME, np.int16)
         if not self.done:
             if self._pos == 0:
@@ -100,7 +95,7 @@ class ScriptTrack(MediaStreamTrack):
             self._pos += FRAME
         frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
-        frame.pts = self._pts
+        frame.pts = pts
         frame.time_base = TIME_BASE
         self.frames_sent += 1
         return frame
@@ -194,6 +189,10 @@ class VoiceClient:
                 raise AssertionError(f"POST /v1/sessions: {resp.status} {body}")
             self.location = resp.headers["Location"]
             self.answer = body
+        return await self.accept(body, started, timeout)
+
+    async def accept(self, answer: str, started: float, timeout: float = 15.0) -> float:
+        """Apply ``answer`` and wait for ``connected``; the set-up time is counted from ``started``."""
         connected = asyncio.get_running_loop().create_future()
 
         @self.pc.on("connectionstatechange")
@@ -201,7 +200,7 @@ class VoiceClient:
             if self.pc.connectionState in ("connected", "failed", "closed") and not connected.done():
                 connected.set_result(self.pc.connectionState)
 
-        await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         state = await asyncio.wait_for(connected, timeout)
         if state != "connected":
             raise AssertionError(f"session ended up {state}")

@@ -50,19 +50,7 @@ async def connect_direct(client: VoiceClient, answerer: DirectAnswerer, timeout:
     offer = await client.offer()
     started = time.monotonic()
     answer = await answerer.answer(offer)
-    connected = asyncio.get_running_loop().create_future()
-
-    @client.pc.on("connectionstatechange")
-    def on_state() -> None:
-        if client.pc.connectionState in ("connected", "failed", "closed") and not connected.done():
-            connected.set_result(client.pc.connectionState)
-
-    await client.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-    state = await asyncio.wait_for(connected, timeout)
-    if state != "connected":
-        raise AssertionError(f"direct session ended up {state}")
-    client.setup_s = time.monotonic() - started
-    return client.setup_s
+    return await client.accept(answer, started, timeout)
 
 
 def median(values: Sequence[float]) -> float:

@@ -35,7 +35,7 @@ from icegate import geneve, inet, netns, stun
 from icegate import token as tokens
 from icegate.lab import Lab, LabConfig
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import REPO, Processes, RedisServer, http_get, redis_server, wait_for
+from tests.support import REPO, Processes, RedisServer, http_get, metric_sample, redis_server, wait_for
 
 KEY = bytes(range(32, 48))
 REDIS_PORT = 6380  # our own redis-server in the lab's dc namespace, so the test can stop it
@@ -248,10 +248,7 @@ class RelayProcess:
         return netns.run(self.lab.namespace("relay"), argv, timeout=30)
 
     def metric(self, sample: str) -> float:
-        for line in self.http("/metrics")[1].splitlines():
-            if line.startswith(sample + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return metric_sample(self.http("/metrics")[1], sample) or 0.0
 
 
 @dataclass

@@ -17,8 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,7 @@ from icegate.lab import Lab, LabConfig, TransceiverSettings
 from icegate.lab.config import PublicConfig
 from icegate.schema import Keys, RouteKeySet
 from tests.e2e.clients import DirectAnswerer, connect_direct, median, run_in_namespace
-from tests.support import REPO, Processes, wait_for
+from tests.support import REPO, Processes, http_get, metric_sample, wait_for
 from transceiver.client import VoiceClient, dominant_frequency, silence, tone
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
@@ -47,22 +45,13 @@ RELAY_HTTP = "http://127.0.0.1:9610"
 TONE_HZ = 660.0
 
 
-def http_get(namespace: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
+def http_get_in(namespace: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
     with netns.entered(namespace):
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as reply:
-                return reply.status, reply.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
+        return http_get(url, timeout)
 
 
 def metric(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric_sample(text, sample) or 0.0
 
 
 @dataclass
@@ -75,7 +64,7 @@ class Transceiver:
         return self.settings.signaling_url
 
     def get(self, path: str) -> tuple[int, str]:
-        return http_get(self.settings.namespace, f"{self.url}{path}")
+        return http_get_in(self.settings.namespace, f"{self.url}{path}")
 
     def metrics(self) -> str:
         return self.get("/metrics")[1]
@@ -97,7 +86,7 @@ class World:
         return self.lab.namespace(name)
 
     def relay_metrics(self) -> str:
-        return http_get(self.lab.namespace("relay"), f"{RELAY_HTTP}/metrics")[1]
+        return http_get_in(self.lab.namespace("relay"), f"{RELAY_HTTP}/metrics")[1]
 
 
 def start(procs: Processes, namespace: str, argv: list[str], log: Path) -> subprocess.Popen[Any]:

@@ -43,10 +43,10 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 
 
 def metric(port: int, name: str) -> float:
-    for line in http_get(port, "/metrics")[1].splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not exported")
+    value = support.metric_sample(http_get(port, "/metrics")[1], name)
+    if value is None:
+        raise AssertionError(f"{name} not exported")
+    return value
 
 
 class Relay:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,9 +10,9 @@ import pytest
 
 from icegate.config import load
 from icegate.errors import ConfigError
+from tests.support import run_transceiver
 from transceiver.client import VoiceClient
 from transceiver.config import TransceiverConfig
-from transceiver.service import Transceiver
 from transceiver.signaling import cors_origin
 
 PAGE = "http://page.example:8000"
@@ -38,17 +36,7 @@ def config(**overrides: Any) -> TransceiverConfig:
 
 
 def run(scenario: Scenario, **overrides: Any) -> None:
-    async def main() -> None:
-        cfg = dataclasses.replace(config(**overrides), tunnel_port=0, signaling_port=0)
-        service = Transceiver(cfg)
-        await service.start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                await scenario(http, service.signaling_url)
-        finally:
-            await service.stop()
-
-    asyncio.run(main())
+    run_transceiver(config(**overrides), lambda service, http, url: scenario(http, url))
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from icegate import token
 from icegate.config import load
-from tests.support import free_port
+from tests.support import free_port, run_transceiver
 from transceiver.client import VoiceClient
 from transceiver.config import TransceiverConfig
 from transceiver.offer import prepare_offer
@@ -40,19 +39,7 @@ Scenario = Callable[[Transceiver, aiohttp.ClientSession, str], Awaitable[None]]
 
 
 def run(scenario: Scenario, **overrides: Any) -> Transceiver:
-    async def main() -> Transceiver:
-        # Port 0 (any free port) is not a valid configured port: replace after validation.
-        cfg = dataclasses.replace(config(**overrides), tunnel_port=0, signaling_port=0)
-        service = Transceiver(cfg)
-        await service.start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                await scenario(service, http, service.signaling_url)
-        finally:
-            await service.stop()
-        return service
-
-    return asyncio.run(main())
+    return run_transceiver(config(**overrides), scenario)
 
 
 async def client_offer() -> tuple[VoiceClient, str]:
