@@ -98,6 +98,13 @@ def check_pinned(target: Target) -> None:
         which = f"relays pinned here: {', '.join(found)}" if found else "no relay is pinned on this host"
         raise RelayNotRunning(f"--name is required ({which})")
     if not target.pin_dir.is_dir():
+        if readiness(target.http) != "not running":
+            where = f"{target.http.address}:{target.http.port}"
+            raise RelayNotRunning(
+                f"relay {target.name!r} has no pinned maps at {target.pin_dir}, but a control plane "
+                f"answers on {where}: the userspace twin keeps its maps in its own process "
+                f"(counters and map sizes: http://{where}/metrics)"
+            )
         raise RelayNotRunning(f"relay {target.name!r} is not running: nothing pinned at {target.pin_dir}")
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import redis as redis_sync
 import yaml
+from click.testing import CliRunner
 
+from controlplane import cli
 from icegate import geneve, inet
 from icegate import token as tokens
 from icegate.schema import Keys, Registration, RouteKeySet
@@ -129,6 +131,11 @@ def test_relay_run_userspace_restart_preload_and_recovery(
         client.sendto(b"\x17\xfe\xfd" + b"preloaded", vip)
         assert transceiver_receives() == b"\x17\xfe\xfd" + b"preloaded"
         assert metric(http_port, 'icegate_relay_packets_total{reason="flow",verdict="forward"}') == 1
+        # The operator CLI reads pinned maps; the twin has none, and the CLI says why.
+        ls = CliRunner().invoke(cli.flows, ["ls", "--config", str(config)])
+        assert ls.exit_code == 1
+        assert "the userspace twin keeps its maps in its own process" in ls.output, ls.output
+        assert f"http://{LOCAL}:{http_port}/metrics" in ls.output
         assert "preload flows_cached=1 installed=1" in relay.stop()
 
         relay.start("--log-json")  # cold: the first packet takes the slow path and is recovered
