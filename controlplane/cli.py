@@ -257,11 +257,17 @@ def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
                 pct = 100.0 * m["entries"] / m["capacity"] if m["capacity"] else 0.0
                 click.echo(f"  {name:<11} {m['entries']:>8} / {m['capacity']:<8} ({pct:.1f}%)")
         elif isinstance(value, list):
-            click.echo(f"{key}:")
+            click.echo(f"{key}:" if value else f"{key}: -")
             for item in value:
-                click.echo(f"  {item if not isinstance(item, dict) else json.dumps(item, sort_keys=True)}")
+                click.echo(f"  {_pairs(item) if isinstance(item, dict) else item}")
+        elif isinstance(value, dict):
+            click.echo(f"{key}: {_pairs(value)}")
         else:
-            click.echo(f"{key}: {value}")
+            click.echo(f"{key}: {'-' if value is None else value}")
+
+
+def _pairs(item: dict[str, Any]) -> str:
+    return " ".join(f"{k}={'-' if v is None else v}" for k, v in item.items())
 
 
 @relay.command("detach")

@@ -107,6 +107,9 @@ def test_relay_status_and_backends_from_pins(pinned: KernelStore) -> None:
     assert status["maps"]["flows"] == {"entries": 3, "capacity": 1024}  # as pinned, not the defaults
     assert status["maps"]["vips"]["entries"] == 2 and status["maps"]["backends"]["entries"] == 2
     assert status["control_plane"] == "not running"
+    text = invoke(cli.relay, ["status"], pinned).output.splitlines()
+    assert f"program: id={status['program']['id']} pinned={status['program']['pinned']}" in text
+    assert "attached: -" in text and "control_plane: not running" in text
 
     result = invoke(cli.backends, ["ls", "--json", "--redis-url", "redis://127.0.0.1:1/0"], pinned)
     assert result.exit_code == 0, result.output
