@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 
 import click
 
-from controlplane import views
+from controlplane import snapshot, views
 from controlplane.config import HttpConfig, RedisConfig, RelayConfig, RelayLimits
 from controlplane.metrics import CounterSource, map_capacity, map_fill
 from controlplane.redisio import RedisStore
+from controlplane.snapshot import ReadOnlyState, SnapshotStore
 from controlplane.store import MapStore
 from icegate import token as tokens
 from icegate.cli import Group
@@ -56,8 +57,23 @@ class Target:
         return self.bpffs / "icegate" / self.name
 
 
+def _twin(target: Target) -> SnapshotStore | None:
+    """The relay's maps from its control plane when it runs the userspace twin (no pins);
+    None when its maps are pinned. Raises RelayNotRunning when neither is there."""
+    try:
+        check_pinned(target)
+        return None
+    except RelayNotRunning:
+        data = snapshot.fetch(target.http)
+        if data is None or (target.name and data.get("name") != target.name):
+            raise
+        return SnapshotStore(data, lambda: snapshot.fetch(target.http))
+
+
 def _kernel_maps(target: Target) -> MapStore:
-    check_pinned(target)
+    twin = _twin(target)
+    if twin is not None:
+        return twin
     store: MapStore = import_optional("controlplane.kernelstore").KernelStore(target.pin_dir)
     return store
 
@@ -68,13 +84,18 @@ def _kernel_counters(target: Target) -> CounterSource:
 
 
 def _kernel_info(target: Target) -> dict[str, Any]:
-    check_pinned(target)
+    twin = _twin(target)
+    if twin is not None:
+        return {"mode": "userspace", "program": None, "netns": None, "attached": []}
     loader = import_optional("controlplane.loader")
     info: dict[str, Any] = loader.status(target.pin_dir)
     return info
 
 
 def _kernel_capacities(target: Target) -> dict[str, int]:
+    twin = _twin(target)
+    if twin is not None:
+        return dict(twin.data["capacity"])
     infos = import_optional("controlplane.kernel").pinned_map_infos(target.pin_dir)
     sizes = map_capacity(target.limits)
     return {name: infos[name].max_entries if name in infos else size for name, size in sizes.items()}
@@ -85,6 +106,11 @@ def _limit_capacities(target: Target) -> dict[str, int]:
 
 
 def _kernel_detach(target: Target) -> list[str]:
+    if _twin(target) is not None:
+        raise ReadOnlyState(
+            f"relay {target.name!r} runs the userspace twin: nothing is attached or pinned; "
+            "stop its process to stop it"
+        )
     loader = import_optional("controlplane.loader")
     removed: list[str] = loader.detach(target.pin_dir)
     return removed
@@ -98,13 +124,6 @@ def check_pinned(target: Target) -> None:
         which = f"relays pinned here: {', '.join(found)}" if found else "no relay is pinned on this host"
         raise RelayNotRunning(f"--name is required ({which})")
     if not target.pin_dir.is_dir():
-        if readiness(target.http) != "not running":
-            where = f"{target.http.address}:{target.http.port}"
-            raise RelayNotRunning(
-                f"relay {target.name!r} has no pinned maps at {target.pin_dir}, but a control plane "
-                f"answers on {where}: the userspace twin keeps its maps in its own process "
-                f"(counters and map sizes: http://{where}/metrics)"
-            )
         raise RelayNotRunning(f"relay {target.name!r} is not running: nothing pinned at {target.pin_dir}")
 
 

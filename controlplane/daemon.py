@@ -33,6 +33,7 @@ from typing import Any
 
 import click
 
+from controlplane import snapshot
 from controlplane.config import RelayConfig
 from controlplane.modes import Runner, select_runner
 from controlplane.service import RelayService, configure_maps
@@ -98,7 +99,12 @@ def _vip_flag(text: str) -> dict[str, Any]:
 async def serve(cfg: RelayConfig, runner: Runner, *, preload: bool, stop: asyncio.Event) -> int:
     """Run until ``stop`` is set; returns the exit status."""
     configure_maps(cfg, runner.maps, runner.cpus)
-    service = RelayService(cfg, runner.maps, runner, runner.problem)
+    def twin_state() -> dict[str, Any]:
+        return snapshot.state(cfg.name, runner.mode, runner.maps, runner.counters(), cfg.limits)
+
+    # The twin has no pinned maps: the operator CLI reads its maps over HTTP.
+    state = twin_state if runner.mode == "userspace" else None
+    service = RelayService(cfg, runner.maps, runner, runner.problem, state=state)
     if await service.connect(CONNECT_WAIT_S) and preload:
         await service.recovery.preload(runner.maps.vips())
     elif preload:

@@ -4,12 +4,15 @@
 probe that fails on a Redis outage would restart a relay that is forwarding fine).
 ``/readyz`` answers 200 only when nothing is degraded; otherwise 503, and the body
 names each problem, one per line (``redis: ...``, ``datapath: ...``).
+``/v1/state`` (the userspace twin only) serves its in-process maps as JSON for the
+operator CLI (:mod:`controlplane.snapshot`); route keys never leave the process.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,10 +20,13 @@ from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
+snapshot_path = "/v1/state"
+
 Problems = Callable[[], list[str]]
+State = Callable[[], dict[str, Any]]
 
 
-def make_app(registry: CollectorRegistry, problems: Problems) -> web.Application:
+def make_app(registry: CollectorRegistry, problems: Problems, state: State | None = None) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -33,10 +39,16 @@ def make_app(registry: CollectorRegistry, problems: Problems) -> web.Application
             return web.Response(status=503, text="".join(f"{p}\n" for p in found))
         return web.Response(text="ready\n")
 
+    async def state_json(request: web.Request) -> web.Response:
+        assert state is not None
+        return web.json_response(state())
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
+    if state is not None:
+        app.router.add_get(snapshot_path, state_json)
     return app
 
 

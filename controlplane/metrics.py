@@ -49,7 +49,7 @@ def map_fill(maps: MapStore) -> dict[str, int]:
     if callable(fill):
         counted = dict(fill())
         counted.pop("rate_sources", None)
-        counted["route_keys"] = len(maps.route_keys())
+        counted.setdefault("route_keys", len(maps.route_keys()))
         return counted
     return {
         "flows": sum(1 for _ in maps.flows()),

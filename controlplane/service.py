@@ -24,7 +24,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from controlplane.config import RateLimits, RelayConfig
 from controlplane.flowcache import FlowCache
-from controlplane.http import HttpServer, make_app
+from controlplane.http import HttpServer, State, make_app
 from controlplane.metrics import ControlPlane, CounterSource, RelayCollector
 from controlplane.recovery import Recovery
 from controlplane.redisio import RedisStore
@@ -77,6 +77,7 @@ class RelayService:
         datapath_problem: DatapathProblem,
         *,
         http_port: int | None = None,
+        state: State | None = None,
     ) -> None:
         self.cfg = cfg
         self.maps = maps
@@ -99,7 +100,7 @@ class RelayService:
             RelayCollector(maps, counters, cfg.limits, parts, lambda: datapath_problem() is None)
         )
         port = cfg.http.port if http_port is None else http_port
-        self.http = HttpServer(make_app(self.registry, self.problems), cfg.http.address, port)
+        self.http = HttpServer(make_app(self.registry, self.problems, state), cfg.http.address, port)
         self.tasks: list[asyncio.Task[None]] = []  # run forever; the daemon watches them
 
     async def _resync(self) -> None:

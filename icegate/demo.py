@@ -11,8 +11,9 @@
    client namespace, spread over both client hosts and both transceivers. Each client
    speaks a pitch of its own for a few turns and writes a JSON result.
 4. The relay's side: its datapath counters (``/metrics``, the same numbers as
-   ``icegate stats``), its flows (``icegate flows ls --json``, XDP only: the twin keeps
-   them in process memory) and the flow-cache records it wrote to Redis.
+   ``icegate stats``), its flows with their packet counters (``icegate flows ls --json``
+   in its namespace: the pinned maps, or the twin's maps over its HTTP endpoint) and the
+   flow-cache records it wrote to Redis.
 5. A summary (table or ``--json``), then ``lab down`` (always, also on Ctrl-C, unless
    ``--keep``). Exit 0 only if every session carried audio both ways through the relay.
 """
@@ -24,7 +25,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -40,7 +40,7 @@ import redis as redis_sync
 import yaml
 
 from icegate import demo_report, netns
-from icegate.errors import IcegateError
+from icegate.errors import IcegateError, LinkError
 from icegate.lab import Lab, LabConfig
 from icegate.lab.config import DEFAULT_NAME
 from icegate.schema import Keys
@@ -154,6 +154,7 @@ class Demo:
         self.datapath_reason = ""
         self.built = False  # this run created the lab (so it, and only it, tears it down)
         self.table = ""
+        self.relay_config = Path()  # written by start_components
 
     # ---- steps ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -184,9 +185,11 @@ class Demo:
         lab, opts = self.lab, self.options
         self.lab.run("dc", [*self.icegate, "token", "init", "--redis-url", lab.redis_url,
                              "--region", lab.config.region])  # fmt: skip
-        config = lab.write_relay_config({"mode": opts.mode, "sync_interval_s": 0.5})
+        self.relay_config = lab.write_relay_config({"mode": opts.mode, "sync_interval_s": 0.5})
         lab.start_process(
-            "relay", "relay", [*self.icegate, "relay", "run", "--config", str(config), "--log-json"]
+            "relay",
+            "relay",
+            [*self.icegate, "relay", "run", "--config", str(self.relay_config), "--log-json"],
         )
         compiling = "" if opts.mode == "userspace" else "; bcc compiles the XDP program"
         self.say(f"relay starting in {lab.namespace('relay')} (mode {opts.mode}{compiling})")
@@ -279,19 +282,17 @@ class Demo:
         self, plans: list[demo_report.Plan], results: dict[int, dict[str, Any]], before: dict[str, int]
     ) -> dict[str, Any]:
         sessions = [demo_report.Session(p, results[p.index]) for p in plans]
-        per_flow = self.datapath.startswith("xdp")
-        rows = self.relay_flows() if per_flow else []
-        demo_report.match_flows(sessions, rows)
+        demo_report.match_flows(sessions, self.relay_flows())
         cached = self.cached_flows()
         for s in sessions:
             s.cached = any(local in cached for local in s.result.get("local", []))
-            demo_report.judge(s, [f"{a}:{p}" for a, p in self.lab.vips], per_flow)
+            demo_report.judge(s, [f"{a}:{p}" for a, p in self.lab.vips])
         total = demo_report.totals(self.relay_counters(), before)
         if total["fast_path_packets"] == 0:
             for s in sessions:
                 s.problems.append("the relay's counters show no forwarded packets")
         ok = bool(sessions) and all(s.ok for s in sessions)
-        self.table = demo_report.table(sessions, per_flow)
+        self.table = demo_report.table(sessions)
         return {
             "ok": ok,
             "lab": self.lab.name,
@@ -299,7 +300,6 @@ class Demo:
             "mode": self.options.mode,
             "datapath": self.datapath,
             "datapath_reason": self.datapath_reason,
-            "per_flow_counters": per_flow,
             "sessions": [s.to_json() for s in sessions],
             "stats": demo_report.session_stats(sessions),
             "relay": total,
@@ -335,14 +335,14 @@ class Demo:
         return parse_counters(self.relay_metrics())
 
     def relay_flows(self) -> list[dict[str, Any]]:
-        argv = [*self.icegate, "flows", "ls", "--json", "--name", self.lab.config.relay_name,
-                "--bpffs", str(self.lab.bpffs)]  # fmt: skip
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
-            raise DemoError(f"icegate flows ls failed: {proc.stderr.strip()}")
-        if not proc.stdout.strip():
-            return []
-        rows: list[dict[str, Any]] = json.loads(proc.stdout)
+        """``icegate flows ls --json`` in the relay's namespace: the pinned maps (XDP) or the
+        twin's maps over its HTTP endpoint (userspace), as an operator would read them."""
+        argv = [*self.icegate, "flows", "ls", "--json", "--config", str(self.relay_config)]
+        try:
+            out = self.lab.run("relay", argv)
+        except LinkError as exc:
+            raise DemoError(f"icegate flows ls failed: {exc}") from None
+        rows: list[dict[str, Any]] = json.loads(out) if out.strip() else []
         return rows
 
     def cached_flows(self) -> set[str]:
@@ -428,8 +428,6 @@ def render(summary: dict[str, Any], table: str) -> str:
         f"medians: setup {stats['setup_ms_median']} ms, turn round trip {stats['rtt_ms_median']} ms "
         f"(end of speech -> first agent audio; includes the agent's 600 ms end-of-turn wait)",
     ]
-    if not summary["per_flow_counters"]:
-        lines.append("per-session relay counters: only in XDP mode (the twin keeps flows in its own memory)")
     failed = [s for s in summary["sessions"] if not s["ok"]]
     for s in failed:
         lines.append(f"session {s['index']} FAILED: " + "; ".join(s["problems"]))

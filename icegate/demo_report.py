@@ -36,7 +36,7 @@ class Session:
 
     plan: Plan
     result: dict[str, Any]
-    flow: dict[str, Any] | None = None  # the relay's flow row (XDP: pinned map counters)
+    flow: dict[str, Any] | None = None  # the relay's flow row (`icegate flows ls`): its counters
     cached: bool = False  # the relay wrote this client's flow to the Redis flow cache
     problems: list[str] = field(default_factory=list)
 
@@ -76,7 +76,7 @@ def addr_of(row: Mapping[str, Any]) -> str:
     return f"{row['client']}:{row['client_port']}"
 
 
-def judge(session: Session, vips: Sequence[str], per_flow_counters: bool) -> None:
+def judge(session: Session, vips: Sequence[str]) -> None:
     """Fill ``session.problems``; empty means the session carried audio both ways through the relay."""
     r, problems = session.result, session.problems
     if r.get("error"):
@@ -98,12 +98,11 @@ def judge(session: Session, vips: Sequence[str], per_flow_counters: bool) -> Non
         problems.append("no audio frames received")
     if not session.cached:
         problems.append("the relay did not record this client's flow")
-    if per_flow_counters:
-        flow = session.flow
-        if flow is None:
-            problems.append("no relay flow for the client's address")
-        elif not (flow["packets_in"] > 0 and flow["packets_out"] > 0):
-            problems.append(f"relay flow carried {flow['packets_in']} in / {flow['packets_out']} out")
+    flow = session.flow
+    if flow is None:
+        problems.append("no relay flow for the client's address")
+    elif not (flow["packets_in"] > 0 and flow["packets_out"] > 0):
+        problems.append(f"relay flow carried {flow['packets_in']} in / {flow['packets_out']} out")
 
 
 def match_flows(sessions: Iterable[Session], rows: Sequence[Mapping[str, Any]]) -> None:
@@ -140,7 +139,7 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:.{digits}f}"
 
 
-def table(sessions: Sequence[Session], per_flow_counters: bool) -> str:
+def table(sessions: Sequence[Session]) -> str:
     headers = ["#", "CLIENT", "TRANSCEIVER", "SETUP ms", "TURNS", "RTT ms", "PITCH Hz", "FRAMES tx/rx",
                "LOST up/down", "RELAY in/out", "RESULT"]  # fmt: skip
     rows = []
@@ -148,11 +147,7 @@ def table(sessions: Sequence[Session], per_flow_counters: bool) -> str:
         j = s.to_json()
         rtp = j["rtp"]
         heard = [t["heard_hz"] for t in j["turns"]]
-        relay = "-"
-        if s.flow is not None:
-            relay = f"{s.flow['packets_in']}/{s.flow['packets_out']}"
-        elif not per_flow_counters:
-            relay = "cached" if s.cached else "none"
+        relay = "-" if s.flow is None else f"{s.flow['packets_in']}/{s.flow['packets_out']}"
         rows.append(
             [
                 str(s.plan.index),

@@ -64,7 +64,6 @@ def test_demo_carries_every_session_through_the_relay(lab_name: str, mode: str) 
     assert summary["ok"] is True
     if mode == "xdp":
         assert summary["datapath"] in ("xdp-native", "xdp-generic")
-        assert summary["per_flow_counters"] is True
     else:
         assert (summary["datapath"], summary["datapath_reason"]) == ("userspace", "requested")
     assert "relay ready: " in progress and "down in" in progress
@@ -92,17 +91,15 @@ def test_demo_carries_every_session_through_the_relay(lab_name: str, mode: str) 
         assert s["events"][:4] == ["speech_started", "speech_stopped", "response_started", "response_done"]
         assert s["relay_flow_cached"] is True
         assert s["rtp"].get("down_packets_lost", 0) <= 2
-        if mode == "xdp":
-            flow = s["relay_flow"]
-            assert flow is not None
-            assert f"{flow['client']}:{flow['client_port']}" == s["client_address"]
-            assert flow["backend"] == f"1:{s['transceiver'].removeprefix('tx')}"
-            # RTP both ways at 50 packets/s, plus DTLS, SCTP and consent checks
-            assert flow["packets_in"] >= 40 * seconds and flow["packets_out"] >= 40 * seconds, flow
-            assert s["fast_path_packets"] == flow["packets_in"] + flow["packets_out"]
-            fast_total += s["fast_path_packets"]
-        else:
-            assert s["relay_flow"] is None and s["fast_path_packets"] is None
+        # the relay's flow, read as an operator would (pinned maps, or the twin over HTTP)
+        flow = s["relay_flow"]
+        assert flow is not None
+        assert f"{flow['client']}:{flow['client_port']}" == s["client_address"]
+        assert flow["backend"] == f"1:{s['transceiver'].removeprefix('tx')}"
+        # RTP both ways at 50 packets/s, plus DTLS, SCTP and consent checks
+        assert flow["packets_in"] >= 40 * seconds and flow["packets_out"] >= 40 * seconds, flow
+        assert s["fast_path_packets"] == flow["packets_in"] + flow["packets_out"]
+        fast_total += s["fast_path_packets"]
 
     relay = summary["relay"]
     assert relay["fast_path_packets"] > 0

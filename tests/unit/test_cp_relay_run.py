@@ -78,6 +78,34 @@ class Relay:
         return str(output)
 
 
+def check_cli_over_http(config: Path, cport: int, vip_port: int) -> None:
+    """The twin has no pinned maps: the operator CLI reads them from its /v1/state."""
+    where = ["--config", str(config)]
+
+    def run(group: Any, *args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(group, [args[0], *where, *args[1:]])
+        assert result.exit_code == code, result.output
+        return str(result.output)
+
+    (flow,) = json.loads(run(cli.flows, "ls", "--json"))
+    assert (flow["client"], flow["client_port"], flow["vip"], flow["vip_port"]) == (
+        LOCAL,
+        cport,
+        LOCAL,
+        vip_port,
+    )
+    assert (flow["backend"], flow["state"], flow["packets_in"]) == ("1:1", "confirmed", 1)
+    status = json.loads(run(cli.relay, "status", "--json"))
+    assert (status["mode"], status["attached"], status["control_plane"]) == ("userspace", [], "ready")
+    assert status["maps"]["flows"]["entries"] == 1 and status["maps"]["backends"]["entries"] == 1
+    assert status["maps"]["route_keys"]["entries"] == 1
+    (stat,) = json.loads(run(cli.stats, "--json"))["stats"]
+    assert (stat["stat"], stat["packets"]) == ("FWD_FLOW", 1)
+    assert "1:1" in run(cli.backends, "ls")
+    assert "can read them over HTTP but not flush them" in run(cli.flows, "flush", "--yes", code=1)
+    assert "runs the userspace twin: nothing is attached" in run(cli.relay, "detach", code=1)
+
+
 def test_relay_run_userspace_restart_preload_and_recovery(
     procs: Processes, redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -131,11 +159,7 @@ def test_relay_run_userspace_restart_preload_and_recovery(
         client.sendto(b"\x17\xfe\xfd" + b"preloaded", vip)
         assert transceiver_receives() == b"\x17\xfe\xfd" + b"preloaded"
         assert metric(http_port, 'icegate_relay_packets_total{reason="flow",verdict="forward"}') == 1
-        # The operator CLI reads pinned maps; the twin has none, and the CLI says why.
-        ls = CliRunner().invoke(cli.flows, ["ls", "--config", str(config)])
-        assert ls.exit_code == 1
-        assert "the userspace twin keeps its maps in its own process" in ls.output, ls.output
-        assert f"http://{LOCAL}:{http_port}/metrics" in ls.output
+        check_cli_over_http(config, cport, vip_port)
         assert "preload flows_cached=1 installed=1" in relay.stop()
 
         relay.start("--log-json")  # cold: the first packet takes the slow path and is recovered

@@ -37,7 +37,7 @@ def session(result: dict[str, Any], rows: list[dict[str, Any]], cached: bool = T
     s = Session(Plan(1, "c1", "tx1", "http://10.70.0.11:8080", 392.0, 392.0), result)
     match_flows([s], rows)
     s.cached = cached
-    judge(s, VIPS, per_flow_counters=True)
+    judge(s, VIPS)
     return s
 
 
@@ -68,14 +68,7 @@ def test_a_session_fails_with_a_reason(
     s = session(result, rows, cached)
     assert not s.ok
     assert any(problem in p for p in s.problems), s.problems
-    assert "FAILED" in table([s], per_flow_counters=True)
-
-
-def test_userspace_sessions_need_no_per_flow_counters() -> None:
-    s = Session(Plan(1, "c1", "tx1", "u", 392.0, 392.0), good_result(), cached=True)
-    judge(s, VIPS, per_flow_counters=False)
-    assert s.ok and s.flow is None
-    assert "cached" in table([s], per_flow_counters=False)
+    assert "FAILED" in table([s])
 
 
 def test_totals_are_the_difference_per_verdict() -> None:
