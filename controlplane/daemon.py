@@ -99,6 +99,7 @@ def _vip_flag(text: str) -> dict[str, Any]:
 async def serve(cfg: RelayConfig, runner: Runner, *, preload: bool, stop: asyncio.Event) -> int:
     """Run until ``stop`` is set; returns the exit status."""
     configure_maps(cfg, runner.maps, runner.cpus)
+
     def twin_state() -> dict[str, Any]:
         return snapshot.state(cfg.name, runner.mode, runner.maps, runner.counters(), cfg.limits)
 
