@@ -249,8 +249,11 @@ class SessionManager:
         await session.pc.close()
         if session.binding is not None:
             session.binding.close()
+        # Cancelled again: while the awaits above ran, the peer connection could still reach
+        # "connected" (a client that hangs up at once) and start the stats task, which never ends.
         for task in session.tasks:
             if task is not current:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 

@@ -209,6 +209,37 @@ def test_a_client_that_never_connects_is_reaped() -> None:
     run(scenario, connect_timeout_s=0.5)
 
 
+def test_a_task_started_while_a_session_closes_does_not_hold_up_the_close() -> None:
+    """A client that hangs up as soon as it is connected: the transceiver's side can reach
+    "connected" while the DELETE tears the session down, and start the stats task then.
+    The DELETE still returns, and that task is cancelled."""
+
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        client, offer = await client_offer()
+        try:
+            async with http.post(f"{url}/v1/sessions", data=offer, headers=SDP) as resp:
+                location = resp.headers["Location"]
+            session = service.sessions.get(location.rsplit("/", 1)[1])
+            assert session is not None
+            late: list[asyncio.Task[None]] = []
+            close_bridge = session.bridge.close
+
+            async def close_while_connecting(reason: str) -> None:
+                late.append(asyncio.create_task(asyncio.sleep(3600)))  # as on_state("connected") does
+                session.tasks.append(late[0])
+                await close_bridge(reason)
+
+            session.bridge.close = close_while_connecting
+            async with asyncio.timeout(5), http.delete(f"{url}{location}") as resp:
+                assert resp.status == 204
+            assert late[0].cancelled()
+            assert len(service.sessions) == 0
+        finally:
+            await client.pc.close()
+
+    run(scenario)
+
+
 def test_offer_preparation_drops_candidates_a_relayed_session_cannot_use() -> None:
     async def make() -> str:
         client = VoiceClient("unused")
