@@ -1,6 +1,6 @@
 """Micro-benchmark of the userspace twin: µs per packet in the datapath, pps through sockets.
 
-    .venv/bin/python -m bench.twin_micro [--seconds 1.0] [--json]
+    .venv/bin/python -m bench.twin_micro [--seconds 1.0] [--json] [--no-sockets] [--out bench/results]
 
 Datapath (no I/O, one core): ``from_client`` on a flow hit, ``from_backend`` on a flow
 hit, a first STUN check (SipHash-2-4 in Python, new pending flow each time), and the
@@ -21,8 +21,10 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from bench import report
 from controlplane.datapath import Datapath
 from controlplane.layout import BackendState, Stat
 from controlplane.nexthop import StaticNextHop
@@ -177,20 +179,36 @@ def socket_pps(seconds: float, rate_pps: int = 0) -> dict[str, float]:
     }
 
 
+NAME = "twin_micro"
+LABELS = {
+    "from_client_flow_hit_us": ("from_client, flow hit (forward)", "µs/packet"),
+    "from_backend_return_us": ("from_backend, flow hit (return, decapsulate)", "µs/packet"),
+    "first_stun_us": ("first STUN (SipHash token check, new pending flow)", "µs/packet"),
+    "process_frame_flow_hit_us": ("process_frame, flow hit (whole Ethernet frame)", "µs/packet"),
+    "process_frame_return_us": ("process_frame, return (whole Ethernet frame)", "µs/packet"),
+    "sent_pps": ("sockets: sent to the VIP on loopback", "packets/s"),
+    "delivered_pps": ("sockets: Geneve delivered to the sink", "packets/s"),
+    "delivered_ratio": ("sockets: delivered / sent", "ratio"),
+}
+
+
+def table(results: dict[str, float]) -> str:
+    rows = [(*LABELS[name], f"{v:.2f}" if v < 100 else f"{v:.0f}") for name, v in results.items()]
+    return report.markdown_table(("path", "unit", "value"), rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--no-sockets", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--no-sockets", action="store_true", help="datapath only, no loopback run")
+    parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
     results: dict[str, float] = datapath_numbers(args.seconds)
     if not args.no_sockets:
         results.update(socket_pps(max(args.seconds, 2.0)))
-    if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        for name, value in results.items():
-            print(f"{name:28s} {value:12.2f}")
+    report.write(NAME, {"seconds": args.seconds, "results": results}, table(results), args.out)
+    print(json.dumps(results, indent=1) if args.json else table(results), end="\n" if args.json else "")
 
 
 if __name__ == "__main__":

@@ -86,10 +86,14 @@ def _kernel_counters(target: Target) -> CounterSource:
 def _kernel_info(target: Target) -> dict[str, Any]:
     twin = _twin(target)
     if twin is not None:
-        return {"mode": "userspace", "program": None, "netns": None, "attached": []}
+        data = twin.data
+        why = {"reason": data.get("reason"), "detail": data.get("detail")}
+        return {"mode": "userspace", **why, "program": None, "netns": None, "attached": []}
     loader = import_optional("controlplane.loader")
     info: dict[str, Any] = loader.status(target.pin_dir)
-    return info
+    kinds = sorted({a["mode"] for a in info["attached"]})
+    mode = "detached" if not kinds else f"xdp-{kinds[0]}" if len(kinds) == 1 else "xdp-mixed"
+    return {"mode": mode, **info}
 
 
 def _kernel_capacities(target: Target) -> dict[str, int]:

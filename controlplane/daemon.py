@@ -101,11 +101,20 @@ async def serve(cfg: RelayConfig, runner: Runner, *, preload: bool, stop: asynci
     configure_maps(cfg, runner.maps, runner.cpus)
 
     def twin_state() -> dict[str, Any]:
-        return snapshot.state(cfg.name, runner.mode, runner.maps, runner.counters(), cfg.limits)
+        return snapshot.state(
+            cfg.name, (runner.mode, runner.reason, runner.detail), runner.maps, runner.counters(), cfg.limits
+        )
 
     # The twin has no pinned maps: the operator CLI reads its maps over HTTP.
     state = twin_state if runner.mode == "userspace" else None
-    service = RelayService(cfg, runner.maps, runner, runner.problem, state=state)
+    service = RelayService(
+        cfg,
+        runner.maps,
+        runner,
+        runner.problem,
+        state=state,
+        datapath_info=lambda: (runner.mode, runner.reason),
+    )
     if await service.connect(CONNECT_WAIT_S) and preload:
         await service.recovery.preload(runner.maps.vips())
     elif preload:

@@ -88,12 +88,14 @@ class RelayCollector(Collector):
         limits: RelayLimits,
         parts: ControlPlane | None = None,
         datapath_up: Callable[[], bool] = lambda: True,
+        datapath_info: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.maps = maps
         self.source = counters
         self.limits = limits
         self.parts = parts or ControlPlane()
         self.datapath_up = datapath_up
+        self.datapath_info = datapath_info
 
     def collect(self) -> Iterator[Metric]:
         yield from self._datapath()
@@ -119,6 +121,15 @@ class RelayCollector(Collector):
         )
         up.add_metric([], 1.0 if self.datapath_up() else 0.0)
         yield up
+        if self.datapath_info is not None:
+            info = GaugeMetricFamily(
+                f"{PREFIX}_datapath_info",
+                "1, labelled with the datapath that runs (xdp-native, xdp-generic, xdp-mixed, userspace) "
+                "and why it was chosen (attached, requested, no_interfaces, xdp_unavailable).",
+                labels=["mode", "reason"],
+            )
+            info.add_metric(list(self.datapath_info()), 1.0)
+            yield info
 
     def _maps(self) -> Iterator[Metric]:
         entries = GaugeMetricFamily(f"{PREFIX}_map_entries", "Entries in each relay map.", labels=["map"])

@@ -6,7 +6,9 @@ maps (:class:`MapStore`), the counters, whether it is forwarding, and start/stop
 SLOW verdicts to Redis recovery.
 
 ``auto`` picks XDP when the loader can attach to the configured interfaces, else the
-twin, and says which and why in one log line.
+twin, and says which and why: in one log line, in ``/v1/state`` and in the
+``icegate_relay_datapath_info`` metric (``reason`` is one of :data:`REASONS`; the
+free-text ``detail`` carries the error or the attach points).
 """
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Why a runner was chosen: a bounded set, so it can be a metric label.
+REASONS = ("attached", "requested", "no_interfaces", "xdp_unavailable")
+
 
 class Runner(Protocol):
-    mode: str  # "xdp-native", "xdp-generic" or "userspace"
+    mode: str  # "xdp-native", "xdp-generic", "xdp-mixed" or "userspace"
+    reason: str  # one of REASONS
+    detail: str  # the attach points, or why XDP could not run
     maps: MapStore
     cpus: int  # rate buckets per limit: the per-CPU arrays in XDP, one in the twin
 
@@ -47,17 +54,17 @@ def select_runner(cfg: RelayConfig) -> Runner:
     """The datapath for ``cfg.mode``; ``auto`` falls back from XDP to the twin, saying why."""
     if cfg.mode == "userspace":
         log.info("datapath mode=userspace reason=requested")
-        return twin_runner(cfg)
+        return twin_runner(cfg, "requested")
     if cfg.mode == "xdp":
         return xdp_runner(cfg)
     if not cfg.interfaces:
-        log.info("datapath mode=userspace reason=no_interfaces_configured")
-        return twin_runner(cfg)
+        log.info("datapath mode=userspace reason=no_interfaces")
+        return twin_runner(cfg, "no_interfaces", "the config lists no interfaces to attach to")
     try:
         return xdp_runner(cfg)
     except IcegateError as exc:
         log.info("datapath mode=userspace reason=xdp_unavailable error=%s", exc)
-        return twin_runner(cfg)
+        return twin_runner(cfg, "xdp_unavailable", str(exc))
 
 
 def xdp_runner(cfg: RelayConfig) -> Runner:
@@ -109,6 +116,7 @@ class XdpRunner:
         self.maps: MapStore = self.loader.store()
         self.cpus = import_optional("controlplane.kernel").possible_cpus()
         self.mode = "xdp"
+        self.reason, self.detail = "attached", ""
         self.twin: Any = None
         self._poller: threading.Thread | None = None
         self._polling = threading.Event()
@@ -136,7 +144,8 @@ class XdpRunner:
         modes = self.loader.attach()
         kinds = sorted(set(modes.values()))
         self.mode = f"xdp-{kinds[0]}" if len(kinds) == 1 else "xdp-mixed"
-        log.info("datapath mode=%s interfaces=%s", self.mode, ",".join(f"{i}:{m}" for i, m in modes.items()))
+        self.detail = ",".join(f"{i}:{m}" for i, m in modes.items())
+        log.info("datapath mode=%s interfaces=%s", self.mode, self.detail)
         cache = service.flow_cache
         self.loader.open_events(lambda event: cache.record_threadsafe(flow_update(event)))
         self._polling.set()
@@ -157,8 +166,8 @@ class XdpRunner:
         self.loader.close()
 
 
-def twin_runner(cfg: RelayConfig) -> Runner:
-    return TwinRunner(cfg)
+def twin_runner(cfg: RelayConfig, reason: str = "requested", detail: str = "") -> Runner:
+    return TwinRunner(cfg, reason, detail)
 
 
 class TwinRunner:
@@ -167,8 +176,9 @@ class TwinRunner:
     mode = "userspace"
     cpus = 1
 
-    def __init__(self, cfg: RelayConfig) -> None:
+    def __init__(self, cfg: RelayConfig, reason: str = "requested", detail: str = "") -> None:
         self.cfg = cfg
+        self.reason, self.detail = reason, detail
         self.maps: MapStore = MemoryStore(cfg.limits.max_flows, cfg.limits.max_pending)
         self.relay: Any = None
 

@@ -78,6 +78,7 @@ class RelayService:
         *,
         http_port: int | None = None,
         state: State | None = None,
+        datapath_info: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.maps = maps
@@ -97,7 +98,9 @@ class RelayService:
         self.registry = CollectorRegistry(auto_describe=False)
         parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery)
         self.registry.register(
-            RelayCollector(maps, counters, cfg.limits, parts, lambda: datapath_problem() is None)
+            RelayCollector(
+                maps, counters, cfg.limits, parts, lambda: datapath_problem() is None, datapath_info
+            )
         )
         port = cfg.http.port if http_port is None else http_port
         self.http = HttpServer(make_app(self.registry, self.problems, state), cfg.http.address, port)

@@ -33,9 +33,13 @@ FLOW_FIELDS = tuple(f.name for f in dataclasses.fields(Flow))
 
 
 def state(
-    name: str, mode: str, maps: MapStore, counters: Sequence[tuple[int, int]], limits: RelayLimits
+    name: str,
+    datapath: tuple[str, str, str],
+    maps: MapStore,
+    counters: Sequence[tuple[int, int]],
+    limits: RelayLimits,
 ) -> dict[str, Any]:
-    """What ``GET /v1/state`` answers (JSON-ready)."""
+    """What ``GET /v1/state`` answers (JSON-ready); ``datapath`` is (mode, reason, detail)."""
 
     def flows(items: Iterator[tuple[FlowKeyT, Flow]]) -> list[dict[str, Any]]:
         return [
@@ -45,7 +49,9 @@ def state(
 
     return {
         "name": name,
-        "mode": mode,
+        "mode": datapath[0],
+        "reason": datapath[1],
+        "detail": datapath[2],
         "vips": [dataclasses.asdict(v) for v in maps.vips()],
         "backends": [{**dataclasses.asdict(b), "state": b.state.name.lower()} for b in maps.backends()],
         "flows": flows(maps.flows()),

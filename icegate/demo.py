@@ -215,7 +215,7 @@ class Demo:
             return http_get(relay_ns, readyz)[0] == 200
 
         wait_until(relay_ready, READY_TIMEOUT_S, "the relay's /readyz", relay_log)
-        self.datapath, self.datapath_reason = datapath_of(relay_log)
+        self.datapath, self.datapath_reason = datapath_of(self.relay_status())
         self.say(f"relay ready: {describe_datapath(self.datapath, self.datapath_reason)}")
         for tx in lab.transceivers():
 
@@ -334,6 +334,15 @@ class Demo:
         """``verdict/reason`` -> packets, from the relay's ``icegate_relay_packets_total``."""
         return parse_counters(self.relay_metrics())
 
+    def relay_status(self) -> dict[str, Any]:
+        """``icegate relay status --json`` in the relay's namespace: the operator's view."""
+        argv = [*self.icegate, "relay", "status", "--json", "--config", str(self.relay_config)]
+        try:
+            status: dict[str, Any] = json.loads(self.lab.run("relay", argv))
+        except (LinkError, ValueError) as exc:
+            raise DemoError(f"icegate relay status failed: {exc}") from None
+        return status
+
     def relay_flows(self) -> list[dict[str, Any]]:
         """``icegate flows ls --json`` in the relay's namespace: the pinned maps (XDP) or the
         twin's maps over its HTTP endpoint (userspace), as an operator would read them."""
@@ -372,25 +381,13 @@ def parse_counters(metrics: str) -> dict[str, int]:
     return out
 
 
-def datapath_of(log_path: str) -> tuple[str, str]:
-    """The datapath the relay chose and why, from its ``datapath mode=...`` log line (JSON logs)."""
-    mode, reason = "unknown", ""
-    try:
-        lines = Path(log_path).read_text(errors="replace").splitlines()
-    except OSError:
-        return mode, reason
-    for line in lines:
-        try:
-            msg = str(json.loads(line).get("msg", ""))
-        except (ValueError, AttributeError):
-            continue
-        if msg.startswith("datapath mode="):
-            fields = dict(re.findall(r"(\w+)=(\S+)", msg.split(" error=", 1)[0]))
-            mode = fields.get("mode", mode)
-            reason = fields.get("reason", "") or fields.get("interfaces", "")
-            if " error=" in msg:
-                reason += f": {msg.split(' error=', 1)[1]}"
-    return mode, reason
+def datapath_of(status: dict[str, Any]) -> tuple[str, str]:
+    """The datapath the relay runs and why, from ``icegate relay status --json``."""
+    mode = str(status.get("mode") or "unknown")
+    if mode.startswith("xdp"):
+        return mode, ",".join(f"{a['interface']}:{a['mode']}" for a in status.get("attached", []))
+    reason, detail = status.get("reason") or "", status.get("detail") or ""
+    return mode, f"{reason}: {detail}" if detail else reason
 
 
 def describe_datapath(mode: str, reason: str) -> str:

@@ -103,7 +103,7 @@ def test_relay_status_and_backends_from_pins(pinned: KernelStore) -> None:
     result = invoke(cli.relay, ["status", "--json"], pinned)
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
-    assert status["program"]["id"] > 0 and status["attached"] == []
+    assert status["program"]["id"] > 0 and (status["mode"], status["attached"]) == ("detached", [])
     assert status["maps"]["flows"] == {"entries": 3, "capacity": 1024}  # as pinned, not the defaults
     assert status["maps"]["vips"]["entries"] == 2 and status["maps"]["backends"]["entries"] == 2
     assert status["control_plane"] == "not running"

@@ -331,6 +331,9 @@ def test_redis_outage_does_not_touch_forwarding(world: World) -> None:
     body = relay.http("/readyz")[1]
     assert body.startswith("redis: degraded"), body
     assert relay.http("/livez")[0] == 200
+    mode = "userspace" if relay.mode == "userspace" else "xdp-native"  # veth in the lab: native XDP
+    reason = "requested" if mode == "userspace" else "attached"
+    assert relay.metric(f'icegate_relay_datapath_info{{mode="{mode}",reason="{reason}"}}') == 1
     second = world.stream("c2")  # a new session routes by token while Redis is down
     time.sleep(1.0)
 

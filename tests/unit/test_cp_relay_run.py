@@ -97,6 +97,8 @@ def check_cli_over_http(config: Path, cport: int, vip_port: int) -> None:
     assert (flow["backend"], flow["state"], flow["packets_in"]) == ("1:1", "confirmed", 1)
     status = json.loads(run(cli.relay, "status", "--json"))
     assert (status["mode"], status["attached"], status["control_plane"]) == ("userspace", [], "ready")
+    assert (status["reason"], status["detail"]) == ("requested", "")
+    assert "reason: requested" in run(cli.relay, "status")
     assert status["maps"]["flows"]["entries"] == 1 and status["maps"]["backends"]["entries"] == 1
     assert status["maps"]["route_keys"]["entries"] == 1
     (stat,) = json.loads(run(cli.stats, "--json"))["stats"]
@@ -156,6 +158,7 @@ def test_relay_run_userspace_restart_preload_and_recovery(
 
         relay.start("--preload")  # maps were in memory: --preload restores them before the sockets open
         assert metric(http_port, 'icegate_relay_map_entries{map="flows"}') == 1
+        assert metric(http_port, 'icegate_relay_datapath_info{mode="userspace",reason="requested"}') == 1
         client.sendto(b"\x17\xfe\xfd" + b"preloaded", vip)
         assert transceiver_receives() == b"\x17\xfe\xfd" + b"preloaded"
         assert metric(http_port, 'icegate_relay_packets_total{reason="flow",verdict="forward"}') == 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,26 +84,33 @@ def test_totals_are_the_difference_per_verdict() -> None:
     assert list(t["counters"]) == ["forward/flow", "forward/return", "slow/no_flow", "drop/token_mac"]
 
 
+XDP_NATIVE = [{"interface": "pub0", "mode": "native"}, {"interface": "priv0", "mode": "native"}]
+NO_BCC = "bcc is not available (no module bcc)"
+
+
 @pytest.mark.parametrize(
-    ("messages", "mode", "said"),
+    ("status", "mode", "said"),
     [
-        (["datapath mode=xdp-native interfaces=pub0:native,priv0:native"], "xdp-native", "XDP native"),
-        (["datapath mode=xdp-generic interfaces=pub0:generic,priv0:generic"], "xdp-generic", "XDP generic"),
-        (["datapath mode=userspace reason=requested"], "userspace", "userspace twin (requested)"),
         (
-            ["datapath mode=userspace reason=xdp_unavailable error=bcc is not available (no module bcc)"],
-            "userspace",
-            "userspace twin (xdp_unavailable: bcc is not available (no module bcc))",
+            {"mode": "xdp-native", "attached": XDP_NATIVE},
+            "xdp-native",
+            "XDP native (in-kernel fast path; pub0:",
         ),
-        ([], "unknown", "datapath unknown"),
+        (
+            {"mode": "xdp-generic", "attached": [{"interface": "pub0", "mode": "generic"}]},
+            "xdp-generic",
+            "XDP generic (in-kernel fast path; pub0:generic)",
+        ),
+        ({"mode": "userspace", "reason": "requested", "detail": ""}, "userspace", "twin (requested)"),
+        (
+            {"mode": "userspace", "reason": "xdp_unavailable", "detail": NO_BCC},
+            "userspace",
+            f"userspace twin (xdp_unavailable: {NO_BCC})",
+        ),
+        ({}, "unknown", "datapath unknown"),
     ],
 )
-def test_the_demo_says_which_datapath_and_why(
-    tmp_path: Path, messages: list[str], mode: str, said: str
-) -> None:
-    log = tmp_path / "relay.log"
-    lines = ["=== header line written by the lab", json.dumps({"msg": "http listening address=127.0.0.1"})]
-    log.write_text("\n".join(lines + [json.dumps({"level": "info", "msg": m}) for m in messages]) + "\n")
-    found, reason = datapath_of(str(log))
+def test_the_demo_says_which_datapath_and_why(status: dict[str, Any], mode: str, said: str) -> None:
+    found, reason = datapath_of(status)
     assert found == mode
     assert said in describe_datapath(found, reason)
