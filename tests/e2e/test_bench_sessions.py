@@ -8,13 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from icegate import netns
-from icegate.lab import Lab
 from icegate.lab.core import BPFFS, RUN_DIR
 from tests.support import REPO
 
@@ -24,15 +20,6 @@ LOAD_KEYS = {
     "sessions", "window_s", "cpu_share", "core_pct", "core_pct_per_session", "sessions_per_core",
     "frames_per_s_min", "frames_per_s_median", "sessions_with_audio_back", "saturated", "relay_core_pct",
 }  # fmt: skip
-
-
-@pytest.fixture
-def lab_name(ns_prefix: str) -> Iterator[str]:
-    name = ns_prefix.rstrip("-")
-    try:
-        yield name
-    finally:
-        Lab.load(name).down()  # nothing, if the benchmark cleaned up as it should
 
 
 def test_sessions_bench_runs_and_writes_its_results(lab_name: str, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,16 +24,6 @@ SESSIONS = 2
 DURATION_S = 1.0  # one turn each
 VIP = "192.0.2.10:3478"
 CLIENT_NETS = {"c1": "100.64.1.", "c2": "100.64.2."}
-
-
-@pytest.fixture
-def lab_name(ns_prefix: str) -> Iterator[str]:
-    """A unique lab name; whatever the demo leaves (it should leave nothing) is removed."""
-    name = ns_prefix.rstrip("-")
-    try:
-        yield name
-    finally:
-        Lab.load(name).down()
 
 
 def run_demo(lab_name: str, *args: str) -> tuple[int, dict[str, Any], str]:
