@@ -35,7 +35,7 @@ from controlplane.store import MapStore
 from icegate import token as tokens
 from icegate.cli import Group
 from icegate.config import load
-from icegate.errors import RelayNotRunning, StoreError, TokenError, import_optional
+from icegate.errors import DependencyError, RelayNotRunning, StoreError, TokenError, import_optional
 from icegate.schema import RouteKeySet
 
 T = TypeVar("T")
@@ -58,12 +58,13 @@ class Target:
 
 
 def _twin(target: Target) -> SnapshotStore | None:
-    """The relay's maps from its control plane when it runs the userspace twin (no pins);
-    None when its maps are pinned. Raises RelayNotRunning when neither is there."""
+    """The relay's maps from its control plane when it runs the userspace twin (no pins,
+    perhaps no bpffs: the host it fell back on); None when its maps are pinned. Raises
+    why nothing is pinned when no twin answers either."""
     try:
         check_pinned(target)
         return None
-    except RelayNotRunning:
+    except (RelayNotRunning, DependencyError):
         data = snapshot.fetch(target.http)
         if data is None or (target.name and data.get("name") != target.name):
             raise

@@ -5,8 +5,8 @@ maps (:class:`MapStore`), the counters, whether it is forwarding, and start/stop
 ``start`` it connects the datapath to the service: flow events go to the flow cache,
 SLOW verdicts to Redis recovery.
 
-``auto`` picks XDP when the loader can attach to the configured interfaces, else the
-twin, and says which and why: in one log line, in ``/v1/state`` and in the
+``auto`` picks XDP when the program loads here (bcc, kernel headers, bpffs, the
+verifier), else the twin, and says which and why: in one log line, in ``/v1/state`` and in the
 ``icegate_relay_datapath_info`` metric (``reason`` is one of :data:`REASONS`; the
 free-text ``detail`` carries the error or the attach points).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +26,7 @@ from controlplane.flowcache import FlowUpdate
 from controlplane.layout import STAT_MAX
 from controlplane.recovery import Recovery
 from controlplane.store import FlowKeyT, MapStore, MemoryStore
-from icegate.errors import IcegateError, LinkError, import_optional
+from icegate.errors import ConfigError, IcegateError, LinkError, import_optional
 
 if TYPE_CHECKING:
     from controlplane.service import RelayService
@@ -55,6 +56,7 @@ def select_runner(cfg: RelayConfig) -> Runner:
     if cfg.mode == "userspace":
         log.info("datapath mode=userspace reason=requested")
         return twin_runner(cfg, "requested")
+    check_interfaces(cfg)  # a misspelt interface is a config error, not a reason for the twin
     if cfg.mode == "xdp":
         return xdp_runner(cfg)
     if not cfg.interfaces:
@@ -65,6 +67,16 @@ def select_runner(cfg: RelayConfig) -> Runner:
     except IcegateError as exc:
         log.info("datapath mode=userspace reason=xdp_unavailable error=%s", exc)
         return twin_runner(cfg, "xdp_unavailable", str(exc))
+
+
+def check_interfaces(cfg: RelayConfig) -> None:
+    for name in cfg.interfaces:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise ConfigError(
+                "relay.interfaces", f"no interface {name!r} in this network namespace"
+            ) from None
 
 
 def xdp_runner(cfg: RelayConfig) -> Runner:

@@ -247,8 +247,14 @@ class RelayProcess:
         argv = [sys.executable, "-c", "from icegate.cli import main; main()", *args]
         return netns.run(self.lab.namespace("relay"), argv, timeout=30)
 
-    def metric(self, sample: str) -> float:
-        return metric_sample(self.http("/metrics")[1], sample) or 0.0
+    def metric(self, sample: str, default: float | None = None) -> float:
+        """A sample of /metrics; a missing one fails the test unless a default is given."""
+        value = metric_sample(self.http("/metrics")[1], sample)
+        if value is None:
+            if default is None:
+                raise AssertionError(f"{sample} is not exported")
+            return default
+        return value
 
 
 @dataclass
@@ -330,6 +336,7 @@ def test_redis_outage_does_not_touch_forwarding(world: World) -> None:
     wait_for(lambda: relay.http("/readyz")[0] == 503, 5, what="readiness degraded")
     body = relay.http("/readyz")[1]
     assert body.startswith("redis: degraded"), body
+    assert relay.metric("icegate_relay_redis_degraded") == 1
     assert relay.http("/livez")[0] == 200
     mode = "userspace" if relay.mode == "userspace" else "xdp-native"  # veth in the lab: native XDP
     reason = "requested" if mode == "userspace" else "attached"
@@ -366,7 +373,7 @@ def test_cold_start_recovers_flows_from_redis(world: World) -> None:
     relay.start()  # no --preload: the first packet of the flow takes the slow path
     restart_s = time.monotonic() - down
     wait_for(
-        lambda: relay.metric('icegate_relay_recoveries_total{result="recovered"}') >= 1, 5, what="recovery"
+        lambda: relay.metric('icegate_relay_recoveries_total{result="recovered"}', 0) >= 1, 5, what="recovery"
     )
     time.sleep(0.5)
     stream.stop()
@@ -413,7 +420,7 @@ def test_flushed_flows_come_back_on_their_first_packet(world: World) -> None:
     flushed = relay.icegate("flows", "flush", "--yes", "--name", relay.name)
     assert flushed.startswith("flushed ")
     wait_for(
-        lambda: relay.metric('icegate_relay_recoveries_total{result="recovered"}') >= 1, 5, what="recovery"
+        lambda: relay.metric('icegate_relay_recoveries_total{result="recovered"}', 0) >= 1, 5, what="recovery"
     )
     time.sleep(0.5)
     stream.stop()

@@ -19,16 +19,19 @@ program computed.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import cli
 from controlplane import loader as loader_module
@@ -36,8 +39,10 @@ from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfi
 from controlplane.kernelstore import KernelStore
 from controlplane.layout import BackendState, Stat
 from controlplane.loader import Loader
+from controlplane.metrics import RelayCollector
 from controlplane.store import Backend, RateConfig, TunnelEndpoint, Vip
 from icegate import geneve, inet, netns, stun, token
+from icegate.errors import BpfError
 from icegate.lab.kernel import set_offloads
 from tests.data.packet_builders import check, success
 
@@ -209,6 +214,19 @@ def flow_key(net: Net) -> tuple[bytes, int, int]:
     return inet.addr16(net.client[0]), net.client[1], 0
 
 
+def scrape(store: KernelStore) -> dict[str, float]:
+    """/metrics of a collector over ``store``, parsed by prometheus-client's own parser:
+    ``{'name{label=value,...}': value}``, labels sorted by name."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(store, store, LIMITS))
+    text = generate_latest(registry).decode()
+    return {
+        sample.name + "{" + ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())) + "}": sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def test_stun_then_media_through_xdp(lab: XdpLab) -> None:
     ufrag = token.mint(0, KEY, 1, 1)
     request = check(ufrag)
@@ -228,6 +246,17 @@ def test_stun_then_media_through_xdp(lab: XdpLab) -> None:
     assert flow is not None and (flow.cluster, flow.index) == (1, 1)
     assert (flow.packets_in, flow.packets_out) == (len(MEDIA) + 1, len(MEDIA) + 1)
     assert lab.store.get_pending(flow_key(lab.net)) is None
+    scraped = scrape(lab.store)  # the collector over the kernel's per-CPU counters, as Prometheus sees it
+    assert scraped["icegate_relay_packets_total{reason=flow,verdict=forward}"] == len(MEDIA)
+    assert scraped["icegate_relay_bytes_total{reason=flow,verdict=forward}"] == sum(f for f, _ in sizes)
+    assert scraped["icegate_relay_packets_total{reason=return,verdict=forward}"] == len(MEDIA)
+    assert scraped["icegate_relay_bytes_total{reason=return,verdict=forward}"] == sum(r for _, r in sizes)
+    assert scraped["icegate_relay_packets_total{reason=new_flow,verdict=forward}"] == 1
+    drops = [
+        v for k, v in scraped.items() if k.startswith("icegate_relay_packets_total") and "verdict=drop" in k
+    ]
+    assert drops and not any(drops)  # every drop reason is exported, and none moved
+    assert scraped["icegate_relay_map_entries{map=flows}"] == 1
     with netns.entered(lab.relay_ns):
         maps = loader_module.status(lab.loader.pin_dir)["maps"]
     assert maps["flows"] == {"entries": 1, "capacity": LIMITS.max_flows}
@@ -330,3 +359,40 @@ def test_replacing_the_program_loses_no_packet(lab: XdpLab) -> None:
     fresh.close()
     assert sent > 100 and len(received) == sent  # every packet crossed, old program or new
     assert counters(lab)["FWD_FLOW"][0] == sent
+
+
+def test_auto_falls_back_to_generic_where_native_is_missing(
+    ns_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bridge has no driver XDP: ``auto`` attaches in generic mode and says so;
+    ``native`` asked for explicitly fails with the kernel's reason."""
+    ns = f"{ns_prefix}dummy"
+    netns.create(ns)
+    netns.run(ns, ["ip", "link", "add", "dum0", "type", "bridge"])
+    netns.run(ns, ["ip", "link", "set", "dum0", "up"])
+    config = RelayConfig(
+        name=f"it-{ns_prefix.rstrip('-')}-dummy",
+        vips=(VipConfig("192.0.2.10", 3478),),
+        tunnel=TunnelConfig(address4="10.70.0.1"),
+        interfaces=("dum0",),
+        xdp_mode="native",
+        limits=LIMITS,
+    )
+    loader = Loader(config)
+    loader.load()
+    try:
+        with netns.entered(ns), pytest.raises(BpfError):
+            loader.attach()
+        loader.config = replace(config, xdp_mode="auto")
+        with netns.entered(ns), caplog.at_level(logging.WARNING, logger="controlplane.loader"):
+            assert loader.attach() == {"dum0": "generic"}
+        assert "xdp native mode unavailable on dum0" in caplog.text
+        assert "falling back to generic (skb) mode" in caplog.text
+        with netns.entered(ns):
+            info = loader_module.status(loader.pin_dir)
+        assert [(a["interface"], a["mode"]) for a in info["attached"]] == [("dum0", "generic")]
+    finally:
+        with netns.entered(ns):
+            loader.detach()
+        loader.close()
+        loader.unpin()

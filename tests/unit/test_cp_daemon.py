@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from controlplane import cli
 from controlplane.daemon import JsonFormatter, KeyValueFormatter, build_config
+from tests.support import REPO
 
 GOOD = """
 relay:
@@ -47,6 +50,36 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path: Path) -> None:
     assert (
         result.exit_code == 1 and "relay.interfaces: mode xdp needs at least one interface" in result.output
     )
+    for mode in ("auto", "xdp"):  # a misspelt interface is an error, not a reason to fall back to the twin
+        argv = ["run", "--config", str(path), "--mode", mode, "--interface", "nosuchif0"]
+        result = CliRunner().invoke(cli.relay, argv)
+        assert result.exit_code == 1, result.output
+        assert "relay.interfaces: no interface 'nosuchif0' in this network namespace" in result.output
+
+
+def test_without_bcc_xdp_says_how_to_get_it(tmp_path: Path) -> None:
+    """bcc is a system package, imported only to load the program: without it, ``--mode
+    xdp`` stops with the way to install it (``auto`` runs the twin: test_cp_relay_run)."""
+    path = tmp_path / "relay.yaml"
+    path.write_text(GOOD)
+    no_bcc = "import sys; sys.modules['bcc'] = None; from icegate.cli import main; main()"
+    argv = [
+        sys.executable,
+        "-c",
+        no_bcc,
+        "relay",
+        "run",
+        "--config",
+        str(path),
+        "--mode",
+        "xdp",
+        "--interface",
+        "lo",
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    assert "icegate: bcc is not importable: apt-get install python3-bpfcc" in proc.stderr
+    assert 'the PyPI package named "bcc" is unrelated' in proc.stderr
 
 
 def test_log_formats() -> None:

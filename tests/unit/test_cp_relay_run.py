@@ -176,3 +176,57 @@ def test_relay_run_userspace_restart_preload_and_recovery(
         tx.close()
         client.close()
         r.close()
+
+
+def test_auto_falls_back_to_the_twin_where_xdp_cannot_load(
+    procs: Processes, redis: RedisServer, tmp_path: Path
+) -> None:
+    """``--mode auto`` on a host whose bpffs is not mounted: the twin runs, and the log,
+    the metric and ``relay status`` say why; the operator CLI still reads its maps."""
+    region = f"auto{os.getpid()}"
+    vip_port, tunnel_port, http_port = (
+        free_port(kind=socket.SOCK_DGRAM),
+        free_port(kind=socket.SOCK_DGRAM),
+        free_port(),
+    )
+    tx, client = udp_socket(), udp_socket()
+    r = redis_sync.Redis.from_url(redis.url)
+    r.hset(Keys(region).route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
+    reg = Registration(1, 1, LOCAL, tx.getsockname()[1], "http://tx", "active", 1)
+    r.hset(Keys(region).transceiver(1, 1), mapping=reg.encode())
+    not_bpffs = tmp_path / "bpf"
+    not_bpffs.mkdir()
+    config = tmp_path / "relay.yaml"
+    section = {
+        "name": "autotest",
+        "mode": "auto",
+        "interfaces": ["lo"],
+        "bpffs": str(not_bpffs),
+        "vips": [{"address": LOCAL, "port": vip_port}],
+        "tunnel": {"address4": LOCAL, "port": tunnel_port},
+        "redis": {"url": redis.url, "region": region},
+        "http": {"address": LOCAL, "port": http_port},
+        "sync_interval_s": 0.2,
+    }
+    config.write_text(yaml.safe_dump({"relay": section}))
+    relay = Relay(procs, config, http_port)
+    try:
+        relay.start()
+        assert (
+            metric(http_port, 'icegate_relay_datapath_info{mode="userspace",reason="xdp_unavailable"}') == 1
+        )
+        wait_for(lambda: metric(http_port, 'icegate_relay_backends{state="active"}') == 1, 5, what="sync")
+        client.sendto(binding_request(tokens.mint(0, KEY, 1, 1)), (LOCAL, vip_port))
+        data, _ = tx.recvfrom(4096)
+        assert inet.parse_udp(geneve.decapsulate(data)[1]).payload[:2] == b"\x00\x01"
+        result = CliRunner().invoke(cli.relay, ["status", "--json", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        status = json.loads(result.output)
+        assert (status["mode"], status["reason"]) == ("userspace", "xdp_unavailable")
+        assert f"bpffs is not mounted at {not_bpffs}" in status["detail"]
+        log = relay.stop()
+        assert "datapath mode=userspace reason=xdp_unavailable error=bpffs is not mounted" in log
+    finally:
+        tx.close()
+        client.close()
+        r.close()
