@@ -1,4 +1,4 @@
-"""Restoring flows into the real pinned ``flows`` map: DESIGN B8's "≤20 ms for 10k flows" (root).
+"""Restoring flows into the real pinned ``flows`` map: the target "≤20 ms for 10k flows" (root).
 
     .venv/bin/python -m bench.flow_restore [--flows 10000] [--rounds 20] [--out bench/results]
 
@@ -34,7 +34,7 @@ from icegate.inet import addr16
 from tests.support import pinned_relay
 
 NAME = "flow_restore"
-TARGET_MS = 20.0  # DESIGN.md §9, B8, for 10k flows
+TARGET_MS = 20.0  # target for restoring 10k flows from the flow cache (README: Benchmarks)
 PARTS = ("put_flows, part: packing (pack_flows)", "put_flows, part: batch syscall (update_batch_raw)")
 
 

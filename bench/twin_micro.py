@@ -8,7 +8,7 @@ same two flow hits through ``process_frame`` (whole frames, as the shared vector
 Sockets: the twin in a child process on uvloop, a sender blasting 172-byte RTP-sized
 datagrams at its VIP on loopback and a sink counting the Geneve datagrams that reach
 the "transceiver"; reports delivered pps. Absolute numbers depend on the machine; the
-benchmarks in DESIGN.md §9 compare ratios measured in one run.
+benchmarks compare ratios measured in one run.
 """
 
 from __future__ import annotations

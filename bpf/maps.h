@@ -31,7 +31,7 @@ BPF_TABLE_PINNED("array", __u32, struct route_key, route_keys, MAX_ROUTE_KEYS, P
 BPF_TABLE_PINNED("array", __u32, struct relay_config, config, 1, PIN_DIR "/config");
 
 /* Confirmed flows, and flows waiting for the transceiver's STUN success response: two
- * LRU maps so a flood of first checks can only evict pending entries (DESIGN.md 4). */
+ * LRU maps so a flood of first checks can only evict pending entries (docs/DATAPATH.md §2). */
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_value, flows, MAX_FLOWS, PIN_DIR "/flows");
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_value, pending, MAX_PENDING,
 		 PIN_DIR "/pending");

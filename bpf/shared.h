@@ -58,7 +58,7 @@ enum packet_kind {
 /* ---- Counters: one enum of verdicts and reasons, the index of the per-CPU
  * `counters` array. Prometheus exports each as
  * icegate_relay_packets_total{verdict=..., reason=...}; the Python mirror is
- * icegate.stats.Stat. Append only: renumbering breaks dashboards. ---- */
+ * controlplane.layout.Stat. Append only: renumbering breaks dashboards. ---- */
 enum stat {
 	/* XDP_PASS, not relay traffic */
 	STAT_PASS_NOT_IP = 0,     /* not IPv4/IPv6: ARP, LLDP, ... */

@@ -212,7 +212,7 @@ class KernelStore:
             yield _from_flow_key(key), _from_flow_value(values[0])
 
     def put_flows(self, items: list[tuple[FlowKeyT, Flow]]) -> int:
-        """Many flows in one batch syscall (a cold start restores thousands, DESIGN B8)."""
+        """Many flows in one batch syscall (a cold start restores thousands)."""
         return self.maps["flows"].update_batch_raw(*pack_flows(items))
 
     def flush_flows(self) -> int:

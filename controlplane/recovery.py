@@ -46,7 +46,7 @@ class PreloadReport:
     skipped: int
     redis_s: float  # SCAN + HGETALL of the cached flows
     prepare_s: float  # turning records into map entries
-    map_s: float  # MapStore.put_flows: the map part of DESIGN B8
+    map_s: float  # MapStore.put_flows: the map part of a restore (target: 10k flows in ≤ 20 ms)
 
 
 class Recovery:

@@ -4,7 +4,7 @@
 (no copies, no ``ipaddress``, no dataclasses) and compute Internet checksums with
 ``int.from_bytes(...) % 0xFFFF``: 2**16 == 1 (mod 0xFFFF), so that residue is the
 ones' complement sum of the 16-bit big-endian words, summed in C. The results equal
-``icegate.inet`` (the reference; ``tests/unit/test_datapath_wire.py`` checks it).
+``icegate.inet`` (the reference; ``tests/unit/test_wire.py`` checks it).
 Addresses are addr16 (``bpf/shared.h``: IPv4 as ``::ffff:a.b.c.d``).
 """
 

@@ -1,4 +1,4 @@
-"""The transceiver <-> voice agent protocol: one WebSocket per session (DESIGN.md §6).
+"""The transceiver <-> voice agent protocol: one WebSocket per session (docs/ARCHITECTURE.md §6).
 
 Binary messages are audio: exactly one frame each, 20 ms of signed 16-bit little-endian
 PCM, 48 kHz, mono (960 samples, 1,920 bytes), in both directions. The transceiver sends

@@ -1,4 +1,4 @@
-"""One UDP socket for every session: Geneve in, Geneve out (DESIGN.md §3, §6).
+"""One UDP socket for every session: Geneve in, Geneve out (docs/ARCHITECTURE.md §5, §6).
 
 Inbound, per datagram on the tunnel port::
 

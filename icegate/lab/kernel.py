@@ -54,7 +54,7 @@ def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
 def set_offloads(ns: str, ifnames: list[tuple[str, bool]]) -> None:
     """Turn tx checksum offload off on every ``ifname`` and GRO on where the flag says so.
 
-    Why (docs/LAB.md, NOTES): a packet the XDP program rewrites must carry a complete
+    Why (docs/LAB.md, "Why these settings"): a packet the XDP program rewrites must carry a complete
     checksum, which veth leaves to "offload" (CHECKSUM_PARTIAL) unless tx offload is off;
     and a frame sent with XDP_TX or redirected into a veth is delivered only when the
     peer has GRO on (or an XDP program of its own).

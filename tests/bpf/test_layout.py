@@ -3,7 +3,7 @@
 Two witnesses: the ctypes Key/Leaf classes bcc generated for the maps of the loaded
 program, and a small C program compiled with gcc that prints every struct's size, every
 field's offset and size, every enum value and limit. A change on one side that is not
-made on the other fails here (STYLE.md: one source of truth for every wire layout).
+made on the other fails here (one source of truth for every wire layout: bpf/shared.h).
 """
 
 from __future__ import annotations

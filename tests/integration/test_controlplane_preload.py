@@ -1,7 +1,7 @@
 """Cold start with ``--preload``: 10k cached flows from Redis into the real pinned ``flows`` map.
 
 Every flow arrives, with its backend and tag. How fast is ``bench.flow_restore``'s
-question (DESIGN B8: at most 20 ms for the map part), not this test's.
+question (at most 20 ms for the map part), not this test's.
 """
 
 from __future__ import annotations

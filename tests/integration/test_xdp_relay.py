@@ -130,7 +130,7 @@ def build_namespaces(prefix: str, net: Net) -> tuple[str, str, str]:
     netns.neighbour(relay, "priv0", net.transceiver[0], MACS["tx0"])
     netns.neighbour(tx, "tx0", net.tunnel, MACS["priv0"])
     # Complete checksums from the senders; GRO on the receivers, so that frames the
-    # program redirects into a veth are delivered in native mode (NOTES.md).
+    # program redirects into a veth are delivered in native mode (docs/LAB.md, "Why these settings").
     set_offloads(client, [("cli0", True)])
     set_offloads(tx, [("tx0", True)])
     return client, relay, tx
