@@ -191,6 +191,11 @@ class MediaBridge:
 
     def _barge_in(self) -> Event:
         cut = self._receiving if self._receiving is not None else self._playing
+        if cut is None:  # the whole answer has arrived, but its first frame has not been played yet
+            for item in self._playout:
+                if isinstance(item, Event) and item.type is EventType.RESPONSE_STARTED:
+                    cut = item.get("response")
+                    break
         self._playout.clear()
         self._queued = 0
         if self._receiving is not None:

@@ -18,6 +18,7 @@ VIP1 = ("192.0.2.10", 3478)
 VIP2 = ("192.0.2.20", 3478)
 CLIENT = ("100.64.1.2", 40000)
 UFRAG = "EAABAAdKXVR3FruGuX+P0BJ/"
+UFRAG_B = "BAABAAdKXVR3FruGuX+P0BJ/"
 
 
 class Recorder:
@@ -31,9 +32,13 @@ class Recorder:
 class RelaySide:
     """A plain UDP socket standing where the relay's tunnel endpoint would be (it forwards nothing)."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         self.addr: Addr = self.sock.getsockname()
 
@@ -67,6 +72,16 @@ def packet(src: Addr, dst: Addr, payload: bytes, *, checksum: bool = True) -> by
     return inet.build_udp(src[0], src[1], dst[0], dst[1], payload, with_checksum=checksum)
 
 
+def assert_complete(raw: bytes, inner: inet.UdpPacket) -> None:
+    """The relay forwards the inner packet untouched: its IPv4 and UDP checksums must verify."""
+    segment = raw[inner.header_len :]
+    (stored,) = struct.unpack_from("!H", segment, 6)
+    zeroed = segment[:6] + b"\x00\x00" + segment[8:]
+    src, dst = inet.packed_address(inner.src), inet.packed_address(inner.dst)
+    assert stored == inet.udp_checksum(src, dst, zeroed)
+    assert inet.checksum(raw[: inner.header_len]) == 0
+
+
 Scenario = Callable[[TunnelMux, Addr, RelaySide], Awaitable[None]]
 
 
@@ -81,6 +96,35 @@ def run(scenario: Scenario, *, hold_packets: int = 4, hold_s: float = 1.0) -> Tu
         finally:
             mux.close()
             relay.sock.close()
+        return mux
+
+    return asyncio.run(main())
+
+
+RelaysScenario = Callable[[TunnelMux, Addr, list[RelaySide]], Awaitable[None]]
+
+
+def run_relays(scenario: RelaysScenario, hosts: tuple[str, ...] = ("127.0.0.2", "127.0.0.3")) -> TunnelMux:
+    """One relay per host, all on one Geneve port (as in a deployment: 6081 on every relay).
+
+    The mux returns to (outer source address, the VIP's configured tunnel port), so relays
+    are told apart by address; both VIPs name that shared port.
+    """
+
+    async def main() -> TunnelMux:
+        relays = [RelaySide(hosts[0])]
+        try:
+            port = relays[0].addr[1]
+            relays += [RelaySide(host, port) for host in hosts[1:]]
+            mux = TunnelMux(VNI, [Vip(*VIP1, port), Vip(*VIP2, port)], hold_packets=4, hold_s=1.0)
+            bound = await mux.bind("127.0.0.1", 0)
+            try:
+                await scenario(mux, bound, relays)
+            finally:
+                mux.close()
+        finally:
+            for relay in relays:
+                relay.sock.close()
         return mux
 
     return asyncio.run(main())
@@ -125,13 +169,7 @@ def test_return_is_geneve_to_the_relay_with_a_complete_inner_packet() -> None:
         assert header.vni == VNI and header.protocol == geneve.PROTO_IPV4 and not header.options
         assert (inner.src, inner.sport, inner.dst, inner.dport) == (*VIP1, *CLIENT)
         assert inner.payload == payload
-        # The relay forwards the inner packet untouched: its UDP checksum must verify.
-        segment = raw[inner.header_len :]
-        (stored,) = struct.unpack_from("!H", segment, 6)
-        zeroed = segment[:6] + b"\x00\x00" + segment[8:]
-        src, dst = inet.packed_address(inner.src), inet.packed_address(inner.dst)
-        assert stored == inet.udp_checksum(src, dst, zeroed)
-        assert inet.checksum(raw[: inner.header_len]) == 0  # IPv4 header checksum verifies
+        assert_complete(raw, inner)
 
     mux = run(scenario)
     assert mux.counters["out", "sent"] == 1
@@ -283,3 +321,86 @@ def test_ipv6_inner_packets() -> None:
             relay.sock.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("vip_b", [VIP1, VIP2], ids=["same_vip", "other_vip"])
+def test_each_session_returns_through_the_relay_it_came_through(vip_b: Addr) -> None:
+    """Two relays; session A is reached through relay 1, session B through relay 2.
+
+    Every packet of each session, held ones included, leaves as Geneve to its own relay:
+    inner VIP:3478 -> client with complete checksums, and nothing reaches the other relay.
+    """
+    client_a, client_b = CLIENT, ("100.64.7.8", 50000)
+
+    async def scenario(mux: TunnelMux, bound: Addr, relays: list[RelaySide]) -> None:
+        relay1, relay2 = relays
+        a, b = mux.open_route(UFRAG), mux.open_route(UFRAG_B)
+        for route in (a, b):
+            route.receivers.update({VIP1: Recorder(), VIP2: Recorder()})
+        # aioice checks the offer's candidates before the client's own check arrives: held.
+        mux.send(a, VIP1, client_a, b"\x00a-held")
+        mux.send(b, vip_b, client_b, b"\x00b-held")
+        relay1.send(packet(client_a, VIP1, binding_request(f"{UFRAG}:a")), bound)
+        relay2.send(packet(client_b, vip_b, binding_request(f"{UFRAG_B}:b")), bound)
+        await settle(lambda: mux.counters["out", "flushed"] == 2)
+        for i in range(3):
+            mux.send(a, VIP1, client_a, b"\x80a" + bytes([i]))
+            mux.send(b, vip_b, client_b, b"\x80b" + bytes([i]))
+        for relay, vip, client, tag in ((relay1, VIP1, client_a, b"a"), (relay2, vip_b, client_b, b"b")):
+            payloads = []
+            for _ in range(4):
+                header, inner, raw = await relay.recv()
+                assert header.vni == VNI and header.protocol == geneve.PROTO_IPV4
+                assert (inner.src, inner.sport, inner.dst, inner.dport) == (*vip, *client)
+                assert_complete(raw, inner)
+                payloads.append(inner.payload)
+            assert payloads == [b"\x00" + tag + b"-held"] + [b"\x80" + tag + bytes([i]) for i in range(3)]
+        await relay1.nothing(0.05)
+        await relay2.nothing(0.05)
+
+    mux = run_relays(scenario)
+    assert mux.counters == {
+        ("in", "delivered"): 2,
+        ("out", "held"): 2,
+        ("out", "flushed"): 2,
+        ("out", "sent"): 8,
+    }
+
+
+def test_returns_follow_the_last_stun_check_even_from_a_relay_never_seen() -> None:
+    """The mux has no list of relays: whoever sends Geneve is one (the relay checked the token).
+
+    A STUN check naming the route (re)binds the flow to its outer source address and the
+    VIP's tunnel port (not the datagram's source port); other packets of a known flow are
+    delivered from any sender but never move its returns.
+    """
+
+    async def scenario(mux: TunnelMux, bound: Addr, relays: list[RelaySide]) -> None:
+        relay1, relay2, relay3 = relays
+        ephemeral = RelaySide(relay3.addr[0])  # relay 3 sending from a port it does not listen on
+        try:
+            rec = Recorder()
+            route = mux.open_route(UFRAG)
+            route.receivers[VIP1] = rec
+            relay1.send(packet(CLIENT, VIP1, binding_request(f"{UFRAG}:a")), bound)
+            await settle(lambda: len(rec.got) == 1)
+            relay2.send(packet(CLIENT, VIP1, dtls_record()), bound)
+            await settle(lambda: len(rec.got) == 2)
+            mux.send(route, VIP1, CLIENT, b"\x80one")
+            assert (await relay1.recv())[1].payload == b"\x80one"
+            await relay2.nothing(0.05)
+            # The client's checks now come through relay 3, which nothing has named before.
+            ephemeral.send(packet(CLIENT, VIP1, binding_request(f"{UFRAG}:a")), bound)
+            await settle(lambda: len(rec.got) == 3)
+            mux.send(route, VIP1, CLIENT, b"\x80two")
+            _, inner, raw = await relay3.recv()
+            assert inner.payload == b"\x80two" and (inner.dst, inner.dport) == CLIENT
+            assert_complete(raw, inner)
+            for other in (relay1, relay2, ephemeral):
+                await other.nothing(0.05)
+            assert mux.flows == 1
+        finally:
+            ephemeral.sock.close()
+
+    mux = run_relays(scenario, hosts=("127.0.0.2", "127.0.0.3", "127.0.0.4"))
+    assert mux.counters == {("in", "delivered"): 3, ("out", "sent"): 2}
