@@ -296,10 +296,14 @@ def _pairs(item: dict[str, Any]) -> str:
 
 @relay.command("detach")
 @target_options
+@json_option
 @click.pass_context
-def relay_detach(ctx: click.Context, target: Target) -> None:
+def relay_detach(ctx: click.Context, target: Target, as_json: bool) -> None:
     """Detach the XDP program and remove the pinned maps (flows are lost)."""
     removed = _env(ctx).detach(target)
+    if as_json:
+        click.echo(views.dump_json({"relay": target.name, "removed": removed}))
+        return
     click.echo(f"relay {target.name} detached; removed: {', '.join(removed) if removed else 'nothing'}")
 
 
@@ -369,14 +373,18 @@ def flows_show(ctx: click.Context, target: Target, as_json: bool, client: str) -
 
 @flows.command("flush")
 @target_options
+@json_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
-def flows_flush(ctx: click.Context, target: Target, yes: bool) -> None:
+def flows_flush(ctx: click.Context, target: Target, as_json: bool, yes: bool) -> None:
     """Delete every flow (live sessions recover from Redis or their next consent check)."""
     maps = _env(ctx).open_maps(target)
     if not yes:
         click.confirm(f"Delete every flow of relay {target.name}?", abort=True)
-    click.echo(f"flushed {maps.flush_flows()} flows")
+    flushed = maps.flush_flows()
+    click.echo(
+        views.dump_json({"relay": target.name, "flushed": flushed}) if as_json else f"flushed {flushed} flows"
+    )
 
 
 # ---------------------------------------------------------------- backends
@@ -414,8 +422,9 @@ def backends_ls(ctx: click.Context, target: Target, as_json: bool) -> None:
 
 @backends.command("drain")
 @target_options
+@json_option
 @click.argument("backend")
-def backends_drain(target: Target, backend: str) -> None:
+def backends_drain(target: Target, as_json: bool, backend: str) -> None:
     """Ask transceiver CLUSTER:INDEX to drain (via its registration in Redis).
 
     The transceiver sees ``state = draining`` at its next heartbeat: it stops minting
@@ -430,6 +439,9 @@ def backends_drain(target: Target, backend: str) -> None:
         raise click.ClickException(
             f"transceiver {cluster}:{index} is not registered in region {target.redis.region}"
         )
+    if as_json:
+        click.echo(views.dump_json({"backend": f"{cluster}:{index}", "state": state}))
+        return
     click.echo(f"transceiver {cluster}:{index} {state}")
 
 
@@ -457,7 +469,10 @@ def _key_arg(key_hex: str | None) -> bytes | None:
 @click.option("--index", type=click.IntRange(0, 0xFFFF), required=True)
 @click.option("--key-hex", help="Route key (32 hex digits) instead of Redis's current key.")
 @click.option("--key-id", type=click.IntRange(0, 15), default=0, show_default=True, help="With --key-hex.")
-def token_mint(target: Target, cluster: int, index: int, key_hex: str | None, key_id: int) -> None:
+@json_option
+def token_mint(
+    target: Target, cluster: int, index: int, key_hex: str | None, key_id: int, as_json: bool
+) -> None:
     """Print a fresh ufrag that routes to transceiver CLUSTER:INDEX."""
     key = _key_arg(key_hex)
     if key is None:
@@ -465,7 +480,11 @@ def token_mint(target: Target, cluster: int, index: int, key_hex: str | None, ke
         if keys is None:
             raise click.ClickException("no route keys in Redis: run `icegate token init`")
         key_id, key = keys.current, keys.keys[keys.current]
-    click.echo(tokens.mint(key_id, key, cluster, index))
+    ufrag = tokens.mint(key_id, key, cluster, index)
+    if as_json:
+        click.echo(views.dump_json({"ufrag": ufrag, "cluster": cluster, "index": index, "key_id": key_id}))
+        return
+    click.echo(ufrag)
 
 
 @token.command("decode")
@@ -549,26 +568,36 @@ def _rotate(grace_s: float) -> Callable[[RouteKeySet | None], RouteKeySet]:
     return change
 
 
+def _key_set_view(keys: RouteKeySet) -> dict[str, Any]:
+    """A route key set without its key material."""
+    until = keys.previous_until if keys.previous is not None else None
+    return {"current": keys.current, "previous": keys.previous, "previous_until": until}
+
+
 @token.command("init")
 @target_options
-def token_init(target: Target) -> None:
+@json_option
+def token_init(target: Target, as_json: bool) -> None:
     """Create the first route key (nothing changes if one exists)."""
 
     def change(current: RouteKeySet | None) -> RouteKeySet:
         return current if current is not None else RouteKeySet({0: tokens.new_key()}, 0)
 
     keys = run_redis(target, lambda store: store.update_route_keys(change))
-    click.echo(f"route keys: current id {keys.current}")
+    click.echo(views.dump_json(_key_set_view(keys)) if as_json else f"route keys: current id {keys.current}")
 
 
 @token.command("rotate")
 @target_options
 @click.option("--grace", type=click.FloatRange(min=0), default=DEFAULT_GRACE_S, show_default=True,
               help="Seconds the previous key stays accepted.")  # fmt: skip
-def token_rotate(target: Target, grace: float) -> None:
+@json_option
+def token_rotate(target: Target, grace: float, as_json: bool) -> None:
     """Make a new current route key; the old one is accepted for --grace seconds."""
     keys = run_redis(target, lambda store: store.update_route_keys(_rotate(grace)))
-    if keys.previous is None:
+    if as_json:
+        click.echo(views.dump_json(_key_set_view(keys)))
+    elif keys.previous is None:
         click.echo(f"route keys: created current id {keys.current}")
     else:
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(keys.previous_until))

@@ -305,10 +305,16 @@ def test_detach_from_the_root_namespace(lab: XdpLab) -> None:
     }
     assert xdp_programs(lab.relay_ns) == {"pub0": prog_id, "priv0": prog_id}
 
-    result = CliRunner().invoke(cli.relay, ["detach", "--name", pin_dir.name])
+    as_json = mode == "generic"  # one run each for the table and the JSON form
+    result = CliRunner().invoke(
+        cli.relay, ["detach", "--name", pin_dir.name, *(["--json"] if as_json else [])]
+    )
     assert result.exit_code == 0, result.output
+    removed = json.loads(result.output)["removed"] if as_json else result.output
     for ifname in ("pub0", "priv0"):
-        assert f"xdp on {ifname} ({mode}) in netns {lab.relay_ns}" in result.output
+        assert f"xdp on {ifname} ({mode}) in netns {lab.relay_ns}" in removed
+    if as_json:
+        assert {"pin flows", "pin prog"} <= set(removed), removed
     assert xdp_programs(lab.relay_ns) == {}
     assert not pin_dir.exists() and not loader_module.attach_record_path(pin_dir).exists()
 

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,6 +148,8 @@ def test_flows_show_and_flush() -> None:
     done = invoke(cli.flows, ["flush", "--yes"], env)
     assert done.exit_code == 0 and done.output == "flushed 4 flows\n"
     assert invoke(cli.flows, ["ls"], env).output == "no confirmed flows\n"
+    again = json.loads(invoke(cli.flows, ["flush", "--yes", "--json", "--name", "edge1"], env).output)
+    assert again == {"relay": "edge1", "flushed": 0}
 
 
 def test_relay_not_running_is_one_clear_line() -> None:
@@ -231,6 +234,11 @@ def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
     drained = invoke(cli.backends, ["drain", "1:1", "--redis-url", redis.url, "--region", name], env)
     assert drained.exit_code == 0 and drained.output == "transceiver 1:1 draining\n"
     assert r.hget(keys.transceiver(1, 1), "state") == b"draining"
+    as_json = invoke(
+        cli.backends, ["drain", "1:3", "--json", "--redis-url", redis.url, "--region", name], env
+    )
+    assert json.loads(as_json.output) == {"backend": "1:3", "state": "draining"}
+    assert r.hget(keys.transceiver(1, 3), "state") == b"draining"
     unknown = invoke(cli.backends, ["drain", "4:4", "--redis-url", redis.url, "--region", name], env)
     assert unknown.exit_code == 1 and "not registered" in unknown.output
     r.close()
@@ -256,6 +264,14 @@ def test_token_init_rotate_mint_decode(redis: RedisServer) -> None:
     decoded = json.loads(invoke(cli.token, ["decode", old_ufrag, "--json", *where], env).output)
     assert (decoded["cluster"], decoded["index"], decoded["key_id"]) == (1, 2, 0)
     assert decoded["mac_valid"] is True and decoded["key_state"] == "previous"
+    minted = json.loads(
+        invoke(cli.token, ["mint", "--cluster", "5", "--index", "6", "--json", *where], env).output
+    )
+    assert (minted["cluster"], minted["index"], minted["key_id"]) == (5, 6, 1)
+    assert tokens.verify(minted["ufrag"], second.keys).cluster == 5
+    again = json.loads(invoke(cli.token, ["rotate", "--grace", "5", "--json", *where], env).output)
+    assert (again["current"], again["previous"]) == (2, 1) and again["previous_until"] > time.time()
+    assert json.loads(invoke(cli.token, ["init", "--json", *where], env).output)["current"] == 2
     new_ufrag = invoke(cli.token, ["mint", "--cluster", "3", "--index", "4", *where], env).output.strip()
     text = invoke(cli.token, ["decode", f"{new_ufrag}:clientufrag", *where], env).output
     assert "key_state:  current" in text and "mac_valid:  True" in text and "cluster:    3" in text
