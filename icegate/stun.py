@@ -21,6 +21,8 @@ Rules for a UDP payload whose first byte is 0-3 (RFC 7983 STUN range):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 
 from icegate.rfc7983 import PacketKind, classify
@@ -34,6 +36,8 @@ BINDING_SUCCESS = 0x0101
 BINDING_ERROR = 0x0111
 BINDING_INDICATION = 0x0011
 ATTR_USERNAME = 0x0006
+ATTR_MESSAGE_INTEGRITY = 0x0008
+INTEGRITY_LEN = 20  # HMAC-SHA1
 MAX_STUN_ATTRS = 16  # attributes walked looking for USERNAME; stacks put it first or second
 MAX_USERNAME_LEN = 508  # RFC 8489 §14.3: fewer than 509 bytes
 MAX_UFRAG_LEN = 32  # longest ufrag we look for ':' in; tokens are 24
@@ -123,3 +127,33 @@ def local_ufrag(payload: bytes) -> bytes | None:
         return None
     ufrag, colon, _ = username.partition(b":")
     return ufrag if colon else None
+
+
+def integrity_ok(payload: bytes, key: bytes) -> bool:
+    """True when ``payload`` carries a MESSAGE-INTEGRITY (RFC 8489 §14.5) that verifies
+    with the short-term credential ``key`` (the receiver's ICE password).
+
+    The HMAC-SHA1 covers the header, with its length field counting up to the end of
+    MESSAGE-INTEGRITY (FINGERPRINT after it is left out), and every attribute before it.
+    """
+    try:
+        message_type(payload)
+    except StunReject:
+        return False
+    offset = HEADER_LEN
+    for _ in range(MAX_STUN_ATTRS):
+        if offset + ATTR_HEADER_LEN > len(payload):
+            return False
+        attr_type, attr_len = _ATTR.unpack_from(payload, offset)
+        value_start = offset + ATTR_HEADER_LEN
+        if value_start + attr_len > len(payload):
+            return False
+        if attr_type == ATTR_MESSAGE_INTEGRITY:
+            if attr_len != INTEGRITY_LEN:
+                return False
+            length = (value_start + INTEGRITY_LEN - HEADER_LEN).to_bytes(2, "big")
+            signed = payload[:2] + length + payload[4:offset]
+            expected = hmac.new(key, signed, hashlib.sha1).digest()
+            return hmac.compare_digest(expected, payload[value_start : value_start + INTEGRITY_LEN])
+        offset = value_start + attr_len + (-attr_len % 4)
+    return False

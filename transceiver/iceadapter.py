@@ -110,7 +110,7 @@ def bind_connection(connection: Connection, ufrag: str, mux: TunnelMux, vips: Se
     if connection._local_candidates_start:
         raise RuntimeError("the ICE connection has gathered already: bind before createAnswer()")
     validate_username(ufrag)
-    route = mux.open_route(ufrag)
+    route = mux.open_route(ufrag, connection.local_password)
     connection._local_username = ufrag
     for rank, vip in enumerate(vips):
         protocol = MuxProtocol(connection)

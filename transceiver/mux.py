@@ -5,7 +5,9 @@ Inbound, per datagram on the tunnel port::
     Geneve decap (icegate.geneve) -> inner IP/UDP (icegate.inet.parse_udp)
     -> destination must be a configured VIP                       else "not_vip"
     -> STUN carrying USERNAME: the route whose local ufrag is the part before ':'
-       (learns the flow (client, VIP) -> route, relay)            else "unknown_ufrag"
+                                                                   else "unknown_ufrag"
+       whose MESSAGE-INTEGRITY verifies with that route's ICE password  else "bad_integrity"
+       (learns the flow (client, VIP) -> route, relay)
     -> anything else: the route of flow (client, VIP)             else "no_flow"
     -> that route's receiver for the VIP                           "delivered"
 
@@ -22,8 +24,9 @@ checks to the candidates in the client's offer before the client's own first che
 reached us; holding them saves one STUN retransmission timeout on set-up.
 
 A *route* is one ICE agent's local ufrag and its receivers, one per VIP
-(:mod:`transceiver.iceadapter` makes them). The mux never interprets STUN beyond finding
-USERNAME (``icegate.stun.local_ufrag``); aioice does the rest.
+(:mod:`transceiver.iceadapter` makes them). The mux reads no more of STUN than USERNAME
+and MESSAGE-INTEGRITY (``icegate.stun``): only an authentic check may move a flow (and so
+where its returns go); aioice does the rest.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Protocol, cast
 from icegate import geneve, inet
 from icegate.errors import WireError
 from icegate.rfc7983 import PacketKind, classify
-from icegate.stun import local_ufrag
+from icegate.stun import integrity_ok, local_ufrag
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class Route:
     """One ICE agent: its local ufrag, one receiver per VIP, the flows learned, held packets."""
 
     ufrag: bytes
+    password: bytes | None = None  # the local ICE password: checks must carry its MESSAGE-INTEGRITY
     receivers: dict[Addr, Receiver] = field(default_factory=dict)
     flows: set[FlowKey] = field(default_factory=set)
     held: deque[tuple[float, FlowKey, bytes]] = field(default_factory=deque)
@@ -140,11 +144,13 @@ class TunnelMux(asyncio.DatagramProtocol):
 
     # -- routes ----------------------------------------------------------------------
 
-    def open_route(self, ufrag: str) -> Route:
+    def open_route(self, ufrag: str, password: str | None = None) -> Route:
+        """Route checks for ``ufrag`` (and the flows they name) to a new route. With
+        ``password``, a check must verify with it before it moves a flow."""
         key = ufrag.encode("ascii")
         if key in self._routes:
             raise ValueError(f"ufrag {ufrag} is already routed")
-        route = Route(key)
+        route = Route(key, None if password is None else password.encode())
         self._routes[key] = route
         return route
 
@@ -182,6 +188,9 @@ class TunnelMux(asyncio.DatagramProtocol):
             if route is None:
                 self.counters["in", "unknown_ufrag"] += 1
                 return
+            if route.password is not None and not integrity_ok(payload, route.password):
+                self.counters["in", "bad_integrity"] += 1  # aioice would discard it too
+                return
             self._learn(key, route, (str(addr[0]), self.vips[vip].tunnel_port))
         else:
             flow = self._flows.get(key)
@@ -197,12 +206,9 @@ class TunnelMux(asyncio.DatagramProtocol):
         receiver.datagram_received(payload, client)
 
     def _learn(self, key: FlowKey, route: Route, relay: Addr) -> None:
-        """Bind (client, VIP) to the route its check named; the relay already verified the token.
-
-        The check itself is not authenticated here (aioice does that next): a forged one can
-        only point that client address's later packets at the session the forger named,
-        which the relay's flow (keyed the same way) would carry to this transceiver anyway.
-        """
+        """Bind (client, VIP) to the route an authentic check named, and its returns to the
+        relay it came through (the relay verified the token; the mux, the check's integrity:
+        without the session's ICE password nobody can move its flow or redirect its returns)."""
         flow = self._flows.get(key)
         if flow is not None and flow.route is route:
             flow.relay = relay  # the client may now come through another relay behind the VIP

@@ -404,3 +404,38 @@ def test_returns_follow_the_last_stun_check_even_from_a_relay_never_seen() -> No
 
     mux = run_relays(scenario, hosts=("127.0.0.2", "127.0.0.3", "127.0.0.4"))
     assert mux.counters == {("in", "delivered"): 3, ("out", "sent"): 2}
+
+
+def signed_request(username: str, password: str) -> bytes:
+    msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    msg.attributes["USERNAME"] = username
+    msg.attributes["PRIORITY"] = 1
+    msg.add_message_integrity(password.encode())
+    msg.add_fingerprint()
+    return bytes(msg)
+
+
+def test_only_an_authentic_check_moves_a_flow() -> None:
+    """A route opened with the session's ICE password: a check must verify with it. A
+    forged one (right ufrag, wrong or no integrity), from any sender on the tunnel
+    network, is counted and dropped: it cannot take the flow or redirect its returns."""
+    password = "ice-password-of-22chars"
+
+    async def scenario(mux: TunnelMux, bound: Addr, relays: list[RelaySide]) -> None:
+        relay, forger = relays
+        rec = Recorder()
+        route = mux.open_route(UFRAG, password)
+        route.receivers[VIP1] = rec
+        relay.send(packet(CLIENT, VIP1, signed_request(f"{UFRAG}:a", password)), bound)
+        await settle(lambda: len(rec.got) == 1)
+        forger.send(packet(CLIENT, VIP1, signed_request(f"{UFRAG}:a", "not-the-password-22char")), bound)
+        forger.send(packet(CLIENT, VIP1, binding_request(f"{UFRAG}:a")), bound)
+        forger.send(packet(("100.64.9.9", 9), VIP1, binding_request(f"{UFRAG}:a")), bound)
+        await settle(lambda: mux.counters["in", "bad_integrity"] == 3)
+        mux.send(route, VIP1, CLIENT, b"\x80mine")
+        assert (await relay.recv())[1].payload == b"\x80mine"  # returns stay with the real relay
+        await forger.nothing(0.05)
+        assert len(rec.got) == 1 and mux.flows == 1
+
+    mux = run_relays(scenario)
+    assert mux.counters == {("in", "delivered"): 1, ("in", "bad_integrity"): 3, ("out", "sent"): 1}

@@ -188,3 +188,39 @@ def test_local_ufrag_for_mux() -> None:
     assert stun.local_ufrag(binding_request(b"serverfrag:clnt")) == b"serverfrag"
     assert stun.local_ufrag(binding_request(None)) is None
     assert stun.local_ufrag(b"\x16\xfe\xfd") is None
+
+
+def signed_check(password: bytes, *, fingerprint: bool = True) -> bytes:
+    """A binding request as aioice (aiortc's ICE) signs one."""
+    from aioice import stun as aioice_stun
+
+    msg = aioice_stun.Message(aioice_stun.Method.BINDING, aioice_stun.Class.REQUEST)
+    msg.attributes["USERNAME"] = "EAABAAdKXVR3FruGuX+P0BJ/:abcd"
+    msg.attributes["PRIORITY"] = 1853824767
+    msg.attributes["ICE-CONTROLLING"] = 5
+    msg.attributes["USE-CANDIDATE"] = None
+    msg.add_message_integrity(password)
+    if fingerprint:
+        msg.add_fingerprint()
+    return bytes(msg)
+
+
+@pytest.mark.parametrize("fingerprint", [True, False], ids=["with-fingerprint", "without"])
+def test_message_integrity_of_a_real_stack(fingerprint: bool) -> None:
+    packet = signed_check(b"s3cret-ice-password-22c", fingerprint=fingerprint)
+    assert stun.integrity_ok(packet, b"s3cret-ice-password-22c")
+    assert not stun.integrity_ok(packet, b"another-password-of-22c")
+    flipped = bytearray(packet)
+    flipped[30] ^= 1  # inside USERNAME, which the HMAC covers
+    assert not stun.integrity_ok(bytes(flipped), b"s3cret-ice-password-22c")
+
+
+def test_message_integrity_missing_or_malformed() -> None:
+    key = b"k" * 22
+    assert not stun.integrity_ok(binding_request(b"x" * 24 + b":abcd"), key)  # no MESSAGE-INTEGRITY
+    packet = signed_check(key, fingerprint=False)
+    assert not stun.integrity_ok(packet[:-4], key)  # cut inside the attribute
+    short_mi = packet[:-24] + struct.pack("!HH", stun.ATTR_MESSAGE_INTEGRITY, 16) + packet[-20:-4]
+    relength = short_mi[:2] + struct.pack("!H", len(short_mi) - 20) + short_mi[4:]
+    assert not stun.integrity_ok(relength, key)  # a 16-byte MESSAGE-INTEGRITY is not HMAC-SHA1
+    assert not stun.integrity_ok(b"\x00\x01" + bytes(10), key)  # not even a header
