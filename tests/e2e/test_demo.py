@@ -7,9 +7,11 @@ counters carried the sessions, and that nothing is left behind afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,6 +124,31 @@ def test_keep_leaves_the_lab_for_poking_around(lab_name: str) -> None:
     assert status["state"] == "up"
     running = {p["name"] for p in status["processes"] if p["alive"]}
     assert {"relay", "tx1", "tx2", "agent-tx1", "agent-tx2", "redis"} <= running
+    pids = [p["pid"] for p in status["processes"] if p["alive"]]
+    namespaces = {netns.identity(netns.path(name)) for name in netns.names(f"{lab_name}-")}
     proc = subprocess.run([*ICEGATE, "lab", "down", "--name", lab_name], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert_nothing_left(lab_name)
+    assert [pid for pid in pids if running_pid(pid)] == []
+    assert processes_in(namespaces) == []  # nothing outlived its namespace's name
+
+
+def running_pid(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status is collected by init, which in some
+    sandboxes never does)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def processes_in(namespaces: set[tuple[int, int]]) -> list[int]:
+    """Pids whose network namespace is one of ``namespaces``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if netns.identity(str(entry / "ns" / "net")) in namespaces and running_pid(int(entry.name)):
+                    found.append(int(entry.name))
+    return found
