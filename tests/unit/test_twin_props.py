@@ -5,6 +5,8 @@
   well-formed WebRTC datagram to one of our VIPs; or, on return, a well-formed WebRTC
   datagram from one of our VIPs to a client that has a flow.
 - Nothing raises: ``process_frame``, ``from_client`` and ``from_backend`` take any bytes.
+- Socket mode (what the twin runs) and frame mode (what the vectors and the XDP
+  comparison run) give the same verdict, the same flow-map change and the same bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from controlplane.datapath import Action, Datapath, FrameResult
@@ -24,6 +26,7 @@ from controlplane.nexthop import StaticNextHop
 from controlplane.store import MemoryStore
 from icegate import geneve, inet, stun
 from icegate.rfc7983 import WEBRTC_KINDS, classify
+from tests.data import packet_builders as pb
 from tests.support import load_vector_state
 
 VECTORS = json.loads((Path(__file__).parents[1] / "data" / "packets.json").read_text())
@@ -192,3 +195,94 @@ def test_fixture_frames_cover_every_forward_stat() -> None:
         datapath, _ = fresh()
         stats.add(datapath.process_frame(frame, ingress).stat)
     assert {Stat.FWD_FLOW, Stat.FWD_NEW_FLOW, Stat.FWD_RETURN, Stat.FWD_CONFIRM} <= stats
+
+
+# ---- socket mode agrees with frame mode --------------------------------------------------
+# The twin runs on sockets (from_client/from_backend); the shared vectors and the XDP
+# comparison run frames (process_frame). The same datagram must get the same verdict and
+# the same bytes out both ways, so what is proven for frames holds for the sockets.
+
+NEXT_HOP_ONLY = {
+    Stat.SLOW_NO_NEIGH,
+    Stat.DROP_FIB,
+    Stat.DROP_FRAG_NEEDED,
+}  # sockets leave routing to the kernel
+CLIENTS4 = [pb.C1, pb.C2, ("100.64.7.7", 5004)]
+CLIENTS6 = [pb.C6, ("2001:db8:100::9", 5004)]
+GOOD = [pb.B11, pb.B12, pb.B13, pb.B14, pb.B15, pb.B21]
+payloads = st.one_of(
+    st.binary(max_size=120),
+    st.builds(lambda b, k: pb.check(pb.tok(b, k)), st.sampled_from(GOOD), st.sampled_from([0, 1])),
+    st.builds(lambda first, rest: bytes([first]) + rest, st.integers(0, 255), st.binary(max_size=60)),
+    st.sampled_from([pb.check(pb.T_FORGED), pb.check(pb.T_UNKNOWN_KEY), pb.DTLS, pb.RTP]),
+)
+
+
+def flow_view(store: MemoryStore) -> list[tuple[Any, ...]]:
+    """What a packet changes in the flow maps, without timestamps."""
+    return sorted(
+        (state, key, f.cluster, f.index, f.token_tag, f.packets_in, f.packets_out)
+        for state, items in (("flow", store.flows()), ("pending", store.pending()))
+        for key, f in items
+    )
+
+
+@SETTINGS
+@given(st.booleans(), st.data(), payloads)
+def test_a_client_datagram_is_handled_alike_as_socket_and_frame(v6: bool, data: Any, payload: bytes) -> None:
+    client = data.draw(st.sampled_from(CLIENTS6 if v6 else CLIENTS4))
+    vip = pb.VIP6 if v6 else data.draw(st.sampled_from([pb.VIP4, pb.VIP_ALT]))
+    by_frame, frame_store = fresh()
+    by_socket, socket_store = fresh()
+    frame = pb.from_client(inet.build_udp(client[0], client[1], vip[0], vip[1], payload))
+    fr = by_frame.process_frame(frame, "public")
+    sr = by_socket.from_client(client[0], client[1], vip[0], vip[1], payload)
+    event(fr.stat.name)
+    if fr.stat in NEXT_HOP_ONLY:
+        return
+    assert fr.stat == sr.stat
+    assert flow_view(frame_store) == flow_view(socket_store)
+    if fr.output is None:
+        assert sr.data is None
+        return
+    outer = inet.parse_udp(fr.output)
+    assert sr.addr == (outer.dst, outer.dport) and sr.data == outer.payload
+
+
+@SETTINGS
+@given(
+    st.sampled_from([b.address for b in pb.BACKENDS] + ["10.70.0.77"]),
+    st.sampled_from([(pb.VIP4, pb.C1), (pb.VIP4, pb.C2), (pb.VIP6, pb.C6), (pb.VIP_ALT, pb.C1)]),
+    st.integers(0, 7),
+    st.one_of(
+        st.binary(max_size=80),
+        st.sampled_from([pb.DTLS, pb.RTP, pb.success(pb.C1), pb.success(pb.C6)]),
+        st.builds(lambda first, rest: bytes([first]) + rest, st.integers(0, 255), st.binary(max_size=60)),
+    ),
+    st.randoms(use_true_random=False),
+    st.integers(0, 3),
+)
+def test_a_geneve_return_is_handled_alike_as_socket_and_frame(
+    sender: str,
+    ends: tuple[tuple[str, int, int], tuple[str, int]],
+    vni: int,
+    payload: bytes,
+    rnd: random.Random,
+    edits: int,
+) -> None:
+    vip, client = ends
+    datagram = mutate(geneve.encapsulate(pb.reply(vip, client, payload), vni), rnd, edits)
+    by_frame, frame_store = fresh()
+    by_socket, socket_store = fresh()
+    fr = by_frame.process_frame(pb.from_backend(sender, datagram), "private")
+    sr = by_socket.from_backend(sender, datagram)
+    event(fr.stat.name)
+    if fr.stat in NEXT_HOP_ONLY:
+        return
+    assert fr.stat == sr.stat
+    assert flow_view(frame_store) == flow_view(socket_store)
+    if fr.output is None:
+        assert sr.data is None
+        return
+    inner = inet.parse_udp(fr.output)
+    assert sr.addr == (inner.dst, inner.dport) and sr.data == inner.payload
