@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import pytest
 import redis as redis_sync
 import yaml
 from aioice import stun as aioice_stun
+from prometheus_client.parser import text_string_to_metric_families
 
 from icegate import geneve, inet, netns
 from icegate.lab import Lab, LabConfig, TransceiverSettings
@@ -41,6 +44,10 @@ VIPS = ("192.0.2.10", "192.0.2.20")  # primary, backup
 AGENT_PORT = 8090
 RELAY_HTTP = "http://127.0.0.1:9610"
 TONE_HZ = 660.0
+# tx2 drains with a short deadline: in test_sigterm_drains_... its session outlives it.
+DRAIN_DEADLINE_S = 4.0
+GOODBYE_PACKETS = 3  # a closing aiortc peer sends RTCP BYE, SCTP ABORT, DTLS close_notify
+STUN_PACKETS = 12  # ICE checks, responses and retransmissions in a few seconds of session
 
 
 def http_get_in(namespace: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -78,6 +85,7 @@ class World:
     lab: Lab
     mode: str
     relay: subprocess.Popen[Any]
+    relay_config: Path
     tx: dict[int, Transceiver] = field(default_factory=dict)
 
     def client_ns(self, name: str = "c1") -> str:
@@ -85,6 +93,13 @@ class World:
 
     def relay_metrics(self) -> str:
         return http_get_in(self.lab.namespace("relay"), f"{RELAY_HTTP}/metrics")[1]
+
+    def relay_cli(self, *argv: str) -> Any:
+        """An operator command against this relay (its maps, its Redis), ``--json`` output parsed."""
+        out = netns.run(
+            self.lab.namespace("relay"), [*ICEGATE, *argv, "--json", "--config", str(self.relay_config)]
+        )
+        return json.loads(out)
 
 
 def start(procs: Processes, namespace: str, argv: list[str], log: Path) -> subprocess.Popen[Any]:
@@ -117,7 +132,7 @@ def world(
         relay = start(
             procs, lab.namespace("relay"), ["-v", "relay", "run", "--config", str(relay_cfg)], relay_log
         )
-        world = World(lab, request.param, relay)
+        world = World(lab, request.param, relay, relay_cfg)
         for settings, kind in zip(lab.transceivers(), ("echo", "tone"), strict=True):
             agent_log = tmp_path / f"agent-{settings.name}.log"
             agent_argv = ["agent", "run", "--kind", kind, "--listen", f"127.0.0.1:{AGENT_PORT}"]
@@ -128,6 +143,8 @@ def world(
                 "connect_timeout_s": 4.0,
                 "stats_interval_s": 1.0,
             }
+            if settings.index == 2:
+                section["drain_deadline_s"] = DRAIN_DEADLINE_S
             section["relays"][0]["priority"] = 1  # the first VIP is the primary
             config = tmp_path / f"{settings.name}.yaml"
             config.write_text(yaml.safe_dump({"transceiver": section}))
@@ -160,10 +177,13 @@ def world(
 
 
 def test_echo_round_trip_through_the_relay(world: World) -> None:
-    """A 440 Hz utterance comes back as 440 Hz, with the turn events on the data channel."""
+    """A 440 Hz utterance comes back as 440 Hz, with the turn events on the data channel, and
+    every packet of the session went through the relay's flow (counted at both ends too)."""
     tx = world.tx[1]
+    client_ns = world.client_ns()
+    udp_before = udp_counters(client_ns)
 
-    async def session() -> VoiceClient:
+    async def session() -> tuple[VoiceClient, str, dict[str, int]]:
         client = VoiceClient(tx.url)
         async with aiohttp.ClientSession() as http:
             await client.connect(http)
@@ -171,10 +191,12 @@ def test_echo_round_trip_through_the_relay(world: World) -> None:
             client.mic.play(np.concatenate([tone(440.0, 600), silence(100)]))
             await client.wait_event("response_done", timeout=10)
             await asyncio.sleep(0.3)
+            [local] = client.addresses()["local"]
             await client.hangup(http)
-        return client
+            transport = await transport_stats(client)
+        return client, local, transport
 
-    client = run_in_namespace(world.client_ns(), session)
+    client, local, transport = run_in_namespace(client_ns, session)
     assert client.event_types() == ["speech_started", "speech_stopped", "response_started", "response_done"]
     assert client.answer is not None
     assert [line.split()[4] for line in client.answer.splitlines() if line.startswith("a=candidate")][
@@ -195,6 +217,75 @@ def test_echo_round_trip_through_the_relay(world: World) -> None:
     # aioice's first checks went to the client's offered host candidate before the client's own
     # check had made the relay's flow: they were held and flushed, not lost to a retransmission.
     assert metric(text, 'icegate_transceiver_mux_packets_total{direction="out",result="flushed"}') >= 1
+
+    assert_only_the_relay_carried(world, tx, local, udp_before, transport)
+
+
+def assert_only_the_relay_carried(
+    world: World, tx: Transceiver, local: str, udp_before: dict[str, int], transport: dict[str, int]
+) -> None:
+    """Every datagram of the finished session went client -> relay flow -> tunnel -> transceiver, and back.
+
+    Four independent counts of the same packets: the client namespace's UDP MIB (all the
+    client sent and received: its only UDP peer is the VIP), the relay's flows for the
+    client's address, the transceiver's mux (every Geneve datagram) and aiortc's own
+    transport. The first three must agree exactly, with no slack: the relay counts a flow
+    from its first check (a pending flow's counters move into the confirmed one), and they
+    are read after both ends closed, polled until the last packets in flight have landed.
+    A packet that went around the relay, or that it forwarded without counting, makes
+    them differ. Only aiortc's count needs slack, for the STUN it does not count.
+    """
+    address, port = local.rsplit(":", 1)
+    rows: list[dict[str, Any]] = []
+
+    def counts() -> dict[str, int]:
+        udp = {k: v - udp_before.get(k, 0) for k, v in udp_counters(world.client_ns()).items()}
+        mux = mux_counters(tx.metrics())
+        rows[:] = world.relay_cli("flows", "show", address)
+        return {
+            "client_sent": udp["OutDatagrams"],
+            # NoPorts: arrived after the client closed its socket, still delivered through the relay.
+            "client_received": udp["InDatagrams"] + udp["NoPorts"] + udp["InErrors"],
+            "relay_in": sum(f["packets_in"] for f in rows),
+            "relay_out": sum(f["packets_out"] for f in rows),
+            "mux_in": sum(n for (direction, _), n in mux.items() if direction == "in"),
+            "mux_delivered": mux.get(("in", "delivered"), 0),
+            "mux_sent": mux.get(("out", "sent"), 0),
+        }
+
+    def agree(c: dict[str, int]) -> bool:
+        return (
+            c["client_sent"] == c["relay_in"] == c["mux_in"]
+            and c["mux_sent"] == c["relay_out"] == c["client_received"]
+        )
+
+    seen: list[dict[str, int]] = []
+
+    def settled() -> bool:
+        seen.append(counts())
+        return agree(seen[-1])
+
+    try:
+        wait_for(settled, 3, 0.2, "the counts to agree")
+    except AssertionError:
+        raise AssertionError(
+            f"the client's, the relay's and the transceiver's counts differ: {seen[-1]}"
+        ) from None
+    c = seen[-1]
+    assert c["relay_in"] > 100 and c["relay_out"] > 100, c
+    # The flows are the client's real address (its one host candidate), to tx1, on the VIPs.
+    assert {(r["client_port"], r["backend"]) for r in rows} == {(int(port), "1:1")}, rows
+    assert {r["vip"] for r in rows} <= set(VIPS) and "confirmed" in {r["state"] for r in rows}, rows
+    mux = mux_counters(tx.metrics())
+    assert {result for direction, result in mux if direction == "in"} <= {"delivered", "no_flow"}, mux
+    # no_flow: the client's goodbye may cross the DELETE that already closed the session's
+    # route; nothing else may miss a session (unknown_ufrag, not_vip, malformed: none).
+    assert c["mux_in"] - c["mux_delivered"] <= GOODBYE_PACKETS, mux
+    # aiortc counts DTLS, SRTP and SRTCP; the rest of what the relay carried is ICE's STUN
+    # (a check and its response each way here, consent only every ~5 s): a few packets, never
+    # fewer than one each way (the client's check made the flow; the transceiver answered it).
+    assert 1 <= c["relay_in"] - transport["sent"] <= STUN_PACKETS, (c, transport)
+    assert 1 <= c["relay_out"] - transport["received"] <= STUN_PACKETS, (c, transport)
 
 
 def test_tone_agent_answers_each_turn(world: World) -> None:
@@ -273,6 +364,43 @@ def test_many_sessions_share_one_socket(world: World) -> None:
     assert udp_sockets(tx) == 1
     text = tx.metrics()
     assert metric(text, 'icegate_transceiver_sessions_total{outcome="completed"}') == 2 * per_client_ns
+
+
+def registration_state(lab: Lab, index: int) -> str | None:
+    """``state`` of transceiver ``index``'s registration in Redis; None when there is none."""
+    with netns.entered(lab.namespace("dc")):
+        r = redis_sync.Redis.from_url(lab.redis_url)
+        try:
+            state = r.hget(Keys(lab.config.region).transceiver(lab.config.cluster, index), "state")
+        finally:
+            r.close()
+    return state.decode() if isinstance(state, bytes) else state
+
+
+def udp_counters(namespace: str) -> dict[str, int]:
+    """The UDP MIB of a namespace (``/proc/net/snmp``, lines ``Udp:``): datagrams in, out, errors."""
+    names, values = (
+        line.split()[1:]
+        for line in netns.run(namespace, ["cat", "/proc/net/snmp"]).splitlines()
+        if line.startswith("Udp:")
+    )
+    return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+
+def mux_counters(metrics_text: str) -> dict[tuple[str, str], int]:
+    """``icegate_transceiver_mux_packets_total`` by (direction, result)."""
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "icegate_transceiver_mux_packets":
+            return {(s.labels["direction"], s.labels["result"]): int(s.value) for s in family.samples}
+    return {}
+
+
+async def transport_stats(client: VoiceClient) -> dict[str, int]:
+    """Packets of the client's DTLS transport (aiortc's RTCTransportStats: DTLS, SRTP, SRTCP; no STUN)."""
+    for stats in (await client.pc.getStats()).values():
+        if stats.type == "transport":
+            return {"sent": stats.packetsSent, "received": stats.packetsReceived}
+    raise AssertionError("the client has no transport stats")
 
 
 def udp_sockets(tx: Transceiver) -> int:
@@ -354,16 +482,6 @@ def test_drain_refuses_new_sessions_keeps_live_ones_and_exits(world: World) -> N
     """`icegate backends drain` flips the registration; the transceiver drains and exits when idle."""
     tx = world.tx[1]
     lab = world.lab
-    region_keys = Keys(lab.config.region)
-
-    def registration_state() -> str | None:
-        with netns.entered(lab.namespace("dc")):
-            r = redis_sync.Redis.from_url(lab.redis_url)
-            try:
-                state = r.hget(region_keys.transceiver(lab.config.cluster, 1), "state")
-            finally:
-                r.close()
-        return None if state is None else state.decode()
 
     async def session() -> VoiceClient:
         client = VoiceClient(tx.url)
@@ -389,9 +507,91 @@ def test_drain_refuses_new_sessions_keeps_live_ones_and_exits(world: World) -> N
 
     run_in_namespace(world.client_ns(), session)
     assert tx.proc.wait(10) == 0, "the drained transceiver did not exit on its own"
-    assert registration_state() is None  # deregistered on the way out
+    assert registration_state(lab, 1) is None  # deregistered on the way out
     wait_for(
         lambda: metric(world.relay_metrics(), 'icegate_relay_backends{state="active"}') == 1,
         10,
         what="the relay to drop the drained backend",
     )
+
+
+def test_sigterm_drains_until_the_last_session_ends_or_the_deadline(world: World) -> None:
+    """SIGTERM: new offers get 503, live sessions go on, the registration and the relay's
+    backends map say draining. tx1 exits 0 once its client hangs up; tx2 (drain deadline
+    DRAIN_DEADLINE_S) exits 0 at its deadline, closing the session that outlived it."""
+    lab = world.lab
+    tx1, tx2 = world.tx[1], world.tx[2]
+    draining, gone = ("draining", "draining"), ("dead", None)
+
+    def states() -> dict[int, tuple[str | None, str | None]]:
+        """Per transceiver index: (its state in the relay's backends map, in its Redis registration)."""
+        rows = world.relay_cli("backends", "ls")
+        return {row["index"]: (row["map_state"], row["redis_state"]) for row in rows}
+
+    def exit_of(proc: subprocess.Popen[Any]) -> tuple[int | None, float, str | None]:
+        """Exit code (None: still running at the bound), when, and the registration right after."""
+        try:
+            code = proc.wait(DRAIN_DEADLINE_S + 5)
+        except subprocess.TimeoutExpired:
+            return None, time.monotonic(), None
+        # Read at once: a registration left behind would only expire after heartbeat_ttl_s.
+        return code, time.monotonic(), registration_state(lab, 2)
+
+    async def sessions() -> tuple[VoiceClient, float, str | None]:
+        stays, outlives = VoiceClient(tx1.url), VoiceClient(tx2.url)
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(stays.connect(http), outlives.connect(http))
+            terminated = time.monotonic()
+            for tx in (tx1, tx2):
+                tx.proc.send_signal(signal.SIGTERM)
+            tx2_exit = asyncio.create_task(asyncio.to_thread(exit_of, tx2.proc))
+            for tx in (tx1, tx2):
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda t=tx: t.get("/readyz")[0] == 503,
+                    5,
+                    0.05,
+                    f"{tx.settings.name} readyz 503",
+                )
+                late = VoiceClient(tx.url)
+                offer = await late.offer()
+                headers = {"Content-Type": "application/sdp"}
+                async with http.post(f"{tx.url}/v1/sessions", data=offer, headers=headers) as resp:
+                    assert resp.status == 503 and int(resp.headers["Retry-After"]) > 0
+                await late.pc.close()
+            await asyncio.to_thread(
+                wait_for,
+                lambda: states() == {1: draining, 2: draining},
+                5,
+                0.1,
+                "draining in Redis and the map",
+            )
+            assert len(tx2.sessions()) == 1  # kept until the deadline
+
+            stays.mic.play(np.concatenate([tone(440.0, 300), silence(100)]))  # the live session goes on
+            await stays.wait_event("response_done", timeout=10)
+
+            code, exited, tx2_registration = await tx2_exit
+            assert code == 0, (
+                f"tx2 exit code {code} (None: still running {DRAIN_DEADLINE_S + 5} s after SIGTERM)"
+            )
+            # The deadline closed the session: its DTLS close_notify reached the client via the relay.
+            await asyncio.to_thread(
+                wait_for, lambda: outlives.pc.connectionState == "closed", 3, 0.05, "the session to be closed"
+            )
+            assert tx1.proc.poll() is None, "tx1 exited while its session was live"
+            await outlives.hangup()  # its transceiver is gone: nothing to DELETE
+            await stays.hangup(http)
+        return stays, exited - terminated, tx2_registration
+
+    stays, exited_after, tx2_registration = run_in_namespace(world.client_ns(), sessions)
+    # Measured from our kill(2), so never below the deadline; the upper bound only bounds a timeout.
+    assert DRAIN_DEADLINE_S <= exited_after < DRAIN_DEADLINE_S + 5, exited_after
+    assert tx2_registration is None  # deregistered on the way out, not left to expire
+    started = next(t for t, e in stays.events if e["type"] == "response_started")
+    done = next(t for t, e in stays.events if e["type"] == "response_done")
+    assert abs(dominant_frequency(stays.heard.between(started, done)) - 440.0) < 5.0
+    assert tx1.proc.wait(10) == 0, "tx1 did not exit once its last session ended"
+    assert registration_state(lab, 1) is None
+    # The relay keeps a deregistered backend as dead, for flows that may still exist.
+    wait_for(lambda: states() == {1: gone, 2: gone}, 5, 0.1, "both backends dead in the relay's map")
