@@ -14,9 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis as redis_sync
 import yaml
 from click.testing import CliRunner
@@ -108,30 +111,75 @@ def check_cli_over_http(config: Path, cport: int, vip_port: int) -> None:
     assert "runs the userspace twin: nothing is attached" in run(cli.relay, "detach", code=1)
 
 
-def test_relay_run_userspace_restart_preload_and_recovery(
-    procs: Processes, redis: RedisServer, tmp_path: Path
-) -> None:
-    region = f"run{os.getpid()}"
-    keys = Keys(region)
-    vip_port, tunnel_port = free_port(kind=socket.SOCK_DGRAM), free_port(kind=socket.SOCK_DGRAM)
-    http_port = free_port()
-    tx, client = udp_socket(), udp_socket()
-    r = redis_sync.Redis.from_url(redis.url)
-    r.hset(keys.route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
-    reg = Registration(1, 1, LOCAL, tx.getsockname()[1], "http://tx", "active", 1)
-    r.hset(keys.transceiver(1, 1), mapping=reg.encode())
-    config = tmp_path / "relay.yaml"
-    section = {
-        "name": "looptest",
-        "mode": "userspace",
-        "vips": [{"address": LOCAL, "port": vip_port}],
-        "tunnel": {"address4": LOCAL, "port": tunnel_port},
-        "redis": {"url": redis.url, "region": region},
-        "http": {"address": LOCAL, "port": http_port},
-        "sync_interval_s": 0.2,
-    }
-    config.write_text(yaml.safe_dump({"relay": section}))
-    relay = Relay(procs, config, http_port)
+@dataclass
+class Loop:
+    """A relay process on loopback, a Redis region with one route key and transceiver 1:1
+    (``tx``, a plain socket), and a client socket."""
+
+    region: str
+    vip_port: int
+    tunnel_port: int
+    http_port: int
+    tx: socket.socket
+    client: socket.socket
+    r: redis_sync.Redis
+    config: Path
+    relay: Relay
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.region)
+
+
+@pytest.fixture
+def loop(procs: Processes, redis: RedisServer, tmp_path: Path) -> Iterator[Any]:
+    """``loop(name, **relay_fields)`` -> a :class:`Loop`; sockets and the client closed after."""
+    made: list[Loop] = []
+
+    def make(name: str, **fields: Any) -> Loop:
+        region = f"{name}{os.getpid()}"
+        vip_port, tunnel_port = free_port(kind=socket.SOCK_DGRAM), free_port(kind=socket.SOCK_DGRAM)
+        http_port = free_port()
+        tx, client = udp_socket(), udp_socket()
+        r = redis_sync.Redis.from_url(redis.url)
+        r.hset(Keys(region).route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
+        reg = Registration(1, 1, LOCAL, tx.getsockname()[1], "http://tx", "active", 1)
+        r.hset(Keys(region).transceiver(1, 1), mapping=reg.encode())
+        config = tmp_path / f"{name}.yaml"
+        section = {
+            "name": name,
+            "vips": [{"address": LOCAL, "port": vip_port}],
+            "tunnel": {"address4": LOCAL, "port": tunnel_port},
+            "redis": {"url": redis.url, "region": region},
+            "http": {"address": LOCAL, "port": http_port},
+            "sync_interval_s": 0.2,
+            **fields,
+        }
+        config.write_text(yaml.safe_dump({"relay": section}))
+        relay = Relay(procs, config, http_port)
+        made.append(Loop(region, vip_port, tunnel_port, http_port, tx, client, r, config, relay))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for world in made:
+            world.tx.close()
+            world.client.close()
+            world.r.close()
+
+
+def test_relay_run_userspace_restart_preload_and_recovery(loop: Any) -> None:
+    world = loop("looptest", mode="userspace")
+    keys, r, tx, client, relay, config = (
+        world.keys,
+        world.r,
+        world.tx,
+        world.client,
+        world.relay,
+        world.config,
+    )
+    vip_port, tunnel_port, http_port = world.vip_port, world.tunnel_port, world.http_port
     vip = (LOCAL, vip_port)
     cport = client.getsockname()[1]
 
@@ -144,89 +192,52 @@ def test_relay_run_userspace_restart_preload_and_recovery(
         assert (packet.src, packet.sport, packet.dst, packet.dport) == (LOCAL, cport, LOCAL, vip_port)
         return packet.payload
 
-    try:
-        relay.start()
-        client.sendto(binding_request(tokens.mint(0, KEY, 1, 1)), vip)
-        assert transceiver_receives()[:2] == b"\x00\x01"
-        reply = geneve.encapsulate(inet.build_udp(LOCAL, vip_port, LOCAL, cport, binding_success()), vni=1)
-        tx.sendto(reply, (LOCAL, tunnel_port))
-        assert client.recvfrom(4096) == (binding_success(), vip)
-        flow_key = keys.flow(LOCAL, vip_port, LOCAL, cport)
-        wait_for(lambda: r.exists(flow_key), 5, what="flow in the Redis flow cache")
-        log = relay.stop()
-        assert "datapath mode=userspace reason=requested" in log and "relay stopping" in log
+    relay.start()
+    client.sendto(binding_request(tokens.mint(0, KEY, 1, 1)), vip)
+    assert transceiver_receives()[:2] == b"\x00\x01"
+    reply = geneve.encapsulate(inet.build_udp(LOCAL, vip_port, LOCAL, cport, binding_success()), vni=1)
+    tx.sendto(reply, (LOCAL, tunnel_port))
+    assert client.recvfrom(4096) == (binding_success(), vip)
+    flow_key = keys.flow(LOCAL, vip_port, LOCAL, cport)
+    wait_for(lambda: r.exists(flow_key), 5, what="flow in the Redis flow cache")
+    log = relay.stop()
+    assert "datapath mode=userspace reason=requested" in log and "relay stopping" in log
 
-        relay.start("--preload")  # maps were in memory: --preload restores them before the sockets open
-        assert metric(http_port, 'icegate_relay_map_entries{map="flows"}') == 1
-        assert metric(http_port, 'icegate_relay_datapath_info{mode="userspace",reason="requested"}') == 1
-        client.sendto(b"\x17\xfe\xfd" + b"preloaded", vip)
-        assert transceiver_receives() == b"\x17\xfe\xfd" + b"preloaded"
-        assert metric(http_port, 'icegate_relay_packets_total{reason="flow",verdict="forward"}') == 1
-        check_cli_over_http(config, cport, vip_port)
-        assert "preload flows_cached=1 installed=1" in relay.stop()
+    relay.start("--preload")  # maps were in memory: --preload restores them before the sockets open
+    assert metric(http_port, 'icegate_relay_map_entries{map="flows"}') == 1
+    assert metric(http_port, 'icegate_relay_datapath_info{mode="userspace",reason="requested"}') == 1
+    client.sendto(b"\x17\xfe\xfd" + b"preloaded", vip)
+    assert transceiver_receives() == b"\x17\xfe\xfd" + b"preloaded"
+    assert metric(http_port, 'icegate_relay_packets_total{reason="flow",verdict="forward"}') == 1
+    check_cli_over_http(config, cport, vip_port)
+    assert "preload flows_cached=1 installed=1" in relay.stop()
 
-        relay.start("--log-json")  # cold: the first packet takes the slow path and is recovered
-        client.sendto(b"\x17\xfe\xfd" + b"recovered", vip)
-        assert transceiver_receives() == b"\x17\xfe\xfd" + b"recovered"
-        assert metric(http_port, 'icegate_relay_packets_total{reason="no_flow",verdict="slow"}') == 1
-        assert metric(http_port, 'icegate_relay_recoveries_total{result="recovered"}') == 1
-        lines = [json.loads(line) for line in relay.stop().splitlines() if line.startswith("{")]
-        assert any(entry["msg"].startswith("relay running name=looptest mode=userspace") for entry in lines)
-    finally:
-        tx.close()
-        client.close()
-        r.close()
+    relay.start("--log-json")  # cold: the first packet takes the slow path and is recovered
+    client.sendto(b"\x17\xfe\xfd" + b"recovered", vip)
+    assert transceiver_receives() == b"\x17\xfe\xfd" + b"recovered"
+    assert metric(http_port, 'icegate_relay_packets_total{reason="no_flow",verdict="slow"}') == 1
+    assert metric(http_port, 'icegate_relay_recoveries_total{result="recovered"}') == 1
+    lines = [json.loads(line) for line in relay.stop().splitlines() if line.startswith("{")]
+    assert any(entry["msg"].startswith("relay running name=looptest mode=userspace") for entry in lines)
 
 
-def test_auto_falls_back_to_the_twin_where_xdp_cannot_load(
-    procs: Processes, redis: RedisServer, tmp_path: Path
-) -> None:
+def test_auto_falls_back_to_the_twin_where_xdp_cannot_load(loop: Any, tmp_path: Path) -> None:
     """``--mode auto`` on a host whose bpffs is not mounted: the twin runs, and the log,
     the metric and ``relay status`` say why; the operator CLI still reads its maps."""
-    region = f"auto{os.getpid()}"
-    vip_port, tunnel_port, http_port = (
-        free_port(kind=socket.SOCK_DGRAM),
-        free_port(kind=socket.SOCK_DGRAM),
-        free_port(),
-    )
-    tx, client = udp_socket(), udp_socket()
-    r = redis_sync.Redis.from_url(redis.url)
-    r.hset(Keys(region).route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
-    reg = Registration(1, 1, LOCAL, tx.getsockname()[1], "http://tx", "active", 1)
-    r.hset(Keys(region).transceiver(1, 1), mapping=reg.encode())
     not_bpffs = tmp_path / "bpf"
     not_bpffs.mkdir()
-    config = tmp_path / "relay.yaml"
-    section = {
-        "name": "autotest",
-        "mode": "auto",
-        "interfaces": ["lo"],
-        "bpffs": str(not_bpffs),
-        "vips": [{"address": LOCAL, "port": vip_port}],
-        "tunnel": {"address4": LOCAL, "port": tunnel_port},
-        "redis": {"url": redis.url, "region": region},
-        "http": {"address": LOCAL, "port": http_port},
-        "sync_interval_s": 0.2,
-    }
-    config.write_text(yaml.safe_dump({"relay": section}))
-    relay = Relay(procs, config, http_port)
-    try:
-        relay.start()
-        assert (
-            metric(http_port, 'icegate_relay_datapath_info{mode="userspace",reason="xdp_unavailable"}') == 1
-        )
-        wait_for(lambda: metric(http_port, 'icegate_relay_backends{state="active"}') == 1, 5, what="sync")
-        client.sendto(binding_request(tokens.mint(0, KEY, 1, 1)), (LOCAL, vip_port))
-        data, _ = tx.recvfrom(4096)
-        assert inet.parse_udp(geneve.decapsulate(data)[1]).payload[:2] == b"\x00\x01"
-        result = CliRunner().invoke(cli.relay, ["status", "--json", "--config", str(config)])
-        assert result.exit_code == 0, result.output
-        status = json.loads(result.output)
-        assert (status["mode"], status["reason"]) == ("userspace", "xdp_unavailable")
-        assert f"bpffs is not mounted at {not_bpffs}" in status["detail"]
-        log = relay.stop()
-        assert "datapath mode=userspace reason=xdp_unavailable error=bpffs is not mounted" in log
-    finally:
-        tx.close()
-        client.close()
-        r.close()
+    world = loop("autotest", mode="auto", interfaces=["lo"], bpffs=str(not_bpffs))
+    relay, tx, client, http_port = world.relay, world.tx, world.client, world.http_port
+    relay.start()
+    assert metric(http_port, 'icegate_relay_datapath_info{mode="userspace",reason="xdp_unavailable"}') == 1
+    wait_for(lambda: metric(http_port, 'icegate_relay_backends{state="active"}') == 1, 5, what="sync")
+    client.sendto(binding_request(tokens.mint(0, KEY, 1, 1)), (LOCAL, world.vip_port))
+    data, _ = tx.recvfrom(4096)
+    assert inet.parse_udp(geneve.decapsulate(data)[1]).payload[:2] == b"\x00\x01"
+    result = CliRunner().invoke(cli.relay, ["status", "--json", "--config", str(world.config)])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert (status["mode"], status["reason"]) == ("userspace", "xdp_unavailable")
+    assert f"bpffs is not mounted at {not_bpffs}" in status["detail"]
+    log = relay.stop()
+    assert "datapath mode=userspace reason=xdp_unavailable error=bpffs is not mounted" in log
