@@ -22,11 +22,9 @@ maps stay pinned, so traffic flows on and the next start resumes from the same s
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -38,42 +36,11 @@ from controlplane.config import RelayConfig
 from controlplane.modes import Runner, select_runner
 from controlplane.service import RelayService, configure_maps
 from icegate.config import load
+from icegate.logs import setup_logging
 
 log = logging.getLogger("controlplane.daemon")
 
 CONNECT_WAIT_S = 2.0  # how long start-up waits for Redis before running degraded
-
-
-class KeyValueFormatter(logging.Formatter):
-    """``time=... level=info logger=... <message>``; messages are already ``event key=value ...``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"time={stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} "
-        line += record.getMessage()
-        if record.exc_info:
-            line += " exc=" + json.dumps(self.formatException(record.exc_info))
-        return line
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": record.created,
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(as_json: bool, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else KeyValueFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def build_config(config_path: Path | None, flags: dict[str, Any]) -> RelayConfig:

@@ -165,7 +165,7 @@ def make_app(kind: AgentKind, *, tone_hz: float = 440.0, tone_ms: int = 300) -> 
                     if ev.type is EventType.SESSION_ENDED:
                         break
         except WireError as exc:
-            logger.warning("agent protocol error, closing: %s", exc)
+            logger.warning("agent protocol error action=close error=%s", exc)
             await ws.close(code=1003, message=str(exc).encode()[:120])
         finally:
             await agent.stop_response()

@@ -129,7 +129,9 @@ class MediaBridge:
                 ).encode()
             )
         except (aiohttp.ClientError, OSError) as exc:
-            logger.warning("session %s: agent %s unreachable: %s", self.session_id, self._agent_url, exc)
+            logger.warning(
+                "agent unreachable session=%s url=%s error=%s", self.session_id, self._agent_url, exc
+            )
             if self._ws is not None:
                 await self._ws.close()
                 self._ws = None
@@ -217,7 +219,7 @@ class MediaBridge:
             else:
                 await ws.send_str(item.encode())
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
-            logger.warning("session %s: agent link lost: %s", self.session_id, exc)
+            logger.warning("agent link lost session=%s error=%s", self.session_id, exc)
             self._ws = None
 
     def _to_client(self, ev: Event) -> None:
@@ -235,7 +237,7 @@ class MediaBridge:
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     self.agent_event(decode_event(msg.data, FROM_AGENT))
         except WireError as exc:
-            logger.warning("session %s: agent protocol error: %s", self.session_id, exc)
+            logger.warning("agent protocol error session=%s error=%s", self.session_id, exc)
             await ws.close(code=1003)
 
     def agent_frame(self, pcm: bytes) -> None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from icegate.config import load
+from icegate.logs import setup_logging
 from transceiver.config import VIP_PORT, TransceiverConfig
+
+logger = logging.getLogger("transceiver.cli")
 
 
 def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -46,6 +51,19 @@ def _loop_policy(use_uvloop: bool | None) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def log_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--debug", is_flag=True, help="Debug logging (aiortc and aioice included).")(func)
+    return click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")(func)
+
+
+def _logging(as_json: bool, debug: bool) -> None:
+    """``event key=value`` lines at INFO; aiortc and aioice (a line per ICE check) only with --debug."""
+    setup_logging(as_json, logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        for noisy in ("aioice", "aiortc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 @click.group()
 def transceiver() -> None:
     """A WebRTC transceiver: aiortc sessions behind one Geneve UDP socket."""
@@ -74,6 +92,7 @@ def transceiver() -> None:
 @click.option("--connect-timeout", type=float, help="Reap sessions not connected after this many seconds.")
 @click.option("--drain-deadline", type=float, help="Seconds a drain waits for live sessions.")
 @click.option("--uvloop/--no-uvloop", "use_uvloop", default=None, help="Default: use uvloop when installed.")
+@log_options
 def run(
     config_file: Path | None,
     cluster: int | None,
@@ -91,6 +110,8 @@ def run(
     connect_timeout: float | None,
     drain_deadline: float | None,
     use_uvloop: bool | None,
+    log_json: bool,
+    debug: bool,
 ) -> None:
     """Serve sessions until SIGTERM/SIGINT (or a drain set in Redis) has drained them."""
     from transceiver import service
@@ -123,6 +144,7 @@ def run(
         host, port = split_hostport(listen)
         overrides.update({"signaling_host": host, "signaling_port": port})
     config = load(TransceiverConfig, config_file, "transceiver", overrides)
+    _logging(log_json, debug)
     _loop_policy(use_uvloop)
     asyncio.run(service.run(config))
 
@@ -137,17 +159,19 @@ def agent() -> None:
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, metavar="HOST:PORT")
 @click.option("--tone-hz", type=float, default=440.0, show_default=True)
 @click.option("--tone-ms", type=int, default=300, show_default=True)
-def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int) -> None:
+@log_options
+def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bool, debug: bool) -> None:
     """Serve one kind of agent on ws://HOST:PORT/ until SIGTERM/SIGINT."""
     from transceiver import agents
 
     host, port = split_hostport(listen)
+    _logging(log_json, debug)
 
     async def main() -> None:
         runner = await agents.serve(
             "echo" if kind == "echo" else "tone", host, port, tone_hz=tone_hz, tone_ms=tone_ms
         )
-        click.echo(f"agent {kind} listening on ws://{host}:{port}/", err=True)
+        logger.info("agent listening kind=%s url=ws://%s:%d/", kind, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -147,7 +147,7 @@ class Registry:
             self.route_keys = RouteKeySet.decode(route_keys)
         stored = stored_state.decode() if isinstance(stored_state, bytes) else str(stored_state)
         if stored == "draining" and self.state != "draining":
-            logger.info("Redis says drain")
+            logger.info("drain requested source=redis")
             self.state = "draining"
             self._on_drain()
 
@@ -158,12 +158,12 @@ class Registry:
                 await self.beat()
             except StoreError as exc:
                 if self.up or failures == 0:
-                    logger.warning("%s; serving on, retrying with backoff", exc)
+                    logger.warning("redis degraded action=serving_on,retrying_with_backoff error=%s", exc)
                 self.up = False
                 failures += 1
             else:
                 if not self.up:
-                    logger.info("Redis heartbeat restored")
+                    logger.info("redis restored heartbeat=ok")
                 self.up = True
                 failures = 0
             delay = self.config.heartbeat_interval_s

@@ -89,19 +89,20 @@ class Transceiver:
         self.signaling_address = (sockname[0], sockname[1])
         await self.registry.start()
         logger.info(
-            "transceiver %d/%d: tunnel %s:%d, signaling %s",
+            "transceiver running cluster=%d index=%d tunnel=%s:%d signaling=%s relays=%s agent=%s redis=%s",
             cfg.cluster,
             cfg.index,
             *self.tunnel_address,
             self.signaling_url,
+            ",".join(f"{r.address}:{r.port}" for r in cfg.relays_by_priority()),
+            cfg.agent_url or "-",
+            "yes" if cfg.redis_url else "no",
         )
 
     def drain(self) -> None:
         if self.sessions.draining:
             return
-        logger.info(
-            "draining: %d live sessions, deadline %.0f s", len(self.sessions), self.config.drain_deadline_s
-        )
+        logger.info("draining sessions=%d deadline_s=%g", len(self.sessions), self.config.drain_deadline_s)
         self.sessions.draining = True
         self.registry.drain()
         self._drain_task = asyncio.create_task(self._finish_drain())
@@ -111,7 +112,7 @@ class Transceiver:
             async with asyncio.timeout(self.config.drain_deadline_s):
                 await self.sessions.wait_empty()
         except TimeoutError:
-            logger.info("drain deadline: closing %d sessions", len(self.sessions))
+            logger.info("drain deadline passed closing=%d", len(self.sessions))
             await self.sessions.close_all("drained")
         self._drained.set()
 

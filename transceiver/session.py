@@ -160,6 +160,7 @@ class SessionManager:
             raise SignalingError(400, f"invalid offer: {exc}") from exc
         self._sessions[session_id] = session
         self._empty.clear()
+        logger.info("session created id=%s live=%d", session_id, len(self._sessions))
         session.tasks.append(asyncio.create_task(self._watch(session)))
         session.tasks.append(asyncio.create_task(session.bridge.connect_agent()))
         return session, pc.localDescription.sdp
@@ -183,6 +184,9 @@ class SessionManager:
             if state == "connected" and session.connected_after is None:
                 session.connected_after = time.monotonic() - session.created
                 self.metrics.setup_seconds.observe(session.connected_after)
+                logger.info(
+                    "session connected id=%s setup_ms=%.1f", session.id, session.connected_after * 1e3
+                )
                 session.tasks.append(asyncio.create_task(self._sample_stats(session)))
             elif state in ("failed", "closed") and session.outcome is None:
                 ended = state == "closed" and session.connected_after is not None
@@ -204,7 +208,6 @@ class SessionManager:
         """Reap a session that does not connect within ``connect_timeout_s``."""
         await asyncio.sleep(self.config.connect_timeout_s)
         if session.connected_after is None and session.outcome is None:
-            logger.info("session %s never connected: reaped", session.id)
             await self.close(session.id, "reaped")
 
     async def _sample_stats(self, session: Session) -> None:
@@ -231,6 +234,13 @@ class SessionManager:
             return False
         session.outcome = outcome
         self.outcomes[outcome] += 1
+        logger.info(
+            "session ended id=%s outcome=%s age_s=%.1f turns=%d",
+            session_id,
+            outcome,
+            time.monotonic() - session.created,
+            session.bridge.turns,
+        )
         try:
             await self._teardown(session)
         finally:

@@ -10,7 +10,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from controlplane import cli
-from controlplane.daemon import JsonFormatter, KeyValueFormatter, build_config
+from controlplane.daemon import build_config
+from icegate.logs import JsonFormatter, KeyValueFormatter
 from tests.support import REPO
 
 GOOD = """

@@ -253,4 +253,4 @@ def test_unreachable_agent_leaves_the_session_agentless(caplog: pytest.LogCaptur
     warnings = [r for r in caplog.records if r.name == "transceiver.bridge"]
     assert len(warnings) == 1  # once at connect, not once per frame sent to no agent
     assert warnings[0].levelno == logging.WARNING
-    assert warnings[0].getMessage().startswith(f"session s3: agent {url} unreachable: ")
+    assert warnings[0].getMessage().startswith(f"agent unreachable session=s3 url={url} error=")

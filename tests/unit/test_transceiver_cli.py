@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
+import sys
+
 import click
 import pytest
 from click.testing import CliRunner
 
 from icegate.cli import cli
+from tests.support import REPO, Processes, free_port, http_get, wait_for
 from transceiver.cli import split_hostport
+
+ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
 
 
 @pytest.mark.parametrize(
@@ -50,3 +58,32 @@ def test_commands_are_wired() -> None:
     for args in (["transceiver", "run", "--help"], ["agent", "run", "--help"]):
         result = runner.invoke(cli, args)
         assert result.exit_code == 0, result.output
+
+
+def test_transceiver_and_agent_log_json_lines(procs: Processes) -> None:
+    """``--log-json``: one JSON object per line, messages ``event key=value``; aioice's
+    per-check lines stay out at INFO. SIGTERM ends both with status 0."""
+    signaling, agent_port, tunnel = free_port(), free_port(), free_port(kind=socket.SOCK_DGRAM)
+    agent = procs.start(
+        [*ICEGATE, "agent", "run", "--kind", "echo", "--listen", f"127.0.0.1:{agent_port}", "--log-json"],
+        cwd=REPO,
+        text=True,
+    )
+    argv = [*ICEGATE, "transceiver", "run", "--cluster", "1", "--index", "2", "--relay", "192.0.2.10",
+            "--route-key", "00" * 16, "--listen", f"127.0.0.1:{signaling}", "--tunnel", f"127.0.0.1:{tunnel}",
+            "--agent-url", f"ws://127.0.0.1:{agent_port}/", "--log-json"]  # fmt: skip
+    tx = procs.start(argv, cwd=REPO, text=True)
+    wait_for(lambda: http_get(f"http://127.0.0.1:{signaling}/readyz")[0] == 200, 15, what="transceiver ready")
+    for proc in (tx, agent):
+        proc.send_signal(signal.SIGTERM)
+    outputs = {}
+    for name, proc in (("transceiver", tx), ("agent", agent)):
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0, out
+        lines = [json.loads(line) for line in out.splitlines() if line.strip()]  # every line is JSON
+        assert all({"time", "level", "logger", "msg"} <= set(entry) for entry in lines)
+        outputs[name] = [entry["msg"] for entry in lines]
+    running = [m for m in outputs["transceiver"] if m.startswith("transceiver running ")]
+    assert len(running) == 1 and "cluster=1 index=2 " in running[0] and "relays=192.0.2.10:3478" in running[0]
+    assert any(m.startswith("draining sessions=0 ") for m in outputs["transceiver"])
+    assert outputs["agent"][0] == f"agent listening kind=echo url=ws://127.0.0.1:{agent_port}/"

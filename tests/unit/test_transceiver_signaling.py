@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -192,7 +193,9 @@ def test_health_and_metrics() -> None:
     run(scenario)
 
 
-def test_a_client_that_never_connects_is_reaped() -> None:
+def test_a_client_that_never_connects_is_reaped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="transceiver.session")
+
     async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
         client, offer = await client_offer()
         try:
@@ -207,6 +210,12 @@ def test_a_client_that_never_connects_is_reaped() -> None:
             assert 'icegate_transceiver_sessions_total{outcome="reaped"} 1.0' in await resp.text()
 
     run(scenario, connect_timeout_s=0.5)
+    created, ended = (r.getMessage() for r in caplog.records if r.name == "transceiver.session")
+    session_id = created.split("id=")[1].split()[0]
+    assert created == f"session created id={session_id} live=1"
+    assert ended.startswith(f"session ended id={session_id} outcome=reaped age_s=0.") and ended.endswith(
+        " turns=0"
+    )
 
 
 def test_a_task_started_while_a_session_closes_does_not_hold_up_the_close() -> None:
