@@ -7,6 +7,7 @@ environment.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from icegate.config import Address, Port
@@ -63,6 +64,8 @@ class TransceiverConfig:
     tunnel_bind: Address = "0.0.0.0"
     tunnel_port: Port = GENEVE_PORT
     tunnel_advertise: Address | None = None
+    # Networks (CIDR) the relays send Geneve from; others are dropped ("not_relay"). Empty: any.
+    relay_sources: tuple[str, ...] = ()
     signaling_host: str = "127.0.0.1"
     signaling_port: Port = SIGNALING_PORT
     signaling_url: str | None = None  # advertised in the registration; derived when unset
@@ -105,6 +108,13 @@ class TransceiverConfig:
             raise ConfigError(f"{path}.route_key_id", f"expected 0..{MAX_KEY_ID}, got {self.route_key_id}")
         if self.redis_url is None and self.route_key is None:
             raise ConfigError(f"{path}.redis_url", "either redis_url or route_key is required")
+        for i, network in enumerate(self.relay_sources):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{path}.relay_sources[{i}]", f"expected a network such as 10.70.0.0/24, got {network!r}"
+                ) from None
         for i, origin in enumerate(self.cors_origins):
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ConfigError(

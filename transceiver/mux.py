@@ -2,7 +2,8 @@
 
 Inbound, per datagram on the tunnel port::
 
-    Geneve decap (icegate.geneve) -> inner IP/UDP (icegate.inet.parse_udp)
+    outer source in ``relay_sources`` (when the list is set)       else "not_relay"
+    -> Geneve decap (icegate.geneve) -> inner IP/UDP (icegate.inet.parse_udp)
     -> destination must be a configured VIP                       else "not_vip"
     -> STUN carrying USERNAME: the route whose local ufrag is the part before ':'
                                                                    else "unknown_ufrag"
@@ -32,6 +33,7 @@ where its returns go); aioice does the rest.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -92,9 +94,20 @@ class _Flow:
 class TunnelMux(asyncio.DatagramProtocol):
     """The Geneve socket shared by every session of one transceiver."""
 
-    def __init__(self, vni: int, vips: Iterable[Vip], *, hold_packets: int = 16, hold_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        vni: int,
+        vips: Iterable[Vip],
+        *,
+        hold_packets: int = 16,
+        hold_s: float = 2.0,
+        relay_sources: Iterable[str] = (),
+    ) -> None:
         self.vni = vni
         self.vips = {v.addr: v for v in vips}
+        # Networks relays send Geneve from; empty: any sender (the tunnel network is trusted).
+        self.relay_sources = tuple(ipaddress.ip_network(n, strict=False) for n in relay_sources)
+        self._allowed: dict[str, bool] = {}
         self.hold_packets = hold_packets
         self.hold_s = hold_s
         self.counters: Counter[tuple[str, str]] = Counter()  # (direction, result) -> packets
@@ -169,6 +182,9 @@ class TunnelMux(asyncio.DatagramProtocol):
     # -- inbound ---------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.relay_sources and not self._from_relay(str(addr[0])):
+            self.counters["in", "not_relay"] += 1
+            return
         try:
             _, inner = geneve.decapsulate(data)
             packet = inet.parse_udp(inner)
@@ -204,6 +220,20 @@ class TunnelMux(asyncio.DatagramProtocol):
             return
         self.counters["in", "delivered"] += 1
         receiver.datagram_received(payload, client)
+
+    def _from_relay(self, host: str) -> bool:
+        allowed = self._allowed.get(host)
+        if allowed is None:
+            try:
+                address = ipaddress.ip_address(host.partition("%")[0])
+            except ValueError:
+                address = None
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            allowed = address is not None and any(address in net for net in self.relay_sources)
+            if len(self._allowed) < 4096:  # a few relays in practice; bounded against spoofed floods
+                self._allowed[host] = allowed
+        return allowed
 
     def _learn(self, key: FlowKey, route: Route, relay: Addr) -> None:
         """Bind (client, VIP) to the route an authentic check named, and its returns to the

@@ -35,7 +35,11 @@ class Transceiver:
         self.config = config
         vips = [Vip(r.address, r.port, r.tunnel_port) for r in config.relays]
         self.mux = TunnelMux(
-            config.index, vips, hold_packets=config.hold_packets, hold_s=config.hold_ms / 1000
+            config.index,
+            vips,
+            hold_packets=config.hold_packets,
+            hold_s=config.hold_ms / 1000,
+            relay_sources=config.relay_sources,
         )
         self.metrics = TransceiverMetrics()
         self.registry = Registry(config, sessions=lambda: len(self.sessions), on_drain=self.drain)

@@ -72,6 +72,7 @@ class TransceiverSettings:
             "relays": [{"address": a, "port": p, "tunnel_port": self.tunnel_port} for a, p in self.vips],
             "tunnel_bind": self.address,
             "tunnel_port": self.tunnel_port,
+            "relay_sources": [self.relay_tunnel],  # Geneve from anywhere else is dropped
             "signaling_host": self.address,
             "signaling_port": self.signaling_port,
             "signaling_url": self.signaling_url,

@@ -189,6 +189,7 @@ def test_settings_for_the_components(lab: Lab) -> None:
     section = tx1.config_section()
     assert section["relays"] == [{"address": "192.0.2.10", "port": 3478, "tunnel_port": 6081}]
     assert section["tunnel_bind"] == "10.70.0.11" and section["region"] == "lab"
+    assert section["relay_sources"] == ["10.70.0.1"]
     assert [c.namespace for c in lab.clients()] == [f"{lab.name}-c1", f"{lab.name}-c2"]
 
 

@@ -11,6 +11,9 @@ import pytest
 from aioice import stun
 
 from icegate import geneve, inet
+from icegate.config import load
+from icegate.errors import ConfigError
+from transceiver.config import TransceiverConfig
 from transceiver.mux import Addr, TunnelMux, Vip
 
 VNI = 7
@@ -439,3 +442,45 @@ def test_only_an_authentic_check_moves_a_flow() -> None:
 
     mux = run_relays(scenario)
     assert mux.counters == {("in", "delivered"): 1, ("in", "bad_integrity"): 3, ("out", "sent"): 1}
+
+
+def test_relay_sources_drop_geneve_from_elsewhere() -> None:
+    """With ``relay_sources`` set, Geneve from outside those networks is dropped before it
+    is parsed (``not_relay``); from inside, it is handled as usual."""
+
+    async def scenario(mux: TunnelMux, bound: Addr, relays: list[RelaySide]) -> None:
+        relay, stranger = relays
+        rec = Recorder()
+        mux.open_route(UFRAG).receivers[VIP1] = rec
+        stranger.send(packet(CLIENT, VIP1, binding_request(f"{UFRAG}:a")), bound)
+        stranger.send(b"not even geneve", bound)
+        await settle(lambda: mux.counters["in", "not_relay"] == 2)
+        assert rec.got == [] and mux.flows == 0
+        relay.send(packet(CLIENT, VIP1, binding_request(f"{UFRAG}:a")), bound)
+        await settle(lambda: len(rec.got) == 1)
+
+    async def main() -> TunnelMux:
+        relays = [RelaySide("127.0.0.2"), RelaySide("127.0.0.3")]
+        port = relays[0].addr[1]
+        mux = TunnelMux(VNI, [Vip(*VIP1, port)], relay_sources=["127.0.0.2/32", "10.70.0.0/24"])
+        bound = await mux.bind("127.0.0.1", 0)
+        try:
+            await scenario(mux, bound, relays)
+        finally:
+            mux.close()
+            for relay in relays:
+                relay.sock.close()
+        return mux
+
+    mux = asyncio.run(main())
+    assert mux.counters == {("in", "not_relay"): 2, ("in", "delivered"): 1}
+
+
+def test_a_bad_relay_source_fails_at_start_naming_the_field() -> None:
+    base = {"cluster": 1, "index": 1, "relays": [{"address": "192.0.2.10"}], "route_key": "00" * 16}
+    good = load(
+        TransceiverConfig, None, "transceiver", base | {"relay_sources": ["10.70.0.0/24", "fd00:70::1"]}
+    )
+    assert good.relay_sources == ("10.70.0.0/24", "fd00:70::1")
+    with pytest.raises(ConfigError, match=r"transceiver\.relay_sources\[1\]: expected a network"):
+        load(TransceiverConfig, None, "transceiver", base | {"relay_sources": ["10.70.0.1", "10.70.0.0/33"]})
