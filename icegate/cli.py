@@ -29,6 +29,7 @@ COMMANDS = {
     "agent": ("transceiver.cli:agent", "run a voice agent (echo, tone)"),
     "lab": ("icegate.lab:lab", "build and tear down the network-namespace lab"),
     "demo": ("icegate.demo:demo", "voice sessions through the relay in the lab"),
+    "bench": ("icegate.bench_cli:bench", "run a benchmark of bench/ (source checkout)"),
 }
 
 
