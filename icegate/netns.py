@@ -172,7 +172,10 @@ def sysctl(name: str, key: str, value: str) -> None:
 
 
 def command(name: str, argv: Sequence[str]) -> list[str]:
-    """``argv`` prefixed so that it runs in namespace ``name`` (network only, mounts shared)."""
+    """``argv`` prefixed so that it runs in namespace ``name`` (network only, mounts shared);
+    ``argv`` as it is for ``name`` "" (the caller's namespace)."""
+    if not name:
+        return list(argv)
     return ["nsenter", f"--net={path(name)}", "--", *argv]
 
 

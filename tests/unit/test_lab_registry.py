@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from icegate import netns
 from icegate.errors import LinkError
 from icegate.lab.processes import Registry
 
 
 def test_start_read_stop_round_trip(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
-    record = registry.start("sleeper", "", [sys.executable, "-c", "import time; time.sleep(30)"])
+    record = registry.start("sleeper", "", [sys.executable, "-c", "import time; time.sleep(30)"])  # "": here
+    assert netns.command("", record.argv) == list(record.argv)  # no nsenter wrapper to race with
     try:
         assert registry.read("sleeper") == record and record.alive
         assert [r.name for r in registry.all()] == ["sleeper"]
