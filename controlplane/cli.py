@@ -29,6 +29,7 @@ import click
 from controlplane import snapshot, views
 from controlplane.config import HttpConfig, RedisConfig, RelayConfig, RelayLimits
 from controlplane.metrics import CounterSource, map_capacity, map_fill
+from controlplane.modes import xdp_mode
 from controlplane.redisio import RedisStore
 from controlplane.snapshot import ReadOnlyState, SnapshotStore
 from controlplane.store import MapStore
@@ -92,9 +93,7 @@ def _kernel_info(target: Target) -> dict[str, Any]:
         return {"mode": "userspace", **why, "program": None, "netns": None, "attached": []}
     loader = import_optional("controlplane.loader")
     info: dict[str, Any] = loader.status(target.pin_dir)
-    kinds = sorted({a["mode"] for a in info["attached"]})
-    mode = "detached" if not kinds else f"xdp-{kinds[0]}" if len(kinds) == 1 else "xdp-mixed"
-    return {"mode": mode, **info}
+    return {"mode": xdp_mode(a["mode"] for a in info["attached"]), **info}
 
 
 def _kernel_capacities(target: Target) -> dict[str, int]:

@@ -7,8 +7,9 @@ SLOW verdicts to Redis recovery.
 
 ``auto`` picks XDP when the program loads here (bcc, kernel headers, bpffs, the
 verifier), else the twin, and says which and why: in one log line, in ``/v1/state`` and in the
-``icegate_relay_datapath_info`` metric (``reason`` is one of :data:`REASONS`; the
-free-text ``detail`` carries the error or the attach points).
+``icegate_relay_datapath_info`` metric (``reason``, a metric label, is one of
+attached, requested, no_interfaces, xdp_unavailable; the free-text ``detail`` carries
+the error or the attach points).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controlplane import layout
@@ -33,13 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Why a runner was chosen: a bounded set, so it can be a metric label.
-REASONS = ("attached", "requested", "no_interfaces", "xdp_unavailable")
-
 
 class Runner(Protocol):
     mode: str  # "xdp-native", "xdp-generic", "xdp-mixed" or "userspace"
-    reason: str  # one of REASONS
+    reason: str  # attached, requested, no_interfaces or xdp_unavailable (a metric label)
     detail: str  # the attach points, or why XDP could not run
     maps: MapStore
     cpus: int  # rate buckets per limit: the per-CPU arrays in XDP, one in the twin
@@ -67,6 +65,15 @@ def select_runner(cfg: RelayConfig) -> Runner:
     except IcegateError as exc:
         log.info("datapath mode=userspace reason=xdp_unavailable error=%s", exc)
         return twin_runner(cfg, "xdp_unavailable", str(exc))
+
+
+def xdp_mode(attach_modes: Iterable[str]) -> str:
+    """``xdp-native``, ``xdp-generic`` or ``xdp-mixed`` for the interfaces' attach modes;
+    ``detached`` for none."""
+    kinds = sorted(set(attach_modes))
+    if not kinds:
+        return "detached"
+    return f"xdp-{kinds[0]}" if len(kinds) == 1 else "xdp-mixed"
 
 
 def check_interfaces(cfg: RelayConfig) -> None:
@@ -154,8 +161,7 @@ class XdpRunner:
     async def start(self, service: RelayService) -> None:
         self.twin = await _start_twin(self.cfg, self.maps, service, "slow-path sockets cannot bind")
         modes = self.loader.attach()
-        kinds = sorted(set(modes.values()))
-        self.mode = f"xdp-{kinds[0]}" if len(kinds) == 1 else "xdp-mixed"
+        self.mode = xdp_mode(modes.values())
         self.detail = ",".join(f"{i}:{m}" for i, m in modes.items())
         log.info("datapath mode=%s interfaces=%s", self.mode, self.detail)
         cache = service.flow_cache

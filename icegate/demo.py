@@ -334,24 +334,22 @@ class Demo:
         """``verdict/reason`` -> packets, from the relay's ``icegate_relay_packets_total``."""
         return parse_counters(self.relay_metrics())
 
-    def relay_status(self) -> dict[str, Any]:
-        """``icegate relay status --json`` in the relay's namespace: the operator's view."""
-        argv = [*self.icegate, "relay", "status", "--json", "--config", str(self.relay_config)]
+    def operator_view(self, *command: str) -> Any:
+        """``icegate COMMAND --json --config <relay config>`` in the relay's namespace, as an
+        operator would run it: the pinned maps (XDP) or the twin's over its HTTP endpoint."""
+        argv = [*self.icegate, *command, "--json", "--config", str(self.relay_config)]
         try:
-            status: dict[str, Any] = json.loads(self.lab.run("relay", argv))
+            out = self.lab.run("relay", argv)
+            return json.loads(out) if out.strip() else None
         except (LinkError, ValueError) as exc:
-            raise DemoError(f"icegate relay status failed: {exc}") from None
+            raise DemoError(f"icegate {' '.join(command)} failed: {exc}") from None
+
+    def relay_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.operator_view("relay", "status") or {}
         return status
 
     def relay_flows(self) -> list[dict[str, Any]]:
-        """``icegate flows ls --json`` in the relay's namespace: the pinned maps (XDP) or the
-        twin's maps over its HTTP endpoint (userspace), as an operator would read them."""
-        argv = [*self.icegate, "flows", "ls", "--json", "--config", str(self.relay_config)]
-        try:
-            out = self.lab.run("relay", argv)
-        except LinkError as exc:
-            raise DemoError(f"icegate flows ls failed: {exc}") from None
-        rows: list[dict[str, Any]] = json.loads(out) if out.strip() else []
+        rows: list[dict[str, Any]] = self.operator_view("flows", "ls") or []
         return rows
 
     def cached_flows(self) -> set[str]:

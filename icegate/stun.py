@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Iterator
 
 from icegate.rfc7983 import PacketKind, classify
 from icegate.token import TOKEN_CHARS
@@ -76,24 +77,31 @@ def is_binding_success(payload: bytes) -> bool:
         return False
 
 
-def find_username(payload: bytes) -> bytes:
-    """Return the USERNAME value of a well-formed message (rules 1 and 3)."""
+def _attributes(payload: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """``(offset, type, value offset, value length)`` of each of the first ``MAX_STUN_ATTRS``
+    attributes of a well-formed message (rules 1 and 3); StunReject when one runs past it."""
     message_type(payload)
     offset = HEADER_LEN
     for _ in range(MAX_STUN_ATTRS):
         if offset == len(payload):
-            break
+            return
         if offset + ATTR_HEADER_LEN > len(payload):
             raise StunReject("stun_malformed")
         attr_type, attr_len = _ATTR.unpack_from(payload, offset)
         value_start = offset + ATTR_HEADER_LEN
         if value_start + attr_len > len(payload):
             raise StunReject("stun_malformed")
+        yield offset, attr_type, value_start, attr_len
+        offset = value_start + attr_len + (-attr_len % 4)
+
+
+def find_username(payload: bytes) -> bytes:
+    """Return the USERNAME value of a well-formed message (rules 1 and 3)."""
+    for _, attr_type, value_start, attr_len in _attributes(payload):
         if attr_type == ATTR_USERNAME:
             if attr_len > MAX_USERNAME_LEN:
                 raise StunReject("username_too_long")
             return bytes(payload[value_start : value_start + attr_len])
-        offset = value_start + attr_len + (-attr_len % 4)
     raise StunReject("username_missing")
 
 
@@ -137,23 +145,14 @@ def integrity_ok(payload: bytes, key: bytes) -> bool:
     MESSAGE-INTEGRITY (FINGERPRINT after it is left out), and every attribute before it.
     """
     try:
-        message_type(payload)
+        for offset, attr_type, value_start, attr_len in _attributes(payload):
+            if attr_type == ATTR_MESSAGE_INTEGRITY:
+                if attr_len != INTEGRITY_LEN:
+                    return False
+                length = (value_start + INTEGRITY_LEN - HEADER_LEN).to_bytes(2, "big")
+                signed = payload[:2] + length + payload[4:offset]
+                expected = hmac.new(key, signed, hashlib.sha1).digest()
+                return hmac.compare_digest(expected, payload[value_start : value_start + INTEGRITY_LEN])
     except StunReject:
-        return False
-    offset = HEADER_LEN
-    for _ in range(MAX_STUN_ATTRS):
-        if offset + ATTR_HEADER_LEN > len(payload):
-            return False
-        attr_type, attr_len = _ATTR.unpack_from(payload, offset)
-        value_start = offset + ATTR_HEADER_LEN
-        if value_start + attr_len > len(payload):
-            return False
-        if attr_type == ATTR_MESSAGE_INTEGRITY:
-            if attr_len != INTEGRITY_LEN:
-                return False
-            length = (value_start + INTEGRITY_LEN - HEADER_LEN).to_bytes(2, "big")
-            signed = payload[:2] + length + payload[4:offset]
-            expected = hmac.new(key, signed, hashlib.sha1).digest()
-            return hmac.compare_digest(expected, payload[value_start : value_start + INTEGRITY_LEN])
-        offset = value_start + attr_len + (-attr_len % 4)
+        pass
     return False
