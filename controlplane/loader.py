@@ -378,7 +378,8 @@ def detach(pin_dir: Path, *, remove_pins: bool = True) -> list[str]:
 
 
 def unpin(pin_dir: Path) -> list[str]:
-    """Remove the pinned maps and program (the kernel frees them once nothing uses them)."""
+    """Remove the pinned maps and program (the kernel frees them once nothing uses them), and
+    ``<bpffs>/icegate`` too once no relay is pinned there."""
     remove_attach_record(pin_dir)
     if not pin_dir.is_dir():
         return []
@@ -387,6 +388,8 @@ def unpin(pin_dir: Path) -> list[str]:
         entry.unlink()
         removed.append(f"pin {entry.name}")
     pin_dir.rmdir()
+    with contextlib.suppress(OSError):  # another relay's pins are still there
+        pin_dir.parent.rmdir()
     return removed
 
 

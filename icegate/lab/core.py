@@ -311,14 +311,14 @@ class Lab:
         return sorted(self.pin_root.glob(f"{self.prefix}*")) if self.pin_root.is_dir() else []
 
     def _remove_pins(self) -> list[str]:
-        from controlplane.loader import remove_attach_record  # the relay's record of where it attached
+        from controlplane.loader import remove_attach_record, unpin
 
         removed = []
         for path in self._pins():
-            remove_attach_record(path)
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
+                unpin(path)  # also the relay's record of where it attached
             else:
+                remove_attach_record(path)
                 path.unlink()
             removed.append(str(path))
         return removed
