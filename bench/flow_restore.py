@@ -31,7 +31,7 @@ from bench import report
 from controlplane.kernelstore import KernelStore, flow_key_struct, flow_value_struct, pack_flows
 from controlplane.store import Flow, FlowKeyT
 from icegate.inet import addr16
-from tests.support import pinned_relay
+from labkit.support import pinned_relay
 
 NAME = "flow_restore"
 TARGET_MS = 20.0  # target for restoring 10k flows from the flow cache (README: Benchmarks)

@@ -4,7 +4,7 @@
                                             [--rounds 10] [--out bench/results] [--lab-name icgb]
 
 For each relay mode, a lab of its own started the way the demo starts it
-(:meth:`icegate.demo.Demo.up`: namespaces, Redis, the relay, two transceivers with an
+(:meth:`labkit.demo.Demo.up`: namespaces, Redis, the relay, two transceivers with an
 echo agent beside each), and beside transceiver tx1, in its namespace, the peer:
 :mod:`bench.plain_answerer`, a plain aiortc process (one peer connection with sockets of
 its own per session, the client's audio echoed back, no relay, no tunnel mux, no agent).
@@ -57,10 +57,10 @@ import aiohttp
 import numpy as np
 
 from bench import report
-from icegate.demo import Demo, Options, Progress, http_get, terminate_as_interrupt, wait_until
 from icegate.errors import IcegateError
-from tests.e2e.clients import run_in_namespace
-from tests.support import REPO
+from labkit.clients import run_in_namespace
+from labkit.demo import Demo, Options, Progress, http_get, terminate_as_interrupt, wait_until
+from labkit.support import REPO
 from transceiver.client import RATE, VoiceClient, loud, silence, tone
 
 NAME = "sessions"

@@ -27,10 +27,10 @@ from typing import Any
 from bench import report
 from controlplane.datapath import Datapath
 from controlplane.layout import BackendState, Stat
-from controlplane.nexthop import StaticNextHop
 from controlplane.store import Backend, Flow, MemoryStore, RateConfig, TunnelEndpoint, Vip
 from icegate import geneve, inet, token
-from tests.data.packet_builders import TOPOLOGY, check
+from labkit.nexthop import StaticNextHop
+from labkit.packets import TOPOLOGY, check
 
 KEY = bytes(range(16))
 VIP = ("192.0.2.10", 3478)

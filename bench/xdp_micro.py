@@ -29,8 +29,8 @@ from typing import Any
 from bench import report
 from controlplane import kernel
 from icegate import netns
-from tests.bpf.harness import RelayHost, XdpRelay, relay_config, vectors
-from tests.data import packet_builders as pb
+from labkit import packets as pb
+from labkit.bpf_harness import RelayHost, XdpRelay, relay_config, vectors
 
 NAME = "xdp_micro"
 BPF_PROG_TYPE_XDP = 6

@@ -235,7 +235,7 @@ class RelayGroup(Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=RelayGroup)
+@click.group(cls=RelayGroup, short_help="run, inspect and detach the relay")
 def relay() -> None:
     """Run, inspect and detach the relay."""
 
@@ -307,7 +307,7 @@ def relay_detach(ctx: click.Context, target: Target, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------- flows
-@click.group(cls=Group)
+@click.group(cls=Group, short_help="list, show and flush relay flows")
 def flows() -> None:
     """List, show and flush relay flows (reads the pinned maps)."""
 
@@ -387,7 +387,7 @@ def flows_flush(ctx: click.Context, target: Target, as_json: bool, yes: bool) ->
 
 
 # ---------------------------------------------------------------- backends
-@click.group(cls=Group)
+@click.group(cls=Group, short_help="list and drain transceivers")
 def backends() -> None:
     """List and drain transceivers."""
 
@@ -445,7 +445,7 @@ def backends_drain(target: Target, as_json: bool, backend: str) -> None:
 
 
 # ---------------------------------------------------------------- token
-@click.group(cls=Group)
+@click.group(cls=Group, short_help="mint, decode and rotate route tokens")
 def token() -> None:
     """Mint, decode and rotate route tokens."""
 
@@ -606,7 +606,7 @@ def token_rotate(target: Target, grace: float, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------- stats
-@click.command(cls=click.Command)
+@click.command(cls=click.Command, short_help="live relay counters with rates")
 @target_options
 @json_option
 @click.option("--interval", type=click.FloatRange(min=0.05), help="Refresh every S seconds, with rates.")

@@ -1,9 +1,12 @@
 """The ``icegate`` console script.
 
-Each component owns its commands in its own module; this file only maps command
-names to them, imported on first use so that ``icegate flows ls`` does not pay for
-importing aiortc. Listings take ``--json``; errors from the :mod:`icegate.errors`
-tree print as one line and exit 1.
+The root knows no command: every component registers its own in the
+``icegate.commands`` entry-point group of its distribution (``pyproject.toml``), name ->
+``module:attribute`` of a click command or group. Commands are imported on first use,
+so that ``icegate flows ls`` does not pay for importing aiortc, and the root imports
+nothing above :mod:`icegate` (the product's components and the ``labkit`` tooling plug
+in from above). Listings take ``--json``; errors from the :mod:`icegate.errors` tree
+print as one line and exit 1.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import click
@@ -18,19 +23,13 @@ import click
 from icegate import __version__
 from icegate.errors import IcegateError
 
-# command name -> "module:attribute" of a click command or group
-COMMANDS = {
-    "relay": ("controlplane.cli:relay", "run, inspect and detach the relay"),
-    "flows": ("controlplane.cli:flows", "list, show and flush relay flows"),
-    "backends": ("controlplane.cli:backends", "list and drain transceivers"),
-    "token": ("controlplane.cli:token", "mint, decode and rotate route tokens"),
-    "stats": ("controlplane.cli:stats", "live relay counters with rates"),
-    "transceiver": ("transceiver.cli:transceiver", "run a WebRTC transceiver"),
-    "agent": ("transceiver.cli:agent", "run a voice agent (echo, tone)"),
-    "lab": ("icegate.lab:lab", "build and tear down the network-namespace lab"),
-    "demo": ("icegate.demo:demo", "voice sessions through the relay in the lab"),
-    "bench": ("icegate.bench_cli:bench", "run a benchmark of bench/ (source checkout)"),
-}
+ENTRY_POINT_GROUP = "icegate.commands"
+
+
+@cache
+def commands() -> dict[str, EntryPoint]:
+    """command name -> its entry point, for every installed distribution that offers one."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 class Group(click.Group):
@@ -47,13 +46,13 @@ class Group(click.Group):
 
 class LazyGroup(Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(commands())
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = COMMANDS.get(cmd_name)
+        entry = commands().get(cmd_name)
         if entry is None:
             return None
-        module_name, _, attr = entry[0].partition(":")
+        module_name, attr = entry.module, entry.attr
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -62,12 +61,21 @@ class LazyGroup(Group):
             raise
         command = getattr(module, attr)
         if not isinstance(command, click.Command):  # pragma: no cover - a programming error
-            raise TypeError(f"{entry[0]} is not a click command")
+            raise TypeError(f"{entry.value} is not a click command")
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                command = self.get_command(ctx, name)
+            except click.ClickException as exc:  # a component this build lacks
+                rows.append((name, f"(unavailable: {exc.message})"))
+                continue
+            if command is not None:
+                rows.append((name, command.get_short_help_str(formatter.width)))
         with formatter.section("Commands"):
-            formatter.write_dl([(name, COMMANDS[name][1]) for name in sorted(COMMANDS)])
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

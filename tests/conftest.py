@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Processes, RedisServer, prefixed_namespaces, redis_server
+from labkit.support import Processes, RedisServer, prefixed_namespaces, redis_server
 
 ROOT_TIERS = ("bpf", "integration", "e2e")
 _ns_counter = itertools.count()

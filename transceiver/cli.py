@@ -64,7 +64,7 @@ def _logging(as_json: bool, debug: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@click.group()
+@click.group(short_help="run a WebRTC transceiver")
 def transceiver() -> None:
     """A WebRTC transceiver: aiortc sessions behind one Geneve UDP socket."""
 
@@ -149,7 +149,7 @@ def run(
     asyncio.run(service.run(config))
 
 
-@click.group()
+@click.group(short_help="run a voice agent (echo, tone)")
 def agent() -> None:
     """Built-in voice agents for the transceiver's agent protocol."""
 

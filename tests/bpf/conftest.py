@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bpf.harness import RelayHost, XdpRelay, relay_config, vectors
-from tests.support import prefixed_namespaces
+from labkit.bpf_harness import RelayHost, XdpRelay, relay_config, vectors
+from labkit.support import prefixed_namespaces
 
 
 @pytest.fixture(scope="session")

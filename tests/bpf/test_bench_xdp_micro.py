@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bench import xdp_micro
-from tests.bpf.harness import XdpRelay
+from labkit.bpf_harness import XdpRelay
 
 PATHS = [
     ("flow hit, forward (DTLS, confirmed flow)", "FWD_FLOW", "1-shot"),

@@ -25,7 +25,7 @@ from controlplane.kernelstore import flow_key_struct, flow_value_struct, pack_fl
 from controlplane.store import Flow
 from icegate.inet import addr16
 from icegate.rfc7983 import PacketKind
-from tests.bpf.harness import XdpRelay
+from labkit.bpf_harness import XdpRelay
 
 SHARED_H = source_dir() / "shared.h"
 # C enum prefix of each mirrored enum.

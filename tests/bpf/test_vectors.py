@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from controlplane.layout import Stat
-from tests.bpf.harness import XdpRelay, vectors
-from tests.support import sort_flows
+from labkit.bpf_harness import XdpRelay, vectors
+from labkit.support import sort_flows
 
 VECTORS = vectors()
 CASES = {c["name"]: c for c in VECTORS["cases"]}

@@ -15,8 +15,8 @@ import aioice
 from controlplane.layout import Stat
 from icegate import geneve, inet, netns, stun, token
 from icegate.inet import addr16
-from tests.bpf.harness import XdpRelay, twin_for, twin_view, vectors
-from tests.data import packet_builders as pb
+from labkit import packets as pb
+from labkit.bpf_harness import XdpRelay, twin_for, twin_view, vectors
 
 STATE = vectors()["state"]
 

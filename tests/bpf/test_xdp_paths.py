@@ -24,8 +24,8 @@ from controlplane.store import Flow
 from icegate import geneve, inet, stun
 from icegate.errors import BpfError, RelayNotRunning
 from icegate.inet import addr16
-from tests.bpf.harness import DATA, TEST_LIMITS, XdpRelay, relay_config, vectors
-from tests.data import packet_builders as pb
+from labkit import packets as pb
+from labkit.bpf_harness import DATA, TEST_LIMITS, XdpRelay, relay_config, vectors
 
 VECTORS = vectors()
 STATE = VECTORS["state"]

@@ -23,7 +23,7 @@ from controlplane.layout import Stat
 from icegate import geneve, inet, stun
 from icegate.errors import WireError
 from icegate.rfc7983 import WEBRTC_KINDS, classify
-from tests.bpf.harness import XdpRelay, twin_for, twin_view, vectors
+from labkit.bpf_harness import XdpRelay, twin_for, twin_view, vectors
 
 VECTORS = vectors()
 STATE = VECTORS["state"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from icegate import stun
 from icegate.rfc7983 import PacketKind, classify
-from tests.data.packet_builders import (
+from labkit.packets import (
     B11,
     B12,
     B13,

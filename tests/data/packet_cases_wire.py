@@ -10,7 +10,7 @@ import struct
 from typing import Any
 
 from icegate import geneve, inet
-from tests.data.packet_builders import (
+from labkit.packets import (
     B11,
     B12,
     B15,

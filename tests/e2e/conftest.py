@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from icegate.lab import Lab
+from labkit.lab import Lab
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from icegate import netns
-from icegate.lab.core import BPFFS, RUN_DIR
-from tests.support import REPO
+from labkit.lab.core import BPFFS, RUN_DIR
+from labkit.support import REPO
 
 ANSWERERS = ["icegate", "plain"]
 SETUP_KEYS = {"median_ms", "p90_ms", "rounds", "samples_ms"}

@@ -1,6 +1,6 @@
 """An unmodified browser through the relay: headless Chromium in a lab client namespace.
 
-The stack is the demo's (:meth:`icegate.demo.Demo.up`: lab, XDP relay, two transceivers,
+The stack is the demo's (:meth:`labkit.demo.Demo.up`: lab, XDP relay, two transceivers,
 echo agents). The test serves ``chromium_page.html`` on the client's loopback; the page
 POSTs its offer cross-origin to the transceiver's signaling (CORS preflight included),
 connects to the relay VIP, talks for a few seconds, and reports what ``getStats`` and the
@@ -36,8 +36,8 @@ import numpy as np
 import pytest
 
 from icegate import netns
-from icegate.demo import Demo, Options, Progress
-from icegate.lab import Lab
+from labkit.demo import Demo, Options, Progress
+from labkit.lab import Lab
 from transceiver.client import RATE, silence, tone
 
 PAGE = Path(__file__).with_name("chromium_page.html")

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from icegate import netns
-from icegate.lab import Lab
-from icegate.lab.core import BPFFS, RUN_DIR
-from tests.support import REPO
+from labkit.lab import Lab
+from labkit.lab.core import BPFFS, RUN_DIR
+from labkit.support import REPO
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
 SESSIONS = 2

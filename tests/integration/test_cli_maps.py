@@ -22,7 +22,7 @@ from controlplane.kernelstore import KernelStore
 from controlplane.layout import BackendState, Stat
 from controlplane.store import Backend, Flow, Vip
 from icegate.inet import addr16
-from tests.support import pinned_relay
+from labkit.support import pinned_relay
 
 S = 10**9
 

@@ -21,7 +21,7 @@ from controlplane.redisio import RedisStore
 from controlplane.store import Backend, Vip
 from icegate.inet import addr16
 from icegate.schema import CachedFlow, Keys
-from tests.support import RedisServer, pinned_relay
+from labkit.support import RedisServer, pinned_relay
 
 FLOWS = 10_000
 

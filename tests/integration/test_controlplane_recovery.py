@@ -33,9 +33,9 @@ import redis as redis_sync
 
 from icegate import geneve, inet, netns, stun
 from icegate import token as tokens
-from icegate.lab import Lab, LabConfig
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import REPO, Processes, RedisServer, http_get, metric_sample, redis_server, wait_for
+from labkit.lab import Lab, LabConfig
+from labkit.support import REPO, Processes, RedisServer, http_get, metric_sample, redis_server, wait_for
 
 KEY = bytes(range(32, 48))
 REDIS_PORT = 6380  # our own redis-server in the lab's dc namespace, so the test can stop it

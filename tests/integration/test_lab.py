@@ -28,8 +28,8 @@ import redis
 from icegate import netns
 from icegate.config import load
 from icegate.errors import ConfigError, LinkError
-from icegate.lab import Lab, LabConfig, load_lab_config
-from tests.support import REPO, Processes, wait_for
+from labkit.lab import Lab, LabConfig, load_lab_config
+from labkit.support import REPO, Processes, wait_for
 
 ICEGATE = [str(Path(sys.executable).with_name("icegate"))]  # the console script of this venv
 BPFFS = Path("/sys/fs/bpf")

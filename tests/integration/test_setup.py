@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.support import REPO
+from labkit.support import REPO
 
 ROOT = Path(REPO)
 

@@ -1,6 +1,6 @@
 """Real voice sessions: aiortc client -> relay VIP -> Geneve -> transceiver -> agent, and back.
 
-Everything is a real process in the lab's namespaces (``icegate.lab``): the relay
+Everything is a real process in the lab's namespaces (``labkit.lab``): the relay
 (``icegate relay run``, userspace twin or XDP: the ``world`` fixture's parameter), two
 transceivers (``icegate transceiver run``: tx1 with the echo agent, tx2 with the tone
 agent, each ``icegate agent run`` on its host's loopback), the lab's Redis. Clients are
@@ -31,11 +31,11 @@ from aioice import stun as aioice_stun
 from prometheus_client.parser import text_string_to_metric_families
 
 from icegate import geneve, inet, netns
-from icegate.lab import Lab, LabConfig, TransceiverSettings
-from icegate.lab.config import PublicConfig
 from icegate.schema import Keys, RouteKeySet
-from tests.e2e.clients import run_in_namespace
-from tests.support import REPO, Processes, http_get, metric_sample, wait_for
+from labkit.clients import run_in_namespace
+from labkit.lab import Lab, LabConfig, TransceiverSettings
+from labkit.lab.config import PublicConfig
+from labkit.support import REPO, Processes, http_get, metric_sample, wait_for
 from transceiver.client import VoiceClient, dominant_frequency, silence, tone
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]

@@ -24,7 +24,7 @@ from controlplane.datapath import Event
 from controlplane.layout import BackendState, FlowEventKind, Stat
 from controlplane.store import Backend, MemoryStore, RateConfig, TunnelEndpoint, Vip
 from icegate import geneve, inet, netns, stun, token
-from tests.data.packet_builders import check, success
+from labkit.packets import check, success
 
 KEY = bytes(range(16))
 T11 = token.mint(0, KEY, 1, 1, 7)

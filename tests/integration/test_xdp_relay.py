@@ -43,8 +43,8 @@ from controlplane.metrics import RelayCollector
 from controlplane.store import Backend, RateConfig, TunnelEndpoint, Vip
 from icegate import geneve, inet, netns, stun, token
 from icegate.errors import BpfError
-from icegate.lab.kernel import set_offloads
-from tests.data.packet_builders import check, success
+from labkit.lab.kernel import set_offloads
+from labkit.packets import check, success
 
 KEY = bytes(range(16))
 MACS = {

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import REPO
+from labkit.support import REPO
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
 

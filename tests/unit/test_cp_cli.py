@@ -23,7 +23,7 @@ from icegate import token as tokens
 from icegate.errors import RelayNotRunning
 from icegate.inet import addr16
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import RedisServer, free_port
+from labkit.support import RedisServer, free_port
 
 S = 10**9
 NOW = 1000 * S

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from controlplane import cli
 from controlplane.daemon import build_config
 from icegate.logs import JsonFormatter, KeyValueFormatter
-from tests.support import REPO
+from labkit.support import REPO
 
 GOOD = """
 relay:

@@ -26,7 +26,7 @@ from controlplane.store import MemoryStore
 from icegate import geneve, inet, stun
 from icegate import token as tokens
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import Processes, redis_server
+from labkit.support import Processes, redis_server
 
 VIP = ("192.0.2.10", 3478)
 TX = ("10.70.0.11", 6081)

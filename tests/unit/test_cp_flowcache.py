@@ -18,7 +18,7 @@ from controlplane.redisio import RedisStore
 from controlplane.store import Backend, Flow, MemoryStore, Vip
 from icegate.inet import addr16
 from icegate.schema import CachedFlow, Keys
-from tests.support import RedisServer
+from labkit.support import RedisServer
 
 _regions = itertools.count()
 VIP = Vip("192.0.2.10", 3478, 0)

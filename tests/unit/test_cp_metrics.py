@@ -18,7 +18,7 @@ from controlplane.service import RelayService, configure_maps, plan_vips
 from controlplane.store import Backend, MemoryStore, Vip
 from icegate import token as tokens
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import RedisServer
+from labkit.support import RedisServer
 from tests.unit.test_cp_degraded import VIP, binding_request, binding_success, returned
 
 KEY = bytes(range(16))

@@ -28,8 +28,8 @@ from controlplane import cli
 from icegate import geneve, inet
 from icegate import token as tokens
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests import support
-from tests.support import REPO, Processes, RedisServer, free_port, wait_for
+from labkit import support
+from labkit.support import REPO, Processes, RedisServer, free_port, wait_for
 from tests.unit.test_cp_degraded import binding_request, binding_success
 
 KEY = bytes(range(16, 32))

@@ -17,7 +17,7 @@ from controlplane.store import Backend, MemoryStore
 from controlplane.sync import ClusterSync, plan_backends
 from icegate import token
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import RedisServer
+from labkit.support import RedisServer
 
 _regions = itertools.count()
 

@@ -14,10 +14,10 @@ import pytest
 
 from controlplane.datapath import Datapath, Event
 from controlplane.layout import FlowEventKind, Stat
-from controlplane.nexthop import StaticNextHop, mac_bytes
 from controlplane.store import MemoryStore
 from icegate.inet import from_addr16
-from tests.support import flow_rows, load_vector_state, sort_flows
+from labkit.nexthop import StaticNextHop, mac_bytes
+from labkit.support import flow_rows, load_vector_state, sort_flows
 
 VECTORS = json.loads((Path(__file__).parents[1] / "data" / "packets.json").read_text())
 CASES = {c["name"]: c for c in VECTORS["cases"]}

@@ -1,4 +1,4 @@
-"""icegate.demo_report: the demo's verdict per session, relay totals, the table."""
+"""labkit.demo_report: the demo's verdict per session, relay totals, the table."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from icegate.demo import datapath_of, describe_datapath
-from icegate.demo_report import Plan, Session, judge, match_flows, table, totals
+from labkit.demo import datapath_of, describe_datapath
+from labkit.demo_report import Plan, Session, judge, match_flows, table, totals
 
 VIPS = ["192.0.2.10:3478"]
 

@@ -13,7 +13,7 @@ import pytest
 
 from icegate import netns
 from icegate.errors import LinkError
-from icegate.lab.processes import Registry
+from labkit.lab.processes import Registry
 
 
 def test_start_read_stop_round_trip(tmp_path: Path) -> None:

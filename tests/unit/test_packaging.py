@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.support import REPO
+from labkit.support import REPO
 
 INCLUDE_RE = re.compile(r'^#include "([^"]+)"', re.MULTILINE)
 

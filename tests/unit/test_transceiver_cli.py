@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from icegate.cli import cli
-from tests.support import REPO, Processes, free_port, http_get, wait_for
+from labkit.support import REPO, Processes, free_port, http_get, wait_for
 from transceiver.cli import split_hostport
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]

@@ -10,7 +10,7 @@ import pytest
 
 from icegate.config import load
 from icegate.errors import ConfigError
-from tests.support import run_transceiver
+from labkit.support import run_transceiver
 from transceiver.client import VoiceClient
 from transceiver.config import TransceiverConfig
 from transceiver.signaling import cors_origin

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from icegate import token
 from icegate.config import load
 from icegate.schema import Keys, Registration, RouteKeySet
-from tests.support import Processes, RedisServer, free_port, redis_server
+from labkit.support import Processes, RedisServer, free_port, redis_server
 from transceiver.config import TransceiverConfig
 from transceiver.registry import Registry
 

@@ -13,7 +13,7 @@ import pytest
 
 from icegate import token
 from icegate.config import load
-from tests.support import free_port, run_transceiver
+from labkit.support import free_port, run_transceiver
 from transceiver.client import VoiceClient
 from transceiver.config import TransceiverConfig
 from transceiver.offer import prepare_offer

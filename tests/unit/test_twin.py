@@ -22,7 +22,7 @@ from controlplane.layout import BackendState, FlowEventKind, Stat
 from controlplane.store import Backend, Flow, FlowKeyT, MemoryStore, RateConfig, TunnelEndpoint, Vip
 from controlplane.twin import TwinRelay
 from icegate import geneve, inet, stun, token
-from tests.data.packet_builders import DTLS, RTP, check, success
+from labkit.packets import DTLS, RTP, check, success
 
 KEY = bytes(range(16))
 VIP = ("192.0.2.10", 3478)

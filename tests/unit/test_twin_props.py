@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 
 from controlplane.datapath import Action, Datapath, FrameResult, SocketResult
 from controlplane.layout import Stat, Verdict
-from controlplane.nexthop import StaticNextHop
 from controlplane.store import MemoryStore
 from icegate import geneve, inet, stun
 from icegate.rfc7983 import WEBRTC_KINDS, classify
-from tests.data import packet_builders as pb
-from tests.support import load_vector_state
+from labkit import packets as pb
+from labkit.nexthop import StaticNextHop
+from labkit.support import load_vector_state
 
 VECTORS = json.loads((Path(__file__).parents[1] / "data" / "packets.json").read_text())
 FRAMES = sorted(

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from controlplane.kernelstore import KernelStore
     from transceiver.config import TransceiverConfig
     from transceiver.service import Transceiver
-from icegate.lab.kernel import redis_server_argv
+from labkit.lab.kernel import redis_server_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -37,7 +37,10 @@ def benchmarks(root: Path = CHECKOUT) -> dict[str, str]:
     return found
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command(
+    short_help="run a benchmark of bench/ (source checkout)",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 @click.option("--json", "as_json", is_flag=True, help="With no NAME: the list as JSON.")
 @click.argument("name", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)

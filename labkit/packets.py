@@ -21,7 +21,7 @@ PUB_MAC, GW_MAC, PRIV_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:
 TUNNEL4, TUNNEL6, TUNNEL_PORT = "10.70.0.1", "fd00:70::1", 6081
 VIP4, VIP6, VIP_ALT = ("192.0.2.10", 3478, 0), ("2001:db8:1::10", 3478, 1), ("192.0.2.20", 3479, 7)
 KEYS = {0: bytes(range(16)), 1: bytes.fromhex("8f1e2d3c4b5a69788796a5b4c3d2e1f0")}
-TOPOLOGY = {
+TOPOLOGY: dict[str, dict[str, Any]] = {
     "public": {
         "ifname": "pub0",
         "mac": PUB_MAC,
@@ -52,7 +52,7 @@ TOPOLOGY = {
 
 class B(NamedTuple):
     cluster: int
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index on purpose
     address: str
     port: int
     state: str = "active"
@@ -297,7 +297,7 @@ def step(frame: bytes, stat: str, ingress: str = "public", **out: Any) -> dict[s
 
 def to_backend(
     stat: str, b: B, client: tuple[str, int], vip: tuple[str, int, int], payload: bytes, **kw: Any
-):
+) -> dict[str, Any]:
     """A client packet and the step expecting it tunnelled to ``b``."""
     vlan, pad_to = kw.pop("vlan", None), kw.pop("pad_to", 0)
     packet = client_packet(client, vip, payload, **kw)
@@ -306,18 +306,24 @@ def to_backend(
     return step(from_client(packet, vlan, pad_to), stat, egress=egress, dst_mac=dst_mac, output=out)
 
 
-def at_vip(stat: str, client: tuple[str, int], vip: tuple[str, int, int], payload: bytes, **kw: Any):
+def at_vip(
+    stat: str, client: tuple[str, int], vip: tuple[str, int, int], payload: bytes, **kw: Any
+) -> dict[str, Any]:
     vlan, pad_to = kw.pop("vlan", None), kw.pop("pad_to", 0)
     return step(from_client(client_packet(client, vip, payload, **kw), vlan, pad_to), stat)
 
 
-def to_client(stat: str, b: B, vip: tuple[str, int, int], client: tuple[str, int], payload: bytes, **kw: Any):
+def to_client(
+    stat: str, b: B, vip: tuple[str, int, int], client: tuple[str, int], payload: bytes, **kw: Any
+) -> dict[str, Any]:
     """A transceiver reply from ``b`` and the step expecting the inner packet sent to the client."""
     inner = reply(vip, client, payload)
     return step(returned(b, inner, **kw), stat, "private", egress="public", dst_mac=GW_MAC, output=inner)
 
 
-def at_tunnel(stat: str, b: B, vip: tuple[str, int, int], client: tuple[str, int], payload: bytes, **kw: Any):
+def at_tunnel(
+    stat: str, b: B, vip: tuple[str, int, int], client: tuple[str, int], payload: bytes, **kw: Any
+) -> dict[str, Any]:
     return step(returned(b, reply(vip, client, payload), **kw), stat, "private")
 
 
@@ -336,7 +342,9 @@ def keys_only(*flows: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: f[k] for k in ("client", "port", "vip_index", "cluster", "index")} for f in flows]
 
 
-def case(name: str, steps: list[dict[str, Any]], state: dict[str, Any] | None = None, **expect: Any):
+def case(
+    name: str, steps: list[dict[str, Any]], state: dict[str, Any] | None = None, **expect: Any
+) -> dict[str, Any]:
     found: dict[str, Any] = {"name": name}
     if state:
         found["state"] = state

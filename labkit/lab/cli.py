@@ -1,4 +1,4 @@
-"""``icegate lab up|down|status``: the click side of :class:`icegate.lab.Lab`."""
+"""``icegate lab up|down|status``: the click side of :class:`labkit.lab.Lab`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from icegate.lab.config import load_lab_config
-from icegate.lab.core import Lab
+from labkit.lab.config import load_lab_config
+from labkit.lab.core import Lab
 
 F = Callable[..., Any]
 
@@ -36,7 +36,7 @@ def _progress() -> Callable[[str], None]:
     return say
 
 
-@click.group()
+@click.group(short_help="build and tear down the network-namespace lab")
 def lab() -> None:
     """Build, inspect and tear down the network-namespace lab (docs/LAB.md)."""
 

@@ -24,12 +24,12 @@ from controlplane.datapath import Datapath, FrameResult
 from controlplane.kernel import prog_test_run
 from controlplane.layout import Stat
 from controlplane.loader import Loader
-from controlplane.nexthop import StaticNextHop
 from controlplane.store import MemoryStore
 from icegate import netns
-from tests.support import flow_rows, load_vector_state
+from labkit.nexthop import StaticNextHop
+from labkit.support import flow_rows, load_vector_state
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[1] / "tests" / "data"  # the shared vectors (DATAPATH.md §9)
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 TEST_LIMITS = RelayLimits(max_flows=4096, max_pending=1024, max_rate_sources=1024, events_pages=8)
 # The maps a §9 "state" replaces before every case.

@@ -1,6 +1,6 @@
 """``icegate demo``: the main job, real voice sessions through the relay in the lab.
 
-1. ``lab up``: namespaces, veths, routes, Redis (:mod:`icegate.lab`).
+1. ``lab up``: namespaces, veths, routes, Redis (:mod:`labkit.lab`).
 2. A route key in Redis (``icegate token init``), then, side by side in their
    namespaces: ``icegate relay run`` (XDP, or the userspace twin where XDP is not
    available: the relay logs which and why, and the demo says so), two transceivers
@@ -39,11 +39,12 @@ import click
 import redis as redis_sync
 import yaml
 
-from icegate import demo_report, netns
+from icegate import netns
 from icegate.errors import IcegateError, LinkError
-from icegate.lab import Lab, LabConfig
-from icegate.lab.config import DEFAULT_NAME
 from icegate.schema import Keys
+from labkit import demo_report
+from labkit.lab import Lab, LabConfig
+from labkit.lab.config import DEFAULT_NAME
 
 AGENT_PORT = 8090
 TONE_AGENT_HZ = 440.0
@@ -431,7 +432,7 @@ def render(summary: dict[str, Any], table: str) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(short_help="voice sessions through the relay in the lab")
 @click.option(
     "--sessions",
     type=click.IntRange(1, 32),

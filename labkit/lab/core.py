@@ -17,20 +17,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from controlplane.config import RelayConfig
+from controlplane.loader import remove_attach_record, unpin
 from icegate import netns
 from icegate.config import build, merge
 from icegate.errors import LinkError
-from icegate.lab import kernel
-from icegate.lab.config import DEFAULT_NAME, VETH_NATIVE_XDP_MAX_MTU, LabConfig, load_lab_config
-from icegate.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
-from icegate.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology, plan
-
-if TYPE_CHECKING:
-    from controlplane.config import RelayConfig
+from labkit.lab import kernel
+from labkit.lab.config import DEFAULT_NAME, VETH_NATIVE_XDP_MAX_MTU, LabConfig, load_lab_config
+from labkit.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
+from labkit.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology, plan
 
 RUN_DIR = Path("/run/icegate/lab")
 BPFFS = Path("/sys/fs/bpf")
@@ -311,8 +310,6 @@ class Lab:
         return sorted(self.pin_root.glob(f"{self.prefix}*")) if self.pin_root.is_dir() else []
 
     def _remove_pins(self) -> list[str]:
-        from controlplane.loader import remove_attach_record, unpin
-
         removed = []
         for path in self._pins():
             if path.is_dir() and not path.is_symlink():
@@ -378,8 +375,6 @@ class Lab:
 
     def relay_config(self, overrides: Mapping[str, Any] | None = None) -> RelayConfig:
         """The lab relay's validated config; ``overrides`` as for :func:`icegate.config.merge`."""
-        from controlplane.config import RelayConfig  # the lab describes components, not vice versa
-
         return build(RelayConfig, merge(self.relay_section(), overrides or {}), "relay")
 
     def write_relay_config(self, overrides: Mapping[str, Any] | None = None) -> Path:

@@ -1,6 +1,6 @@
 """The lab: network namespaces that the demo, the e2e tests and the benchmarks run in.
 
-    from icegate.lab import Lab, LabConfig
+    from labkit.lab import Lab, LabConfig
     lab = Lab(LabConfig(name="icg"))
     lab.up()                                   # namespaces, veths, bridge, routes, Redis
     lab.start_process("relay", "relay", [...]) # recorded; ended by lab.down()
@@ -15,8 +15,8 @@ Modules: :mod:`.config` (LabConfig), :mod:`.topology` (what the config means, pu
 
 from __future__ import annotations
 
-from icegate.lab.cli import lab
-from icegate.lab.config import (
+from labkit.lab.cli import lab
+from labkit.lab.config import (
     DEFAULT_NAME,
     ClientConfig,
     LabConfig,
@@ -25,8 +25,8 @@ from icegate.lab.config import (
     TransceiverHostConfig,
     load_lab_config,
 )
-from icegate.lab.core import ClientSettings, Lab, Teardown, TransceiverSettings
-from icegate.lab.processes import LabProcess
+from labkit.lab.core import ClientSettings, Lab, Teardown, TransceiverSettings
+from labkit.lab.processes import LabProcess
 
 __all__ = [
     "DEFAULT_NAME",

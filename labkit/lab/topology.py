@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from icegate.lab.config import LabConfig
+from labkit.lab.config import LabConfig
 
 PUBLIC_IF = "pub0"
 PRIVATE_IF = "priv0"
