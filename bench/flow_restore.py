@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from controlplane.kernelstore import KernelStore, flow_key_struct, flow_value_struct, pack_flows
-from controlplane.store import Flow, FlowKeyT
+from controlplane.datapath.store import Flow, FlowKeyT
+from controlplane.kernel.maps import KernelStore, flow_key_struct, flow_value_struct, pack_flows
 from icegate.inet import addr16
 from labkit.support import pinned_relay
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from controlplane.datapath import Datapath
-from controlplane.layout import BackendState, Stat
-from controlplane.store import Backend, Flow, MemoryStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.datapath.engine import Datapath
+from controlplane.datapath.layout import BackendState, Stat
+from controlplane.datapath.store import Backend, Flow, MemoryStore, RateConfig, TunnelEndpoint, Vip
 from icegate import geneve, inet, token
 from labkit.nexthop import StaticNextHop
 from labkit.packets import TOPOLOGY, check
@@ -96,8 +96,8 @@ def datapath_numbers(seconds: float) -> dict[str, float]:
 
 
 def _relay(vip_port: int, tunnel_port: int, sink_port: int, ready: Any, stop: Any) -> None:
-    from controlplane import twin
     from controlplane.config import RelayConfig, TunnelConfig, VipConfig
+    from controlplane.datapath import twin
 
     os.sched_setaffinity(0, {0})
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from controlplane import kernel
+from controlplane.kernel import libbpf as kernel
 from icegate import netns
 from labkit import packets as pb
 from labkit.bpf_harness import RelayHost, XdpRelay, relay_config, vectors

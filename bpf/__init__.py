@@ -1,6 +1,6 @@
 """The XDP program's C sources (``relay.c`` and its headers), shipped as ``icegate.bpf``.
 
-Nothing here runs: the loader (``controlplane/loader.py``) compiles these files with
+Nothing here runs: the loader (``controlplane/kernel/loader.py``) compiles these files with
 bcc at start, so it needs them as real files on disk.
 """
 

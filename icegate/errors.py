@@ -1,24 +1,22 @@
 """The errors icegate raises, as one tree.
 
-    IcegateError
-    ├── ConfigError        bad configuration; names the field (``relay.vips[0].port: ...``)
-    ├── TokenError         a ufrag that is not a valid route token; ``reason`` says why
-    ├── WireError          a packet or header that cannot be parsed (Geneve, IP, UDP, STUN)
-    ├── DependencyError    a system dependency is missing (bcc, bpffs, kernel headers, ethtool)
-    ├── BpfError           loading, attaching or reading the XDP program and its maps
-    │   └── RelayNotRunning    no pinned maps for the named relay
-    ├── LinkError          netlink / namespace operations (pyroute2)
-    ├── StoreError         Redis unreachable or returned something unexpected
-    └── SignalingError     SDP offers the transceiver cannot answer; ``status`` is the HTTP code
-
-Third-party errors (bcc, pyroute2, redis, aiortc) are translated where they are
-caught, with ``raise ... from exc``, so callers only ever handle this tree.
+IcegateError
+├── ConfigError        bad configuration; names the field (``relay.vips[0].port: ...``)
+├── TokenError         a ufrag that is not a valid route token; ``reason`` says why
+├── WireError          a packet or header that cannot be parsed (Geneve, IP, UDP, STUN)
+│   └── StunReject         a STUN-range payload that cannot be a first check; ``reason``
+│                          is the drop counter (``stun_malformed``, ``username_missing``...)
+├── DependencyError    a system dependency is missing (bcc, bpffs, kernel headers, ethtool)
+├── BpfError           loading, attaching or reading the XDP program and its maps
+│   ├── RelayNotRunning    no pinned maps for the named relay
+│   └── ReadOnlyState      a write asked of the twin's state read over HTTP
+├── LinkError          netlink / namespace operations (pyroute2)
+├── StoreError         Redis unreachable or returned something unexpected
+├── SignalingError     SDP offers the transceiver cannot answer; ``status`` is the HTTP code
+└── DemoError          a step of the lab demo failed (tooling: ``labkit.demo``)
 """
 
 from __future__ import annotations
-
-import importlib
-from typing import Any
 
 
 class IcegateError(Exception):
@@ -38,7 +36,7 @@ class TokenError(IcegateError):
     """A ufrag is not a valid route token.
 
     ``reason`` is the stats-enum name without its ``DROP_`` prefix
-    (``controlplane.layout.Stat``): ``token_length``, ``token_alphabet``,
+    (``controlplane.datapath.layout.Stat``): ``token_length``, ``token_alphabet``,
     ``token_version``, ``token_key`` or ``token_mac``, so the twin counts exactly what
     the XDP program counts.
     """
@@ -53,6 +51,14 @@ class WireError(IcegateError, ValueError):
     """A packet or header is malformed."""
 
 
+class StunReject(WireError):
+    """A payload in the STUN range that cannot be a first check; ``reason`` is the counter name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class DependencyError(IcegateError):
     """A system dependency is missing; the message says how to install it."""
 
@@ -63,6 +69,10 @@ class BpfError(IcegateError):
 
 class RelayNotRunning(BpfError):
     """No relay with that name has pinned maps on this host."""
+
+
+class ReadOnlyState(BpfError):
+    """A write asked of a snapshot (the twin's maps, read over HTTP)."""
 
 
 class LinkError(IcegateError):
@@ -82,10 +92,5 @@ class SignalingError(IcegateError):
         self.reason = reason
 
 
-def import_optional(name: str) -> Any:
-    """Import ``name``; a missing module is a DependencyError: a build may leave parts out
-    (the kernel side, the twin), and a command that needs one says which."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        raise DependencyError(f"{name} is not available in this build ({exc})") from exc
+class DemoError(IcegateError):
+    """A demo step failed (the message says which, with the component's log tail)."""

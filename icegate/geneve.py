@@ -112,10 +112,12 @@ def entropy_port(client_addr16: bytes, client_port: int, vip_port: int) -> int:
     """Outer UDP source port for a flow: stable per flow, spread for ECMP/RSS (RFC 8926 §3.3).
 
     XOR of the four big-endian 32-bit words of the 16-byte client address and
-    ``client_port << 16 | vip_port``, folded to 16 bits, mapped into 49152-65535.
-    ``bpf/relay.c`` computes the same value.
+    ``client_port << 16 | vip_port``, folded to 16 bits, mapped into 49152-65535 (the
+    words are XORed as one integer: the twin calls this once per forwarded packet).
+    ``entropy_port()`` in ``bpf/forward.h`` computes the same value; the shared packet
+    vectors (``tests/data/packets.json``) hold both to it.
     """
-    words = struct.unpack("!IIII", client_addr16)
-    h = words[0] ^ words[1] ^ words[2] ^ words[3] ^ ((client_port << 16) | vip_port)
+    w = int.from_bytes(client_addr16, "big")
+    h = ((w >> 96) ^ (w >> 64) ^ (w >> 32) ^ w ^ (client_port << 16 | vip_port)) & 0xFFFFFFFF
     h ^= h >> 16
     return EPHEMERAL_BASE | (h & 0x3FFF)

@@ -26,6 +26,7 @@ import hmac
 import struct
 from collections.abc import Iterator
 
+from icegate.errors import StunReject
 from icegate.rfc7983 import PacketKind, classify
 from icegate.token import TOKEN_CHARS
 
@@ -45,14 +46,6 @@ MAX_UFRAG_LEN = 32  # longest ufrag we look for ':' in; tokens are 24
 
 _HEADER = struct.Struct("!HHI12s")
 _ATTR = struct.Struct("!HH")
-
-
-class StunReject(Exception):
-    """A payload in the STUN range that cannot be a first check; ``reason`` is the counter name."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def is_stun(payload: bytes) -> bool:

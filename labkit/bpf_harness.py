@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
-from controlplane.datapath import Datapath, FrameResult
-from controlplane.kernel import prog_test_run
-from controlplane.layout import Stat
-from controlplane.loader import Loader
-from controlplane.store import MemoryStore
+from controlplane.datapath.engine import Datapath, FrameResult
+from controlplane.datapath.layout import Stat
+from controlplane.datapath.store import MemoryStore
+from controlplane.kernel.libbpf import prog_test_run
+from controlplane.kernel.loader import Loader
 from icegate import netns
 from labkit.nexthop import StaticNextHop
 from labkit.support import flow_rows, load_vector_state

@@ -40,7 +40,7 @@ import redis as redis_sync
 import yaml
 
 from icegate import netns
-from icegate.errors import IcegateError, LinkError
+from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
 from labkit import demo_report
 from labkit.lab import Lab, LabConfig
@@ -54,10 +54,6 @@ PITCHES = (349.2, 392.0, 493.9, 523.3, 587.3, 659.3, 698.5, 784.0)
 READY_TIMEOUT_S = 45.0  # bcc compiles the XDP program at start: seconds on a busy 2-core host
 CLIENT_SLACK_S = 45.0  # start-up (importing aiortc), connect, last answer, hang-up
 METRIC_RE = re.compile(r"^icegate_relay_packets_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
-
-
-class DemoError(IcegateError):
-    """A demo step failed (the message says which, with the component's log tail)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from controlplane.nexthop import Fib, Hop
+from controlplane.datapath.nexthop import Fib, Hop
 from icegate.inet import addr16
 
 

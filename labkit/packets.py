@@ -1,7 +1,7 @@
 """Builders for the shared packet vectors (``make_packet_vectors.py``): topology, state,
 tokens, STUN messages, frames, and the expected outputs, all from the icegate codecs.
 
-Expected outputs are built here independently of ``controlplane/datapath.py`` and
+Expected outputs are built here independently of ``controlplane/datapath/engine.py`` and
 ``bpf/relay.c``, which must both reproduce them.
 """
 

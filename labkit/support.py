@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
-from controlplane.layout import BackendState
-from controlplane.store import Backend, Flow, MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.datapath.layout import BackendState
+from controlplane.datapath.store import Backend, Flow, MapStore, RateConfig, TunnelEndpoint, Vip
 from icegate import netns
 from icegate.inet import addr16, from_addr16
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from controlplane.kernelstore import KernelStore
+    from controlplane.kernel.maps import KernelStore
     from transceiver.config import TransceiverConfig
     from transceiver.service import Transceiver
 from labkit.lab.kernel import redis_server_argv
@@ -214,7 +214,7 @@ def sort_flows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def pinned_relay(name: str, limits: RelayLimits | None = None) -> Iterator[KernelStore]:
     """The relay program loaded by the production loader into pins of its own, nothing
     attached, one VIP and a tunnel address configured; the pins are removed afterwards."""
-    from controlplane.loader import Loader  # root tiers only
+    from controlplane.kernel.loader import Loader  # root tiers only
 
     config = RelayConfig(
         name=name,

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from controlplane.config import RelayConfig
-from controlplane.loader import remove_attach_record, unpin
+from controlplane.kernel.loader import remove_attach_record, unpin
 from icegate import netns
 from icegate.config import build, merge
 from icegate.errors import LinkError

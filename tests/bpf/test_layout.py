@@ -1,4 +1,4 @@
-"""The Python mirror (controlplane/layout.py) against what the compilers made of shared.h.
+"""The Python mirror (controlplane/datapath/layout.py) against what the compilers made of shared.h.
 
 Two witnesses: the ctypes Key/Leaf classes bcc generated for the maps of the loaded
 program, and a small C program compiled with gcc that prints every struct's size, every
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from icegate.bpf import source_dir
 
-from controlplane import layout
 from controlplane.config import RelayLimits
-from controlplane.kernelstore import flow_key_struct, flow_value_struct, pack_flows
-from controlplane.store import Flow
+from controlplane.datapath import layout
+from controlplane.datapath.store import Flow
+from controlplane.kernel.maps import flow_key_struct, flow_value_struct, pack_flows
 from icegate.inet import addr16
 from icegate.rfc7983 import PacketKind
 from labkit.bpf_harness import XdpRelay

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.layout import Stat
+from controlplane.datapath.layout import Stat
 from labkit.bpf_harness import XdpRelay, vectors
 from labkit.support import sort_flows
 

@@ -12,7 +12,7 @@ import asyncio
 
 import aioice
 
-from controlplane.layout import Stat
+from controlplane.datapath.layout import Stat
 from icegate import geneve, inet, netns, stun, token
 from icegate.inet import addr16
 from labkit import packets as pb

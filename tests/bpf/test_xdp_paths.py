@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from controlplane import layout
-from controlplane.kernel import possible_cpus
-from controlplane.kernelstore import KernelStore
-from controlplane.layout import FlowEventKind
-from controlplane.loader import Loader, status
-from controlplane.store import Flow
+from controlplane.datapath import layout
+from controlplane.datapath.layout import FlowEventKind
+from controlplane.datapath.store import Flow
+from controlplane.kernel.libbpf import possible_cpus
+from controlplane.kernel.loader import Loader, status
+from controlplane.kernel.maps import KernelStore
 from icegate import geneve, inet, stun
 from icegate.errors import BpfError, RelayNotRunning
 from icegate.inet import addr16
@@ -79,20 +79,20 @@ def test_token_vector(xdp: XdpRelay, case: dict[str, Any]) -> None:
 
 # ---- events (DATAPATH.md §8) ----
 @pytest.fixture(scope="module")
-def events(xdp: XdpRelay) -> Iterator[list[layout.FlowEvent]]:
-    received: list[layout.FlowEvent] = []
+def events(xdp: XdpRelay) -> Iterator[list[layout.FlowEventRecord]]:
+    received: list[layout.FlowEventRecord] = []
     xdp.loader.open_events(received.append)
     yield received
 
 
-def drain(xdp: XdpRelay, received: list[layout.FlowEvent]) -> list[layout.FlowEvent]:
+def drain(xdp: XdpRelay, received: list[layout.FlowEventRecord]) -> list[layout.FlowEventRecord]:
     xdp.loader.consume_events()
     found = list(received)
     received.clear()
     return found
 
 
-def test_confirmation_emits_created(xdp: XdpRelay, events: list[layout.FlowEvent]) -> None:
+def test_confirmation_emits_created(xdp: XdpRelay, events: list[layout.FlowEventRecord]) -> None:
     drain(xdp, events)
     run_case(xdp, "a STUN success response from the owner confirms the flow")
     got = drain(xdp, events)
@@ -103,7 +103,9 @@ def test_confirmation_emits_created(xdp: XdpRelay, events: list[layout.FlowEvent
     assert e.ts_ns > 0
 
 
-def test_reroute_of_confirmed_flow_emits_rerouted(xdp: XdpRelay, events: list[layout.FlowEvent]) -> None:
+def test_reroute_of_confirmed_flow_emits_rerouted(
+    xdp: XdpRelay, events: list[layout.FlowEventRecord]
+) -> None:
     drain(xdp, events)
     run_case(xdp, "ICE restart re-routes a confirmed flow")
     got = drain(xdp, events)
@@ -119,7 +121,7 @@ def test_reroute_of_confirmed_flow_emits_rerouted(xdp: XdpRelay, events: list[la
     )
 
 
-def test_pending_flows_emit_nothing(xdp: XdpRelay, events: list[layout.FlowEvent]) -> None:
+def test_pending_flows_emit_nothing(xdp: XdpRelay, events: list[layout.FlowEventRecord]) -> None:
     drain(xdp, events)
     run_case(xdp, "ICE restart re-routes a pending flow")
     run_case(xdp, "STUN then DTLS: the handshake follows the pending flow")

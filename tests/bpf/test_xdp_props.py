@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from controlplane.layout import Stat
+from controlplane.datapath.layout import Stat
 from icegate import geneve, inet, stun
 from icegate.errors import WireError
 from icegate.rfc7983 import WEBRTC_KINDS, classify

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from controlplane import cli, kernel, layout
 from controlplane.config import RelayLimits
-from controlplane.kernelstore import KernelStore
-from controlplane.layout import BackendState, Stat
-from controlplane.store import Backend, Flow, Vip
+from controlplane.datapath import layout
+from controlplane.datapath.layout import BackendState, Stat
+from controlplane.datapath.store import Backend, Flow, Vip
+from controlplane.kernel import libbpf as kernel
+from controlplane.kernel.maps import KernelStore
+from controlplane.operator import cli
 from icegate.inet import addr16
 from labkit.support import pinned_relay
 

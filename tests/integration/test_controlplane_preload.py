@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_sync
 
+from controlplane.cluster.recovery import PreloadReport, Recovery
+from controlplane.cluster.redisio import RedisStore
 from controlplane.config import RedisConfig, RelayLimits
-from controlplane.kernelstore import KernelStore
-from controlplane.layout import BackendState
-from controlplane.recovery import PreloadReport, Recovery
-from controlplane.redisio import RedisStore
-from controlplane.store import Backend, Vip
+from controlplane.datapath.layout import BackendState
+from controlplane.datapath.store import Backend, Vip
+from controlplane.kernel.maps import KernelStore
 from icegate.inet import addr16
 from icegate.schema import CachedFlow, Keys
 from labkit.support import RedisServer, pinned_relay

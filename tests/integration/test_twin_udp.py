@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from controlplane import twin
 from controlplane.config import RelayConfig, TunnelConfig, VipConfig
-from controlplane.datapath import Event
-from controlplane.layout import BackendState, FlowEventKind, Stat
-from controlplane.store import Backend, MemoryStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.datapath import twin
+from controlplane.datapath.layout import BackendState, FlowEventKind, Stat
+from controlplane.datapath.store import Backend, FlowEvent, MemoryStore, RateConfig, TunnelEndpoint, Vip
 from icegate import geneve, inet, netns, stun, token
 from labkit.packets import check, success
 
@@ -138,7 +137,7 @@ async def session(
 
 
 async def scenario() -> None:
-    events: list[Event] = []
+    events: list[FlowEvent] = []
     store = relay_store()
     relay = await twin.TwinRelay.start(relay_config(), store, on_event=events.append)
     peers = [await bind(TRANSCEIVER), await bind(CLIENT4), await bind(CLIENT6)]

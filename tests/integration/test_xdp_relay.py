@@ -33,14 +33,14 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane import cli
-from controlplane import loader as loader_module
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
-from controlplane.kernelstore import KernelStore
-from controlplane.layout import BackendState, Stat
-from controlplane.loader import Loader
-from controlplane.metrics import RelayCollector
-from controlplane.store import Backend, RateConfig, TunnelEndpoint, Vip
+from controlplane.datapath.layout import BackendState, Stat
+from controlplane.datapath.store import Backend, RateConfig, TunnelEndpoint, Vip
+from controlplane.kernel import loader as loader_module
+from controlplane.kernel.loader import Loader
+from controlplane.kernel.maps import KernelStore
+from controlplane.node.metrics import RelayCollector
+from controlplane.operator import cli
 from icegate import geneve, inet, netns, stun, token
 from icegate.errors import BpfError
 from labkit.lab.kernel import set_offloads
@@ -390,7 +390,7 @@ def test_auto_falls_back_to_generic_where_native_is_missing(
         with netns.entered(ns), pytest.raises(BpfError):
             loader.attach()
         loader.config = replace(config, xdp_mode="auto")
-        with netns.entered(ns), caplog.at_level(logging.WARNING, logger="controlplane.loader"):
+        with netns.entered(ns), caplog.at_level(logging.WARNING, logger="controlplane.kernel.loader"):
             assert loader.attach() == {"dum0": "generic"}
         assert "xdp native mode unavailable on dum0" in caplog.text
         assert "falling back to generic (skb) mode" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import loader
+from controlplane.kernel import loader
 from icegate import netns
 
 

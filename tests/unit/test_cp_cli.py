@@ -15,10 +15,10 @@ import pytest
 import redis as redis_sync
 from click.testing import CliRunner, Result
 
-from controlplane import cli
-from controlplane.cli import CliEnv, Target
-from controlplane.layout import BackendState, Stat
-from controlplane.store import Backend, Flow, MemoryStore, Vip
+from controlplane.datapath.layout import BackendState, Stat
+from controlplane.datapath.store import Backend, Flow, MemoryStore, Vip
+from controlplane.operator import cli
+from controlplane.operator.cli import CliEnv, Target
 from icegate import token as tokens
 from icegate.errors import RelayNotRunning
 from icegate.inet import addr16
@@ -63,7 +63,7 @@ def env_for(maps: MemoryStore, samples: list[list[tuple[int, int]]] | None = Non
         open_maps=lambda t: maps,
         open_counters=lambda t: counters,
         relay_info=info,
-        capacities=cli._limit_capacities,
+        capacities=cli.limit_capacities,
         clock_ns=lambda: NOW,
         sleep=lambda s: None,
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from controlplane import cli
-from controlplane.daemon import build_config
+from controlplane.node.daemon import build_config
+from controlplane.operator import cli
 from icegate.logs import JsonFormatter, KeyValueFormatter
 from labkit.support import REPO
 

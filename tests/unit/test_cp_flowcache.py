@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 
 import redis as redis_sync
 
+from controlplane.cluster.flowcache import FlowCache
+from controlplane.cluster.recovery import Recovery
+from controlplane.cluster.redisio import RedisStore
 from controlplane.config import FlowCacheConfig, RedisConfig
-from controlplane.flowcache import FlowCache, FlowUpdate
-from controlplane.layout import BackendState, FlowEventKind
-from controlplane.recovery import Recovery
-from controlplane.redisio import RedisStore
-from controlplane.store import Backend, Flow, MemoryStore, Vip
+from controlplane.datapath.layout import BackendState, FlowEventKind
+from controlplane.datapath.store import Backend, Flow, FlowEvent, MemoryStore, Vip
 from icegate.inet import addr16
 from icegate.schema import CachedFlow, Keys
 from labkit.support import RedisServer
@@ -65,9 +65,9 @@ def test_flow_events_are_cached_with_a_ttl_and_refreshed(redis: RedisServer) -> 
         try:
             k4 = (addr16("100.64.1.2"), 40000, 0)
             k6 = (addr16("2001:db8:100::2"), 40001, 1)
-            cache.record(FlowUpdate(FlowEventKind.CREATED, k4, 1, 1, 0xAABB, now))
-            cache.record(FlowUpdate(FlowEventKind.CREATED, k6, 1, 1, 7, now))
-            cache.record(FlowUpdate(FlowEventKind.REROUTED, k6, 1, 2, 8, now))  # newest event wins
+            cache.record(FlowEvent(FlowEventKind.CREATED, k4, 1, 1, 0xAABB, now))
+            cache.record(FlowEvent(FlowEventKind.CREATED, k6, 1, 1, 7, now))
+            cache.record(FlowEvent(FlowEventKind.REROUTED, k6, 1, 2, 8, now))  # newest event wins
             name4 = keys.flow("192.0.2.10", 3478, "100.64.1.2", 40000)
             name6 = keys.flow("2001:db8::10", 3478, "2001:db8:100::2", 40001)
             deadline = time.monotonic() + 2

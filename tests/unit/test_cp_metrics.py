@@ -11,11 +11,11 @@ import redis as redis_sync
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.config import RedisConfig, RelayConfig, RelayLimits, TunnelConfig, VipConfig
-from controlplane.datapath import Datapath
-from controlplane.layout import BackendState, Stat
-from controlplane.metrics import ListCounters
-from controlplane.service import RelayService, configure_maps, plan_vips
-from controlplane.store import Backend, MemoryStore, Vip
+from controlplane.datapath.engine import Datapath
+from controlplane.datapath.layout import BackendState, Stat
+from controlplane.datapath.store import Backend, MemoryStore, Vip
+from controlplane.node.metrics import ListCounters
+from controlplane.node.service import RelayService, configure_maps, plan_vips
 from icegate import token as tokens
 from icegate.schema import Keys, Registration, RouteKeySet
 from labkit.support import RedisServer

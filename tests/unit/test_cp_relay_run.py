@@ -24,7 +24,7 @@ import redis as redis_sync
 import yaml
 from click.testing import CliRunner
 
-from controlplane import cli
+from controlplane.operator import cli
 from icegate import geneve, inet
 from icegate import token as tokens
 from icegate.schema import Keys, Registration, RouteKeySet

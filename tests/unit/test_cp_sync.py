@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable
 
 import redis as redis_sync
 
+from controlplane.cluster.redisio import RedisStore
+from controlplane.cluster.sync import ClusterSync, plan_backends
 from controlplane.config import RedisConfig
-from controlplane.layout import BackendState
-from controlplane.redisio import RedisStore
-from controlplane.store import Backend, MemoryStore
-from controlplane.sync import ClusterSync, plan_backends
+from controlplane.datapath.layout import BackendState
+from controlplane.datapath.store import Backend, MemoryStore
 from icegate import token
 from icegate.schema import Keys, Registration, RouteKeySet
 from labkit.support import RedisServer

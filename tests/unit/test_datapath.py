@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from controlplane.datapath import Datapath, Event
-from controlplane.layout import FlowEventKind, Stat
-from controlplane.store import MemoryStore
+from controlplane.datapath.engine import Datapath
+from controlplane.datapath.layout import FlowEventKind, Stat
+from controlplane.datapath.store import FlowEvent, MemoryStore
 from icegate.inet import from_addr16
 from labkit.nexthop import StaticNextHop, mac_bytes
 from labkit.support import flow_rows, load_vector_state, sort_flows
@@ -23,7 +23,9 @@ VECTORS = json.loads((Path(__file__).parents[1] / "data" / "packets.json").read_
 CASES = {c["name"]: c for c in VECTORS["cases"]}
 
 
-def make_datapath(case: dict[str, Any], events: list[Event] | None = None) -> tuple[Datapath, MemoryStore]:
+def make_datapath(
+    case: dict[str, Any], events: list[FlowEvent] | None = None
+) -> tuple[Datapath, MemoryStore]:
     store = MemoryStore()
     load_vector_state(store, {**VECTORS["state"], **case.get("state", {})})
     on_event = events.append if events is not None else None
@@ -73,7 +75,7 @@ def test_vectors_cover_the_issue_table() -> None:
 
 
 def test_events_on_confirmation_and_reroute() -> None:
-    events: list[Event] = []
+    events: list[FlowEvent] = []
     datapath, _ = make_datapath(CASES["a STUN success response from the owner confirms the flow"], events)
     for step in CASES["a STUN success response from the owner confirms the flow"]["steps"]:
         datapath.process_frame(bytes.fromhex(step["frame"]), step["ingress"])

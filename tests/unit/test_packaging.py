@@ -36,7 +36,7 @@ def test_wheel_ships_the_bpf_sources(tmp_path: Path) -> None:
 
     # Import from the unpacked wheel alone, from a directory that is not the checkout.
     probe = (
-        "import icegate.bpf as b, controlplane.loader, transceiver.mux, json; "
+        "import icegate.bpf as b, controlplane.kernel.loader, transceiver.mux, json; "
         "d = b.source_dir(); print(json.dumps([str(d), sorted(p.name for p in d.iterdir())]))"
     )
     out = subprocess.run(

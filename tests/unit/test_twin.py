@@ -15,12 +15,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlplane import wire
-from controlplane.config import RelayConfig, TunnelConfig, VipConfig
-from controlplane.datapath import Datapath, Event, SocketResult
-from controlplane.layout import BackendState, FlowEventKind, Stat
-from controlplane.store import Backend, Flow, FlowKeyT, MemoryStore, RateConfig, TunnelEndpoint, Vip
-from controlplane.twin import TwinRelay
+from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
+from controlplane.datapath import wire
+from controlplane.datapath.engine import Datapath, SocketResult
+from controlplane.datapath.layout import BackendState, FlowEventKind, Stat
+from controlplane.datapath.store import (
+    Backend,
+    Flow,
+    FlowEvent,
+    FlowKeyT,
+    MemoryStore,
+    RateConfig,
+    TunnelEndpoint,
+    Vip,
+)
+from controlplane.datapath.twin import TwinRelay
 from icegate import geneve, inet, stun, token
 from labkit.packets import DTLS, RTP, check, success
 
@@ -88,7 +97,7 @@ def test_encapsulate_over_ipv6_has_a_valid_checksum(inner: bytes, sport: int) ->
 
 
 def test_session_through_socket_mode() -> None:
-    events: list[Event] = []
+    events: list[FlowEvent] = []
     store = make_store()
     dp = Datapath(store, on_event=events.append)
     first = check(T11)
@@ -145,6 +154,20 @@ def test_refusals_in_socket_mode() -> None:
         dp.from_backend("10.70.0.11", returned(DTLS, vip=("192.0.2.10", 1))).stat is Stat.DROP_RETURN_NOT_VIP
     )
     assert dp.from_backend("bogus", returned(DTLS)).stat is Stat.DROP_RETURN_WRONG_BACKEND
+
+
+def test_twin_relay_bounds_rate_sources_by_its_config() -> None:
+    """``limits.max_rate_sources`` reaches the twin's datapath: the per-source buckets are an
+    LRU of that size, as the kernel's ``rate_sources`` map, so a source pushed out by as many
+    other sources gets a fresh bucket (with the default bound it would still be refused)."""
+    limits = RelayLimits(max_rate_sources=16)
+    cfg = RelayConfig(name="t", vips=(VipConfig(*VIP),), tunnel=TunnelConfig("10.70.0.1"), limits=limits)
+    dp = TwinRelay(cfg, make_store(RateConfig(source_interval_ns=HOUR_NS))).datapath
+    assert dp.from_client(*CLIENT, *VIP, check(T11)).stat is Stat.FWD_NEW_FLOW
+    assert dp.from_client(CLIENT[0], 40001, *VIP, check(T11)).stat is Stat.DROP_RATE_SOURCE
+    for i in range(limits.max_rate_sources):
+        assert dp.from_client(f"100.64.2.{i}", 40000, *VIP, check(T11)).stat is Stat.FWD_NEW_FLOW
+    assert dp.from_client(CLIENT[0], 40002, *VIP, check(T11)).stat is Stat.FWD_NEW_FLOW
 
 
 def test_slow_verdicts_carry_the_key_and_a_retry_is_not_counted() -> None:

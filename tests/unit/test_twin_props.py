@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from controlplane.datapath import Action, Datapath, FrameResult, SocketResult
-from controlplane.layout import Stat, Verdict
-from controlplane.store import MemoryStore
+from controlplane.datapath.engine import Action, Datapath, FrameResult, SocketResult
+from controlplane.datapath.layout import Stat, Verdict
+from controlplane.datapath.store import MemoryStore
 from icegate import geneve, inet, stun
 from icegate.rfc7983 import WEBRTC_KINDS, classify
 from labkit import packets as pb

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from controlplane.layout import Stat
-from controlplane.store import Backend, Flow, FlowKeyT, Vip
+from controlplane.datapath.layout import Stat
+from controlplane.datapath.store import Backend, Flow, FlowKeyT, Vip
 from icegate.inet import from_addr16
 from icegate.schema import Registration
 

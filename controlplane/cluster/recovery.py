@@ -24,9 +24,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controlplane.flowcache import VipTable
-from controlplane.redisio import FlowAddr, RedisStore
-from controlplane.store import Flow, FlowKeyT, MapStore, Vip
+from controlplane.cluster.flowcache import VipTable
+from controlplane.cluster.redisio import FlowAddr, RedisStore
+from controlplane.datapath.store import Flow, FlowKeyT, MapStore, Vip
 from icegate.errors import StoreError
 from icegate.inet import addr16
 from icegate.schema import CachedFlow

@@ -5,7 +5,7 @@ probe that fails on a Redis outage would restart a relay that is forwarding fine
 ``/readyz`` answers 200 only when nothing is degraded; otherwise 503, and the body
 names each problem, one per line (``redis: ...``, ``datapath: ...``).
 ``/v1/state`` (the userspace twin only) serves its in-process maps as JSON for the
-operator CLI (:mod:`controlplane.snapshot`); route keys never leave the process.
+operator CLI (:mod:`controlplane.node.snapshot`); route keys never leave the process.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ open a map, so this module talks to the kernel through ``libbpf.so.1`` (ctypes):
 - :func:`prog_test_run`: ``BPF_PROG_TEST_RUN`` of an XDP program (tests, benchmarks);
 - :func:`xdp_query`, :func:`xdp_attach`, :func:`xdp_detach`: XDP attach points.
 
-``kernelstore.py`` builds :class:`controlplane.store.MapStore` on top of this.
+``kernelstore.py`` builds :class:`controlplane.datapath.store.MapStore` on top of this.
 Errors are :class:`BpfError`.
 """
 
@@ -26,8 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from controlplane import layout
 from controlplane.config import RelayLimits
+from controlplane.datapath import layout
 from icegate.errors import BpfError, DependencyError
 
 # uapi/linux/bpf.h

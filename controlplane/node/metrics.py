@@ -16,13 +16,13 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controlplane.cluster.flowcache import FlowCache
+from controlplane.cluster.recovery import Recovery
+from controlplane.cluster.redisio import RedisStore
+from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RelayLimits
-from controlplane.flowcache import FlowCache
-from controlplane.layout import MAX_ROUTE_KEYS, BackendState, Stat
-from controlplane.recovery import Recovery
-from controlplane.redisio import RedisStore
-from controlplane.store import MapStore
-from controlplane.sync import ClusterSync
+from controlplane.datapath.layout import MAX_ROUTE_KEYS, BackendState, Stat
+from controlplane.datapath.store import MapStore
 
 PREFIX = "icegate_relay"
 

@@ -9,7 +9,7 @@ so its control plane serves them on its HTTP endpoint instead, as JSON::
      "route_key_ids": [...], "counters": [[packets, bytes] per Stat], "capacity": {map: n}}
 
 Route keys never leave the process (only their ids). :class:`SnapshotStore` turns one
-answer back into a :class:`~controlplane.store.MapStore` the CLI's views read as they
+answer back into a :class:`~controlplane.datapath.store.MapStore` the CLI's views read as they
 read a ``KernelStore``; it refuses to write (``flows flush`` needs the pinned maps).
 """
 
@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from controlplane.config import HttpConfig, RelayLimits
-from controlplane.http import snapshot_path
-from controlplane.layout import BackendState
-from controlplane.metrics import map_capacity
-from controlplane.store import Backend, Flow, FlowKeyT, MapStore, MemoryStore, Vip
-from icegate.errors import BpfError
+from controlplane.datapath.layout import BackendState
+from controlplane.datapath.store import Backend, Flow, FlowKeyT, MapStore, MemoryStore, Vip
+from controlplane.node.http import snapshot_path
+from controlplane.node.metrics import map_capacity
+from icegate.errors import ReadOnlyState
 
 FLOW_FIELDS = tuple(f.name for f in dataclasses.fields(Flow))
 
@@ -71,10 +71,6 @@ def fetch(http: HttpConfig, timeout_s: float = 1.0) -> dict[str, Any] | None:
             return data
     except (urllib.error.URLError, OSError, ValueError):
         return None
-
-
-class ReadOnlyState(BpfError):
-    """A write asked of a snapshot."""
 
 
 class SnapshotStore(MemoryStore):

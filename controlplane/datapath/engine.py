@@ -1,7 +1,7 @@
 """The relay datapath in Python: the userspace twin of ``bpf/relay.c``.
 
 ``docs/DATAPATH.md`` is the specification, rule by rule; the section numbers below are
-its sections. Pure logic, no I/O: state lives behind a :class:`~controlplane.store.MapStore`,
+its sections. Pure logic, no I/O: state lives behind a :class:`~controlplane.datapath.store.MapStore`,
 time comes from ``clock`` (nanoseconds, CLOCK_MONOTONIC like ``bpf_ktime_get_ns``), the
 next hop from a ``next_hop`` function (``bpf_fib_lookup`` in the kernel).
 
@@ -16,7 +16,7 @@ Two ways in:
   client's IP packet (§7) to tunnel it; ``from_backend`` takes a Geneve UDP payload.
 
 Every call increments exactly one entry of :attr:`Datapath.counters` (``[packets,
-bytes]`` indexed by :class:`~controlplane.layout.Stat`): bytes are the frame length, or
+bytes]`` indexed by :class:`~controlplane.datapath.layout.Stat`): bytes are the frame length, or
 in socket mode the IP length of the received datagram (synthesised IP + UDP headers).
 
 Choices where the specification is silent (the C program must agree):
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from controlplane.layout import BackendState, FlowEventKind, Stat, Verdict
-from controlplane.nexthop import HOP_OK, Fib, Hop, NextHop, same_interface
-from controlplane.store import Backend, Flow, FlowKeyT, MapStore, MemoryStore
-from controlplane.wire import (
+from controlplane.datapath.layout import BackendState, FlowEventKind, Stat, Verdict
+from controlplane.datapath.nexthop import HOP_OK, Fib, Hop, NextHop, same_interface
+from controlplane.datapath.store import Backend, Flow, FlowEvent, FlowKeyT, MapStore, MemoryStore
+from controlplane.datapath.wire import (
     ETH_HLEN,
     ETH_P_8021Q,
     ETH_P_IP,
@@ -75,18 +75,6 @@ class Action(StrEnum):
     REDIRECT = "redirect"
     PASS = "pass"
     DROP = "drop"
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """``struct flow_event``: what the ring buffer carries (§8)."""
-
-    kind: FlowEventKind
-    key: FlowKeyT
-    cluster: int
-    index: int
-    token_tag: int
-    ts_ns: int
 
 
 @dataclass(slots=True, eq=False, repr=False)
@@ -199,7 +187,7 @@ class Datapath:
         store: MapStore,
         next_hop: NextHop = same_interface,
         clock: Callable[[], int] = time.monotonic_ns,
-        on_event: Callable[[Event], None] | None = None,
+        on_event: Callable[[FlowEvent], None] | None = None,
         *,
         live_values: bool | None = None,
         max_rate_sources: int = MAX_RATE_SOURCES,
@@ -448,7 +436,7 @@ class Datapath:
             flow.cluster, flow.index, flow.token_tag = routed.cluster, routed.index, routed.tag
             if confirmed and self.on_event is not None:
                 self.on_event(
-                    Event(FlowEventKind.REROUTED, key, flow.cluster, flow.index, flow.token_tag, now)
+                    FlowEvent(FlowEventKind.REROUTED, key, flow.cluster, flow.index, flow.token_tag, now)
                 )
         flow.last_seen_ns = now
         flow.packets_in += 1
@@ -603,7 +591,7 @@ class Datapath:
             store.put_flow(key, flow)
             if self.on_event is not None:
                 self.on_event(
-                    Event(FlowEventKind.CREATED, key, flow.cluster, flow.index, flow.token_tag, now)
+                    FlowEvent(FlowEventKind.CREATED, key, flow.cluster, flow.index, flow.token_tag, now)
                 )
         else:
             stat = Stat.FWD_RETURN_PENDING

@@ -22,13 +22,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
+from controlplane.cluster.redisio import FlowAddr, RedisStore
 from controlplane.config import FlowCacheConfig
-from controlplane.layout import FlowEventKind
-from controlplane.redisio import FlowAddr, RedisStore
-from controlplane.store import Flow, FlowKeyT, MapStore, Vip
+from controlplane.datapath.store import Flow, FlowEvent, FlowKeyT, MapStore, Vip
 from icegate.errors import StoreError
 from icegate.inet import from_addr16
 from icegate.schema import CachedFlow
@@ -36,33 +33,6 @@ from icegate.schema import CachedFlow
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 65536
-
-
-@dataclass(frozen=True, slots=True)
-class FlowUpdate:
-    """A flow event as the control plane sees it (``struct flow_event``, decoded)."""
-
-    kind: FlowEventKind
-    key: FlowKeyT
-    cluster: int
-    index: int
-    token_tag: int
-    ts_ns: int  # CLOCK_MONOTONIC
-
-
-class FlowEventLike(Protocol):
-    """What :meth:`FlowCache.record` reads: :class:`FlowUpdate` or ``controlplane.datapath.Event``."""
-
-    @property
-    def key(self) -> FlowKeyT: ...
-    @property
-    def cluster(self) -> int: ...
-    @property
-    def index(self) -> int: ...
-    @property
-    def token_tag(self) -> int: ...
-    @property
-    def ts_ns(self) -> int: ...
 
 
 class VipTable:
@@ -104,7 +74,7 @@ class FlowCache:
         self._clock_ns = clock_ns
         self._wall = wall_clock
         self.vips = VipTable(maps)
-        self._queue: dict[FlowKeyT, FlowEventLike] = {}
+        self._queue: dict[FlowKeyT, FlowEvent] = {}
         self._overflowed = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -119,7 +89,7 @@ class FlowCache:
         return len(self._queue)
 
     # ---- producers ----
-    def record(self, update: FlowEventLike) -> None:
+    def record(self, update: FlowEvent) -> None:
         """Queue a flow event; call from the event loop's thread. Never blocks, never raises."""
         self.events_total += 1
         if update.key not in self._queue and len(self._queue) >= self.queue_max:
@@ -129,7 +99,7 @@ class FlowCache:
         self._queue[update.key] = update
         self._wake.set()
 
-    def record_threadsafe(self, update: FlowEventLike) -> None:
+    def record_threadsafe(self, update: FlowEvent) -> None:
         """:meth:`record` from another thread (a ring-buffer poller)."""
         if self._loop is None:
             raise RuntimeError("FlowCache.run() has not started")

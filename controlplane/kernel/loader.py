@@ -6,7 +6,7 @@
     loader.load()            # compile bpf/relay.c, reuse or create the pinned maps, check them
     loader.attach()          # {ifname: "native" | "generic"}; replaces a running program in place
     loader.write_config(tunnel, rate)
-    loader.open_events(callback)   # layout.FlowEvent per CREATED / REROUTED
+    loader.open_events(callback)   # layout.FlowEventRecord per CREATED / REROUTED
     loader.poll_events(100)
     loader.close()           # the program stays attached and the maps stay pinned
 
@@ -40,11 +40,12 @@ from typing import Any
 
 from icegate.bpf import PROGRAM, source_dir
 
-from controlplane import kernel, layout
 from controlplane.config import RelayConfig
-from controlplane.kernel import XdpAttachment
-from controlplane.kernelstore import KernelStore
-from controlplane.store import RateConfig, TunnelEndpoint
+from controlplane.datapath import layout
+from controlplane.datapath.store import RateConfig, TunnelEndpoint
+from controlplane.kernel import libbpf
+from controlplane.kernel.libbpf import XdpAttachment
+from controlplane.kernel.maps import KernelStore
 from icegate import netns
 from icegate.errors import BpfError, DependencyError, LinkError, RelayNotRunning
 
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 ENTRY = "xdp_relay"  # the XDP function in relay.c
 RUN_DIR = Path("/run/icegate/relay")  # <relay>/attach.json: where the program was attached
-EventCallback = Callable[[layout.FlowEvent], None]
+EventCallback = Callable[[layout.FlowEventRecord], None]
 
 
 def import_bcc() -> Any:
@@ -137,7 +138,7 @@ class Loader:
         check_kernel_headers()
         check_bpffs(self.config.bpffs)
         # A mismatch is clearer before compiling than as a verifier error after.
-        kernel.check_maps(kernel.pinned_map_infos(self.pin_dir), self.config.limits)
+        libbpf.check_maps(libbpf.pinned_map_infos(self.pin_dir), self.config.limits)
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         src = source_dir() / PROGRAM
         with _captured_stderr() as output:
@@ -153,15 +154,15 @@ class Loader:
                 self.bpf = None
                 raise BpfError(f"the verifier refused {ENTRY}: {exc}\n{_tail(output)}") from exc
         infos = {
-            name: kernel.map_info(self.bpf.get_table(name.encode()).map_fd, name)
-            for name in kernel.map_specs(self.config.limits)
+            name: libbpf.map_info(self.bpf.get_table(name.encode()).map_fd, name)
+            for name in libbpf.map_specs(self.config.limits)
         }
-        kernel.check_maps(infos, self.config.limits)
+        libbpf.check_maps(infos, self.config.limits)
         self._pin_program()
         log.info(
             "xdp program loaded relay=%s prog_id=%d pin_dir=%s maps_reused=%s",
             self.config.name,
-            kernel.prog_id(self.prog_fd),
+            libbpf.prog_id(self.prog_fd),
             self.pin_dir,
             sorted(infos),
         )
@@ -169,11 +170,11 @@ class Loader:
     def _pin_program(self) -> None:
         # Pin beside, then rename over the old pin: the path never disappears. (bpffs
         # refuses names with a dot.)
-        fresh = self.pin_dir / f"{kernel.PROG_PIN}_new"
+        fresh = self.pin_dir / f"{libbpf.PROG_PIN}_new"
         with contextlib.suppress(FileNotFoundError):
             fresh.unlink()
-        kernel.obj_pin(self.prog_fd, fresh)
-        os.replace(fresh, self.pin_dir / kernel.PROG_PIN)
+        libbpf.obj_pin(self.prog_fd, fresh)
+        os.replace(fresh, self.pin_dir / libbpf.PROG_PIN)
 
     def _require_loaded(self) -> None:
         if self.bpf is None:
@@ -191,16 +192,16 @@ class Loader:
         for ifname in self.config.interfaces:
             self.modes[ifname] = self._attach_one(ifname)
             enable_forwarding(ifname)
-        write_attach_record(self.pin_dir, kernel.prog_id(self.prog_fd), self.modes)
+        write_attach_record(self.pin_dir, libbpf.prog_id(self.prog_fd), self.modes)
         return dict(self.modes)
 
     def _attach_one(self, ifname: str) -> str:
         index = ifindex(ifname)
-        current = kernel.xdp_query(index)
+        current = libbpf.xdp_query(index)
         wanted = self.config.xdp_mode
         running = current[0].mode if current else None
         if running is not None and wanted in ("auto", running):
-            kernel.xdp_attach(index, self.prog_fd, running)
+            libbpf.xdp_attach(index, self.prog_fd, running)
             log.info("xdp replaced interface=%s mode=%s old_prog_id=%d", ifname, running, current[0].prog_id)
             return running
         if running is not None:
@@ -211,10 +212,10 @@ class Loader:
                 running,
                 wanted,
             )
-            kernel.xdp_detach(index, running)
+            libbpf.xdp_detach(index, running)
         if wanted in ("auto", "native"):
             try:
-                kernel.xdp_attach(index, self.prog_fd, "native")
+                libbpf.xdp_attach(index, self.prog_fd, "native")
                 log.info("xdp attached interface=%s mode=native", ifname)
                 return "native"
             except BpfError as exc:
@@ -226,7 +227,7 @@ class Loader:
                     ifname,
                     exc,
                 )
-        kernel.xdp_attach(index, self.prog_fd, "generic")
+        libbpf.xdp_attach(index, self.prog_fd, "generic")
         log.info("xdp attached interface=%s mode=generic", ifname)
         return "generic"
 
@@ -238,8 +239,8 @@ class Loader:
             for ifname in self.config.interfaces:
                 with contextlib.suppress(LinkError):
                     index = ifindex(ifname)
-                    for att in kernel.xdp_query(index):
-                        kernel.xdp_detach(index, att.mode)
+                    for att in libbpf.xdp_query(index):
+                        libbpf.xdp_detach(index, att.mode)
                         removed.append(f"{ifname} ({att.mode})")
         remove_attach_record(self.pin_dir)
         self.modes.clear()
@@ -268,8 +269,8 @@ class Loader:
 
         def deliver(_ctx: Any, data: Any, size: int) -> int:
             raw = ctypes.string_at(data, size)
-            if size >= ctypes.sizeof(layout.FlowEvent):
-                callback(layout.FlowEvent.from_buffer_copy(raw))
+            if size >= ctypes.sizeof(layout.FlowEventRecord):
+                callback(layout.FlowEventRecord.from_buffer_copy(raw))
             return 0
 
         self._deliver = deliver  # bcc keeps a C pointer to it: keep the Python object alive
@@ -317,12 +318,12 @@ def enable_forwarding(ifname: str) -> None:
 
 # ---- without bcc: the CLI's view of a relay, by its pin directory ----------------------
 def pinned_prog_id(pin_dir: Path) -> int | None:
-    path = pin_dir / kernel.PROG_PIN
+    path = pin_dir / libbpf.PROG_PIN
     if not path.exists():
         return None
-    fd = kernel.obj_get(path)
+    fd = libbpf.obj_get(path)
     try:
-        return kernel.prog_id(fd)
+        return libbpf.prog_id(fd)
     finally:
         os.close(fd)
 
@@ -332,7 +333,7 @@ def attachments(prog_id: int | None = None) -> list[tuple[str, int, XdpAttachmen
     only those of ``prog_id`` when given."""
     found = []
     for index, ifname in socket.if_nameindex():
-        for att in kernel.xdp_query(index):
+        for att in libbpf.xdp_query(index):
             if prog_id is None or att.prog_id == prog_id:
                 found.append((ifname, index, att))
     return found
@@ -351,7 +352,7 @@ def status(pin_dir: Path) -> dict[str, Any]:
         fill = store.fill()
         capacity = store.capacity()
     return {
-        "program": {"id": pid, "pinned": str(pin_dir / kernel.PROG_PIN)} if pid is not None else None,
+        "program": {"id": pid, "pinned": str(pin_dir / libbpf.PROG_PIN)} if pid is not None else None,
         "netns": where,
         "attached": [
             {"interface": n, "ifindex": i, "mode": a.mode, "prog_id": a.prog_id} for n, i, a in attached
@@ -369,7 +370,7 @@ def detach(pin_dir: Path, *, remove_pins: bool = True) -> list[str]:
     if pid is not None:
         with attach_namespace(pin_dir) as where:
             for ifname, index, att in attachments(pid):
-                kernel.xdp_detach(index, att.mode)
+                libbpf.xdp_detach(index, att.mode)
                 removed.append(f"xdp on {ifname} ({att.mode})" + (f" in netns {where}" if where else ""))
         remove_attach_record(pin_dir)
     if remove_pins:

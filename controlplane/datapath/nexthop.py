@@ -1,6 +1,6 @@
 """Next hop for the Python datapath: what ``bpf_fib_lookup`` answers in the kernel (DATAPATH.md §6).
 
-:class:`~controlplane.datapath.Datapath` asks a ``next_hop(destination addr16, IP
+:class:`~controlplane.datapath.engine.Datapath` asks a ``next_hop(destination addr16, IP
 length, ingress) -> Hop`` function. Socket mode needs none (the kernel routes what the
 twin sends). The test double that models ``bpf_fib_lookup`` over the static topology of
 the shared packet vectors is :class:`labkit.nexthop.StaticNextHop` (tooling, not shipped

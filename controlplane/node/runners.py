@@ -2,7 +2,8 @@
 
 A :class:`Runner` gives the control plane the same five things in both modes: the
 maps (:class:`MapStore`), the counters, whether it is forwarding, and start/stop. In
-``start`` it connects the datapath to the service: flow events go to the flow cache,
+``start`` it connects the datapath to the control plane through :class:`DatapathHooks`
+(callbacks, so a runner knows nothing of the service): flow events go to the flow cache,
 SLOW verdicts to Redis recovery.
 
 ``auto`` picks XDP when the program loads here (bcc, kernel headers, bpffs, the
@@ -18,21 +19,29 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from controlplane import layout
 from controlplane.config import RelayConfig
-from controlplane.flowcache import FlowUpdate
-from controlplane.layout import STAT_MAX
-from controlplane.recovery import Recovery
-from controlplane.store import FlowKeyT, MapStore, MemoryStore
-from icegate.errors import ConfigError, IcegateError, LinkError, import_optional
-
-if TYPE_CHECKING:
-    from controlplane.service import RelayService
+from controlplane.datapath.engine import SocketResult
+from controlplane.datapath.layout import STAT_MAX
+from controlplane.datapath.store import FlowEvent, FlowKeyT, MapStore, MemoryStore
+from controlplane.datapath.twin import TwinRelay
+from controlplane.kernel import libbpf
+from controlplane.kernel.loader import Loader
+from icegate.errors import ConfigError, IcegateError, LinkError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatapathHooks:
+    """What a runner calls into the control plane with (the daemon wires them)."""
+
+    recover: Callable[[FlowKeyT], Awaitable[bool]]  # a SLOW miss: restore the flow from Redis
+    record: Callable[[FlowEvent], None]  # a flow event, from the event loop's thread
+    record_threadsafe: Callable[[FlowEvent], None]  # the same from another thread (ring buffer)
 
 
 class Runner(Protocol):
@@ -45,7 +54,7 @@ class Runner(Protocol):
     def counters(self) -> Sequence[tuple[int, int]]: ...
     def problem(self) -> str | None: ...
     def tasks(self) -> list[asyncio.Task[Any]]: ...
-    async def start(self, service: RelayService) -> None: ...
+    async def start(self, hooks: DatapathHooks) -> None: ...
     async def stop(self) -> None: ...
 
 
@@ -90,29 +99,15 @@ def xdp_runner(cfg: RelayConfig) -> Runner:
     return XdpRunner(cfg)
 
 
-def flow_update(event: layout.FlowEvent) -> FlowUpdate:
-    """A ring-buffer record as the flow cache takes it."""
-    key: FlowKeyT = (bytes(event.key.client_addr), event.key.client_host_port, int(event.key.vip_index))
-    kind = layout.FlowEventKind(event.kind)
-    return FlowUpdate(kind, key, event.backend.cluster, event.backend.index, event.token_tag, event.ts_ns)
-
-
-async def _slow_path_hook(recovery: Recovery, result: Any) -> bool:
-    return result.key is not None and await recovery.recover_key(result.key)
-
-
-async def _start_twin(cfg: RelayConfig, maps: MapStore, service: RelayService, cannot_bind: str) -> Any:
-    """The twin's sockets over ``maps``, wired to the service: SLOW verdicts go to Redis
+async def _start_twin(cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, cannot_bind: str) -> TwinRelay:
+    """The twin's sockets over ``maps``, wired to the hooks: SLOW verdicts go to Redis
     recovery, flow events to the flow cache. Both modes run one (XDP as its slow path)."""
-    twin = import_optional("controlplane.twin")
-    recovery = service.recovery
+
+    async def on_slow(result: SocketResult) -> bool:
+        return result.key is not None and await hooks.recover(result.key)
+
     try:
-        return await twin.TwinRelay.start(
-            cfg,
-            maps,
-            on_slow=lambda result: _slow_path_hook(recovery, result),
-            on_event=service.flow_cache.record,
-        )
+        return await TwinRelay.start(cfg, maps, on_slow=on_slow, on_event=hooks.record)
     except OSError as exc:
         raise LinkError(f"{cannot_bind}: {exc}") from exc
 
@@ -128,15 +123,14 @@ class XdpRunner:
     """
 
     def __init__(self, cfg: RelayConfig) -> None:
-        loader_module = import_optional("controlplane.loader")
         self.cfg = cfg
-        self.loader = loader_module.Loader(cfg)
+        self.loader = Loader(cfg)
         self.loader.load()  # compile, reuse or create the pinned maps: nothing attached yet
         self.maps: MapStore = self.loader.store()
-        self.cpus = import_optional("controlplane.kernel").possible_cpus()
+        self.cpus = libbpf.possible_cpus()
         self.mode = "xdp"
         self.reason, self.detail = "attached", ""
-        self.twin: Any = None
+        self.twin: TwinRelay | None = None
         self._poller: threading.Thread | None = None
         self._polling = threading.Event()
 
@@ -158,14 +152,14 @@ class XdpRunner:
     def tasks(self) -> list[asyncio.Task[Any]]:
         return []
 
-    async def start(self, service: RelayService) -> None:
-        self.twin = await _start_twin(self.cfg, self.maps, service, "slow-path sockets cannot bind")
+    async def start(self, hooks: DatapathHooks) -> None:
+        self.twin = await _start_twin(self.cfg, self.maps, hooks, "slow-path sockets cannot bind")
         modes = self.loader.attach()
         self.mode = xdp_mode(modes.values())
         self.detail = ",".join(f"{i}:{m}" for i, m in modes.items())
         log.info("datapath mode=%s interfaces=%s", self.mode, self.detail)
-        cache = service.flow_cache
-        self.loader.open_events(lambda event: cache.record_threadsafe(flow_update(event)))
+        record = hooks.record_threadsafe
+        self.loader.open_events(lambda raw: record(FlowEvent.from_record(raw)))
         self._polling.set()
         self._poller = threading.Thread(target=self._poll, name="ringbuf-poll", daemon=True)
         self._poller.start()
@@ -198,7 +192,7 @@ class TwinRunner:
         self.cfg = cfg
         self.reason, self.detail = reason, detail
         self.maps: MapStore = MemoryStore(cfg.limits.max_flows, cfg.limits.max_pending)
-        self.relay: Any = None
+        self.relay: TwinRelay | None = None
 
     def counters(self) -> Sequence[tuple[int, int]]:
         if self.relay is None:
@@ -212,8 +206,8 @@ class TwinRunner:
     def tasks(self) -> list[asyncio.Task[Any]]:
         return []
 
-    async def start(self, service: RelayService) -> None:
-        self.relay = await _start_twin(self.cfg, self.maps, service, "userspace twin cannot bind its sockets")
+    async def start(self, hooks: DatapathHooks) -> None:
+        self.relay = await _start_twin(self.cfg, self.maps, hooks, "userspace twin cannot bind its sockets")
 
     async def stop(self) -> None:
         if self.relay is not None:

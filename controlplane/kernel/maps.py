@@ -1,7 +1,7 @@
-"""The relay's pinned maps as a :class:`controlplane.store.MapStore`, over bpf(2).
+"""The relay's pinned maps as a :class:`controlplane.datapath.store.MapStore`, over bpf(2).
 
 :class:`KernelStore` opens every map ``bpf/maps.h`` declares under a relay's pin
-directory (:mod:`controlplane.kernel` does the syscalls) and converts at this boundary
+directory (:mod:`controlplane.kernel.libbpf` does the syscalls) and converts at this boundary
 between the ``layout.py`` structs and the plain values of ``store.py``. It is what the
 slow path and the control plane use in XDP mode, and what the CLI uses while the daemon
 is down. A missing pin directory or map is :class:`RelayNotRunning`.
@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from controlplane import layout
 from controlplane.config import RelayLimits
-from controlplane.kernel import U32, PinnedMap, map_specs
-from controlplane.layout import swap16
-from controlplane.store import Backend, Flow, FlowKeyT, RateConfig, TunnelEndpoint, Vip
+from controlplane.datapath import layout
+from controlplane.datapath.layout import swap16
+from controlplane.datapath.store import Backend, Flow, FlowKeyT, RateConfig, TunnelEndpoint, Vip
+from controlplane.kernel.libbpf import U32, PinnedMap, map_specs
 from icegate.errors import RelayNotRunning
 from icegate.inet import addr16, from_addr16
 
@@ -97,7 +97,7 @@ def _optional_addr(raw: bytes) -> str | None:
 
 
 class KernelStore:
-    """:class:`controlplane.store.MapStore` over the maps pinned in ``pin_dir``."""
+    """:class:`controlplane.datapath.store.MapStore` over the maps pinned in ``pin_dir``."""
 
     def __init__(self, pin_dir: Path | str, relay: str | None = None) -> None:
         self.pin_dir = Path(pin_dir)

@@ -4,20 +4,20 @@
 (no copies, no ``ipaddress``, no dataclasses) and compute Internet checksums with
 ``int.from_bytes(...) % 0xFFFF``: 2**16 == 1 (mod 0xFFFF), so that residue is the
 ones' complement sum of the 16-bit big-endian words, summed in C. The results equal
-``icegate.inet`` (the reference; ``tests/unit/test_wire.py`` checks it).
+``icegate.inet`` (the reference; ``tests/unit/test_twin.py`` checks it).
 Addresses are addr16 (``bpf/shared.h``: IPv4 as ``::ffff:a.b.c.d``).
 """
 
 from __future__ import annotations
 
-from controlplane.layout import Stat
-from icegate.geneve import EPHEMERAL_BASE
+from controlplane.datapath.layout import Stat
+from icegate.geneve import entropy_port as entropy_port  # the one implementation, beside the builders
+from icegate.inet import IPPROTO_UDP
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
-IPPROTO_UDP = 17
 IPV6_NEXT_FRAGMENT = 44
 OUTER_V4 = 20 + 8 + 8  # outer IPv4 + UDP + Geneve (DATAPATH.md §2.2)
 OUTER_V6 = 40 + 8 + 8
@@ -140,11 +140,3 @@ def encapsulate(src: bytes, dst: bytes, sport: int, dport: int, geneve: bytes, i
         header = _ipv6_header(src, dst, udp_len)
         csum = udp_checksum(src, dst, udp_len, sport + dport + udp_len + words(geneve) + words(inner))
     return header + (sport << 48 | dport << 32 | udp_len << 16 | csum).to_bytes(8, "big") + geneve + inner
-
-
-def entropy_port(client16: bytes, client_port: int, vip_port: int) -> int:
-    """``icegate.geneve.entropy_port`` on one integer instead of four unpacked words."""
-    w = int.from_bytes(client16, "big")
-    h = ((w >> 96) ^ (w >> 64) ^ (w >> 32) ^ w ^ (client_port << 16 | vip_port)) & 0xFFFFFFFF
-    h ^= h >> 16
-    return EPHEMERAL_BASE | (h & 0x3FFF)

@@ -22,14 +22,14 @@ from collections.abc import Callable
 
 from prometheus_client.registry import CollectorRegistry
 
+from controlplane.cluster.flowcache import FlowCache
+from controlplane.cluster.recovery import Recovery
+from controlplane.cluster.redisio import RedisStore
+from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RateLimits, RelayConfig
-from controlplane.flowcache import FlowCache
-from controlplane.http import HttpServer, State, make_app
-from controlplane.metrics import ControlPlane, CounterSource, RelayCollector
-from controlplane.recovery import Recovery
-from controlplane.redisio import RedisStore
-from controlplane.store import MapStore, RateConfig, TunnelEndpoint, Vip
-from controlplane.sync import ClusterSync
+from controlplane.datapath.store import MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.node.http import HttpServer, State, make_app
+from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
 from icegate.errors import StoreError
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 One UDP socket per VIP (bound to VIP:port) and one tunnel socket per configured tunnel
 address family (bound to ``tunnel.address4|6 : tunnel.port``). Every datagram goes
-through :class:`~controlplane.datapath.Datapath` (same rules, counters, rate limits and
+through :class:`~controlplane.datapath.engine.Datapath` (same rules, counters, rate limits and
 events as the XDP program, DATAPATH.md §7): a client datagram leaves as Geneve from the
 tunnel socket to the owning transceiver, a transceiver's Geneve datagram leaves as its
 inner UDP payload from the VIP socket to the client. The kernel routes what the twin
@@ -14,7 +14,7 @@ Usage::
     ...                                  # relay.counters() for metrics
     await relay.close()
 
-- ``store``: a :class:`~controlplane.store.MapStore` (normally a ``MemoryStore``) that
+- ``store``: a :class:`~controlplane.datapath.store.MapStore` (normally a ``MemoryStore``) that
   already holds the VIPs, tunnel and rate limits (``service.configure_maps(config,
   store, cpus=1)``: the twin has one bucket per limit, not one per CPU), backends and
   route keys (cluster sync).
@@ -42,9 +42,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from controlplane.config import RelayConfig
-from controlplane.datapath import Datapath, Event, SocketResult
-from controlplane.layout import Stat
-from controlplane.store import MapStore
+from controlplane.datapath.engine import Datapath, SocketResult
+from controlplane.datapath.layout import Stat
+from controlplane.datapath.store import FlowEvent, MapStore
 from icegate.inet import addr16
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,15 @@ class TwinRelay:
         store: MapStore,
         *,
         on_slow: SlowHook | None = None,
-        on_event: Callable[[Event], None] | None = None,
+        on_event: Callable[[FlowEvent], None] | None = None,
         datapath: Datapath | None = None,
         max_slow_tasks: int = MAX_SLOW_TASKS,
     ) -> None:
         self.config = config
         self.store = store
-        self.datapath = datapath or Datapath(store, on_event=on_event)
+        self.datapath = datapath or Datapath(
+            store, on_event=on_event, max_rate_sources=config.limits.max_rate_sources
+        )
         self.on_slow = on_slow
         self.max_slow_tasks = max_slow_tasks
         self.slow_dropped = 0  # SLOW datagrams not handed to on_slow (too many in flight, or no hook)

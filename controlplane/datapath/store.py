@@ -20,10 +20,37 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from controlplane.layout import BackendState
+from controlplane.datapath import layout
+from controlplane.datapath.layout import BackendState, FlowEventKind
 from icegate.inet import addr16
 
 FlowKeyT = tuple[bytes, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEvent:
+    """A flow event (DATAPATH.md §8), the one type from the datapath to the flow cache:
+    the twin's datapath emits it, the XDP program's ring-buffer records are decoded into
+    it (:meth:`from_record`)."""
+
+    kind: FlowEventKind
+    key: FlowKeyT
+    cluster: int
+    index: int
+    token_tag: int
+    ts_ns: int  # CLOCK_MONOTONIC
+
+    @classmethod
+    def from_record(cls, record: layout.FlowEventRecord) -> FlowEvent:
+        key = record.key
+        return cls(
+            FlowEventKind(record.kind),
+            (bytes(key.client_addr), key.client_host_port, int(key.vip_index)),
+            record.backend.cluster,
+            record.backend.index,
+            record.token_tag,
+            record.ts_ns,
+        )
 
 
 @dataclass(slots=True)

@@ -241,7 +241,9 @@ class RelayConfigMap(ctypes.Structure):
     ]
 
 
-class FlowEvent(ctypes.Structure):
+class FlowEventRecord(ctypes.Structure):
+    """``struct flow_event`` as the ring buffer carries it; decoded by :meth:`store.FlowEvent.from_record`."""
+
     _fields_ = [
         ("key", FlowKey),
         ("backend", BackendKey),
@@ -262,7 +264,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "flow_value": FlowValue,
     "route_key": RouteKey,
     "relay_config": RelayConfigMap,
-    "flow_event": FlowEvent,
+    "flow_event": FlowEventRecord,
 }
 
 # Python 3.11 ctypes gives no packed=...; every struct above is naturally aligned, and

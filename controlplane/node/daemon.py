@@ -31,14 +31,14 @@ from typing import Any
 
 import click
 
-from controlplane import snapshot
 from controlplane.config import RelayConfig
-from controlplane.modes import Runner, select_runner
-from controlplane.service import RelayService, configure_maps
+from controlplane.node import snapshot
+from controlplane.node.runners import DatapathHooks, Runner, select_runner
+from controlplane.node.service import RelayService, configure_maps
 from icegate.config import load
 from icegate.logs import setup_logging
 
-log = logging.getLogger("controlplane.daemon")
+log = logging.getLogger("controlplane.node.daemon")
 
 CONNECT_WAIT_S = 2.0  # how long start-up waits for Redis before running degraded
 
@@ -86,7 +86,11 @@ async def serve(cfg: RelayConfig, runner: Runner, *, preload: bool, stop: asynci
         await service.recovery.preload(runner.maps.vips())
     elif preload:
         log.warning("preload skipped reason=redis_unreachable")
-    await runner.start(service)
+    await runner.start(
+        DatapathHooks(
+            service.recovery.recover_key, service.flow_cache.record, service.flow_cache.record_threadsafe
+        )
+    )
     await service.start()
     log.info(
         "relay running name=%s mode=%s vips=%s http=%s:%d",

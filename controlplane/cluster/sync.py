@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from controlplane.layout import BackendState
-from controlplane.redisio import RedisStore
-from controlplane.store import Backend, MapStore
+from controlplane.cluster.redisio import RedisStore
+from controlplane.datapath.layout import BackendState
+from controlplane.datapath.store import Backend, MapStore
 from icegate.errors import StoreError
 from icegate.schema import Registration
 

@@ -1,0 +1,101 @@
+"""``icegate relay run|status|detach``; ``run`` lives in :mod:`controlplane.node.daemon`,
+imported only when asked for."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+
+from controlplane.config import HttpConfig
+from controlplane.node.metrics import map_fill
+from controlplane.operator import views
+from controlplane.operator.cli_common import Target, env_of, json_option, target_options
+from icegate.cli import Group
+
+
+class RelayGroup(Group):
+    """``relay run`` lives in daemon.py, imported only when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "run"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "run":
+            from controlplane.node.daemon import run
+
+            return run
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=RelayGroup, short_help="run, inspect and detach the relay")
+def relay() -> None:
+    """Run, inspect and detach the relay."""
+
+
+def readiness(http: HttpConfig, timeout_s: float = 0.5) -> str:
+    """The daemon's /readyz, as one line: ``ready``, the problems, or ``not running``."""
+    host = f"[{http.address}]" if ":" in http.address else http.address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{http.port}/readyz", timeout=timeout_s) as reply:
+            return str(reply.read().decode().strip())
+    except urllib.error.HTTPError as exc:
+        return "; ".join(exc.read().decode().split("\n")).strip("; ")
+    except (urllib.error.URLError, OSError):
+        return "not running"
+
+
+@relay.command("status")
+@target_options
+@json_option
+@click.pass_context
+def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
+    """Program, attach points, map fill levels and degraded state."""
+    env = env_of(ctx)
+    info = env.relay_info(target)
+    maps = env.open_maps(target)
+    fill = map_fill(maps)
+    capacity = env.capacities(target)
+    status = {
+        "name": target.name,
+        "pin_dir": str(target.pin_dir),
+        **info,
+        "maps": {name: {"entries": n, "capacity": capacity[name]} for name, n in fill.items()},
+        "control_plane": readiness(target.http),
+    }
+    if as_json:
+        click.echo(views.dump_json(status))
+        return
+    for key, value in status.items():
+        if key == "maps":
+            click.echo("maps:")
+            for name, m in value.items():
+                pct = 100.0 * m["entries"] / m["capacity"] if m["capacity"] else 0.0
+                click.echo(f"  {name:<11} {m['entries']:>8} / {m['capacity']:<8} ({pct:.1f}%)")
+        elif isinstance(value, list):
+            click.echo(f"{key}:" if value else f"{key}: -")
+            for item in value:
+                click.echo(f"  {_pairs(item) if isinstance(item, dict) else item}")
+        elif isinstance(value, dict):
+            click.echo(f"{key}: {_pairs(value)}")
+        else:
+            click.echo(f"{key}: {'-' if value is None else value}")
+
+
+def _pairs(item: dict[str, Any]) -> str:
+    return " ".join(f"{k}={'-' if v is None else v}" for k, v in item.items())
+
+
+@relay.command("detach")
+@target_options
+@json_option
+@click.pass_context
+def relay_detach(ctx: click.Context, target: Target, as_json: bool) -> None:
+    """Detach the XDP program and remove the pinned maps (flows are lost)."""
+    removed = env_of(ctx).detach(target)
+    if as_json:
+        click.echo(views.dump_json({"relay": target.name, "removed": removed}))
+        return
+    click.echo(f"relay {target.name} detached; removed: {', '.join(removed) if removed else 'nothing'}")
