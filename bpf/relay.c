@@ -6,7 +6,7 @@
  * enum stat of its verdict; the single exit, finish(), charges the slow-path bucket for
  * SLOW verdicts, counts the packet and turns the stat into the XDP action.
  *
- * Compiled by bcc at load time (controlplane/loader.py) with -I pointing here.
+ * Compiled by bcc at load time (controlplane/kernel/loader.py) with -I pointing here.
  */
 #include "shared.h"
 
@@ -15,10 +15,6 @@
 #include "parsing.h"
 #include "ratelimit.h"
 #include "token.h"
-
-/* finish() derives the action from the stat's range in enum stat; a stat appended to
- * shared.h must be placed there first. */
-_Static_assert(STAT_MAX == 40, "classify the new enum stat in finish()");
 
 struct packet {
 	struct ip_udp l3;           /* the IP/UDP headers as received */
@@ -363,6 +359,16 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	return confirmed ? STAT_FWD_RETURN : STAT_FWD_RETURN_PENDING;
 }
 
+/* Whether a stat's row in STAT_TABLE (shared.h) says SLOW, as a chain of comparisons
+ * that clang folds to the SLOW rows: a variable shift of STAT_SLOW_MASK here costs the
+ * verifier's 512-byte stack limit in xdp_relay() (clang 14, bcc 0.26). */
+#define STAT_SLOW_TERM(name, verdict, help) || (VERDICT_##verdict == VERDICT_SLOW && stat == STAT_##name)
+static __always_inline int is_slow(__u32 stat)
+{
+	return 0 STAT_TABLE(STAT_SLOW_TERM);
+}
+#undef STAT_SLOW_TERM
+
 /* The one exit: slow-path budget, counter, action. */
 static __always_inline int finish(struct xdp_md *ctx, __u32 stat, const struct packet *pkt,
 				  const struct relay_config *cfg)
@@ -371,7 +377,7 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, const struct p
 	struct counter *counter;
 
 	/* Section 5: every SLOW verdict is charged to the slow-path bucket. */
-	if (stat == STAT_SLOW_NO_FLOW || stat == STAT_SLOW_RETURN_NO_FLOW || stat == STAT_SLOW_NO_NEIGH) {
+	if (is_slow(stat)) {
 		__u64 *tat = rate_slow.lookup(&zero), next;
 
 		if (cfg && tat) {
@@ -388,13 +394,13 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, const struct p
 		counter->packets += 1;
 		counter->bytes += pkt->frame_len;
 	}
-	/* enum stat groups verdicts: PASS 0-3, FWD 4-10, SLOW 11-13, DROP 14 and up. */
-	if (stat >= STAT_FWD_FLOW && stat <= STAT_FWD_CONFIRM) {
+	/* The verdict of each stat is its row in STAT_TABLE (shared.h). */
+	if (STAT_IS(STAT_FORWARD_MASK, stat)) {
 		if (pkt->fib.ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
 		return bpf_redirect(pkt->fib.ifindex, 0);
 	}
-	if (stat >= STAT_DROP_MALFORMED_IP)
+	if (STAT_IS(STAT_DROP_MASK, stat))
 		return XDP_DROP;
 	return XDP_PASS; /* not ours, or the slow path's */
 }

@@ -1,5 +1,5 @@
 /* shared.h - included by the XDP program (relay.c) and mirrored in Python by
- * controlplane/layout.py; tests/bpf/test_layout.py checks the mirror against what bcc
+ * controlplane/datapath/layout.py; tests/bpf/test_layout.py checks the mirror against what bcc
  * compiled. Kernel and userspace: fixed-width types only, explicit padding, no pointers.
  *
  * Addresses are 16 bytes everywhere: IPv6 as is, IPv4 as ::ffff:a.b.c.d. Ports are in
@@ -34,16 +34,10 @@
 #define MAX_STUN_ATTRS 16    /* attributes walked looking for USERNAME */
 #define MAX_USERNAME_LEN 508 /* RFC 8489 section 14.3: fewer than 509 bytes */
 #define MAX_UFRAG_LEN 32     /* ':' is searched for in the first MAX_UFRAG_LEN + 1 bytes */
-#define MAX_GENEVE_OPT_WORDS 63
 #define TOKEN_CHARS 24
 #define TOKEN_BYTES 18
 #define TOKEN_VERSION 1
 
-#define STUN_COOKIE 0x2112A442
-#define STUN_BINDING_REQUEST 0x0001
-#define STUN_BINDING_SUCCESS 0x0101
-#define STUN_ATTR_USERNAME 0x0006
-#define GENEVE_DEFAULT_PORT 6081
 
 /* ---- RFC 7983 first-byte classes (icegate/rfc7983.py is the Python twin). ---- */
 enum packet_kind {
@@ -55,58 +49,80 @@ enum packet_kind {
 	PACKET_RTP = 5,          /* 128-191, RTP and RTCP */
 };
 
-/* ---- Counters: one enum of verdicts and reasons, the index of the per-CPU
- * `counters` array. Prometheus exports each as
- * icegate_relay_packets_total{verdict=..., reason=...}; the Python mirror is
- * controlplane.layout.Stat. Append only: renumbering breaks dashboards. ---- */
-enum stat {
-	/* XDP_PASS, not relay traffic */
-	STAT_PASS_NOT_IP = 0,     /* not IPv4/IPv6: ARP, LLDP, ... */
-	STAT_PASS_NOT_UDP = 1,    /* IP but not UDP (or an IPv6 extension header chain) */
-	STAT_PASS_NOT_RELAY = 2,  /* UDP, but neither a VIP:port nor our tunnel address:port */
-	STAT_PASS_FRAGMENT = 3,   /* IP fragment: the kernel reassembles, the slow path sees the datagram */
-	/* forwarded in the kernel, client -> transceiver */
-	STAT_FWD_FLOW = 4,        /* confirmed flow */
-	STAT_FWD_PENDING = 5,     /* pending flow (checks and DTLS before the transceiver confirmed) */
-	STAT_FWD_NEW_FLOW = 6,    /* valid first STUN: pending flow created */
-	STAT_FWD_REROUTE = 7,     /* known client, new valid token (ICE restart): flow moved */
-	/* forwarded in the kernel, transceiver -> client */
-	STAT_FWD_RETURN = 8,      /* confirmed flow */
-	STAT_FWD_RETURN_PENDING = 9, /* pending flow, not a STUN success */
-	STAT_FWD_CONFIRM = 10,    /* STUN success response: pending flow confirmed */
-	/* XDP_PASS to the control plane's sockets (slow path), rate limited */
-	STAT_SLOW_NO_FLOW = 11,   /* client packet without flow, not a binding request: Redis recovery */
-	STAT_SLOW_RETURN_NO_FLOW = 12, /* transceiver packet without flow: Redis recovery */
-	STAT_SLOW_NO_NEIGH = 13,  /* next hop has no neighbour entry: a userspace send resolves it */
-	/* XDP_DROP */
-	STAT_DROP_MALFORMED_IP = 14,    /* truncated header, bad version/IHL/total length */
-	STAT_DROP_MALFORMED_UDP = 15,   /* truncated UDP header, UDP length disagrees with IP */
-	STAT_DROP_NOT_WEBRTC = 16,      /* empty payload or first byte outside STUN/DTLS/RTP */
-	STAT_DROP_STUN_MALFORMED = 17,  /* bad cookie, bad length, attribute past the end */
-	STAT_DROP_USERNAME_MISSING = 18,
-	STAT_DROP_USERNAME_TOO_LONG = 19,
-	STAT_DROP_USERNAME_NO_COLON = 20,
-	STAT_DROP_TOKEN_LENGTH = 21,    /* server ufrag is not 24 characters */
-	STAT_DROP_TOKEN_ALPHABET = 22,  /* character outside [A-Za-z0-9+/] */
-	STAT_DROP_TOKEN_VERSION = 23,
-	STAT_DROP_TOKEN_KEY = 24,       /* key id not in route_keys */
-	STAT_DROP_TOKEN_MAC = 25,       /* forged or corrupted token */
-	STAT_DROP_BACKEND_UNKNOWN = 26, /* token verifies, but no such transceiver */
-	STAT_DROP_BACKEND_DRAINING = 27,/* new flow refused: transceiver draining */
-	STAT_DROP_BACKEND_DEAD = 28,    /* new flow refused: heartbeat expired */
-	STAT_DROP_RATE_SOURCE = 29,     /* new-flow rate limit of this source address */
-	STAT_DROP_RATE_GLOBAL = 30,     /* new-flow rate limit of this relay */
-	STAT_DROP_RATE_SLOW_PATH = 31,  /* slow-path rate limit */
-	STAT_DROP_GENEVE_MALFORMED = 32,/* truncated header, options past the end */
-	STAT_DROP_GENEVE_UNSUPPORTED = 33, /* version != 0, OAM, critical options, non-IP payload */
-	STAT_DROP_INNER_MALFORMED = 34, /* inner IP/UDP of a return packet malformed or fragmented */
-	STAT_DROP_RETURN_NOT_VIP = 35,  /* inner source is not one of our VIP:ports (no open reflector) */
-	STAT_DROP_RETURN_WRONG_BACKEND = 36, /* sender is not the transceiver that owns the flow */
-	STAT_DROP_FIB = 37,             /* no route to the transceiver or client */
-	STAT_DROP_FRAG_NEEDED = 38,     /* encapsulated packet exceeds the egress MTU */
-	STAT_DROP_INTERNAL = 39,        /* adjust_head or a map update failed */
-	STAT_MAX = 40,
+/* ---- Counters: one table of verdicts and reasons. ----
+ * STAT_TABLE holds, for each counter, its name, its verdict and its help text, in value
+ * order: the enum stat below (the index of the per-CPU `counters` array), the verdict
+ * finish() in relay.c acts on (the masks below and is_slow()), and Python's Stat
+ * (controlplane/datapath/layout.py reads this table) all come from it, so a stat is
+ * classified once, by its row, wherever it is appended. Prometheus exports each as
+ * icegate_relay_packets_total{verdict=..., reason=...}. Append only: a counter's value
+ * is its position, and renumbering breaks dashboards. */
+enum verdict {
+	VERDICT_PASS = 0,    /* not relay traffic: handed to the kernel untouched (XDP_PASS) */
+	VERDICT_FORWARD = 1, /* forwarded in the kernel (XDP_TX or a redirect) */
+	VERDICT_SLOW = 2,    /* to the control plane's sockets (XDP_PASS), rate limited */
+	VERDICT_DROP = 3,    /* XDP_DROP */
 };
+
+#define STAT_TABLE(X) \
+	X(PASS_NOT_IP,               PASS,    "not IPv4/IPv6: ARP, LLDP, ...") \
+	X(PASS_NOT_UDP,              PASS,    "IP but not UDP (or an IPv6 extension header chain)") \
+	X(PASS_NOT_RELAY,            PASS,    "UDP, but neither a VIP:port nor our tunnel address:port") \
+	X(PASS_FRAGMENT,             PASS,    "IP fragment: the kernel reassembles, the slow path sees the datagram") \
+	X(FWD_FLOW,                  FORWARD, "confirmed flow") \
+	X(FWD_PENDING,               FORWARD, "pending flow (checks and DTLS before the transceiver confirmed)") \
+	X(FWD_NEW_FLOW,              FORWARD, "valid first STUN: pending flow created") \
+	X(FWD_REROUTE,               FORWARD, "known client, new valid token (ICE restart): flow moved") \
+	X(FWD_RETURN,                FORWARD, "confirmed flow") \
+	X(FWD_RETURN_PENDING,        FORWARD, "pending flow, not a STUN success") \
+	X(FWD_CONFIRM,               FORWARD, "STUN success response: pending flow confirmed") \
+	X(SLOW_NO_FLOW,              SLOW,    "client packet without flow, not a binding request: Redis recovery") \
+	X(SLOW_RETURN_NO_FLOW,       SLOW,    "transceiver packet without flow: Redis recovery") \
+	X(SLOW_NO_NEIGH,             SLOW,    "next hop has no neighbour entry: a userspace send resolves it") \
+	X(DROP_MALFORMED_IP,         DROP,    "truncated header, bad version/IHL/total length") \
+	X(DROP_MALFORMED_UDP,        DROP,    "truncated UDP header, UDP length disagrees with IP") \
+	X(DROP_NOT_WEBRTC,           DROP,    "empty payload or first byte outside STUN/DTLS/RTP") \
+	X(DROP_STUN_MALFORMED,       DROP,    "bad cookie, bad length, attribute past the end") \
+	X(DROP_USERNAME_MISSING,     DROP,    "STUN Binding Request without USERNAME") \
+	X(DROP_USERNAME_TOO_LONG,    DROP,    "USERNAME longer than MAX_USERNAME_LEN") \
+	X(DROP_USERNAME_NO_COLON,    DROP,    "USERNAME without ':' between the ufrags") \
+	X(DROP_TOKEN_LENGTH,         DROP,    "server ufrag is not 24 characters") \
+	X(DROP_TOKEN_ALPHABET,       DROP,    "character outside [A-Za-z0-9+/]") \
+	X(DROP_TOKEN_VERSION,        DROP,    "route token of an unknown version") \
+	X(DROP_TOKEN_KEY,            DROP,    "key id not in route_keys") \
+	X(DROP_TOKEN_MAC,            DROP,    "forged or corrupted token") \
+	X(DROP_BACKEND_UNKNOWN,      DROP,    "token verifies, but no such transceiver") \
+	X(DROP_BACKEND_DRAINING,     DROP,    "new flow refused: transceiver draining") \
+	X(DROP_BACKEND_DEAD,         DROP,    "new flow refused: heartbeat expired") \
+	X(DROP_RATE_SOURCE,          DROP,    "new-flow rate limit of this source address") \
+	X(DROP_RATE_GLOBAL,          DROP,    "new-flow rate limit of this relay") \
+	X(DROP_RATE_SLOW_PATH,       DROP,    "slow-path rate limit") \
+	X(DROP_GENEVE_MALFORMED,     DROP,    "truncated header, options past the end") \
+	X(DROP_GENEVE_UNSUPPORTED,   DROP,    "version != 0, OAM, critical options, non-IP payload") \
+	X(DROP_INNER_MALFORMED,      DROP,    "inner IP/UDP of a return packet malformed or fragmented") \
+	X(DROP_RETURN_NOT_VIP,       DROP,    "inner source is not one of our VIP:ports (no open reflector)") \
+	X(DROP_RETURN_WRONG_BACKEND, DROP,    "sender is not the transceiver that owns the flow") \
+	X(DROP_FIB,                  DROP,    "no route to the transceiver or client") \
+	X(DROP_FRAG_NEEDED,          DROP,    "encapsulated packet exceeds the egress MTU") \
+	X(DROP_INTERNAL,             DROP,    "adjust_head or a map update failed")
+
+#define STAT_ENUM_MEMBER(name, verdict, help) STAT_##name,
+enum stat {
+	STAT_TABLE(STAT_ENUM_MEMBER)
+	STAT_MAX,
+};
+#undef STAT_ENUM_MEMBER
+
+/* One bit per stat for each verdict, built from the table at compile time (constant
+ * expressions: no map, no .rodata). enum stat stays below 64 stats. */
+#define STAT_BIT_FORWARD(name, verdict, help) | ((VERDICT_##verdict == VERDICT_FORWARD) ? (1ULL << STAT_##name) : 0ULL)
+#define STAT_BIT_SLOW(name, verdict, help) | ((VERDICT_##verdict == VERDICT_SLOW) ? (1ULL << STAT_##name) : 0ULL)
+#define STAT_BIT_DROP(name, verdict, help) | ((VERDICT_##verdict == VERDICT_DROP) ? (1ULL << STAT_##name) : 0ULL)
+#define STAT_FORWARD_MASK (0ULL STAT_TABLE(STAT_BIT_FORWARD))
+#define STAT_SLOW_MASK (0ULL STAT_TABLE(STAT_BIT_SLOW))
+#define STAT_DROP_MASK (0ULL STAT_TABLE(STAT_BIT_DROP))
+#define STAT_IS(mask, stat) (((mask) >> (stat)) & 1)
+_Static_assert(STAT_MAX <= 64, "the verdict masks hold 64 stats");
 
 struct counter {
 	__u64 packets;

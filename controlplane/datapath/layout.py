@@ -1,32 +1,34 @@
-"""Python mirror of ``bpf/shared.h``: limits, the stats enum and the map structs.
+"""Python mirror of ``bpf/shared.h``: the route-key limit, the stats enum and the map structs.
 
 The only Python copy of these layouts. ``tests/bpf/test_layout.py`` compares every
-struct (size, field names, offsets) and enum value against what bcc compiled, so a
-change on one side that is not made on the other fails the build. Where thousands of
-entries are written at once, :func:`packer` derives a ``struct.Struct`` from a ctypes
-struct here, so that layout too is written once.
+struct (size, field names, offsets) and enum value against what bcc and gcc compiled,
+so a change on one side that is not made on the other fails the build. The verdict and
+help text of each :class:`Stat` are read from ``STAT_TABLE`` in ``shared.h`` itself
+(the table the C program's verdicts come from). Where thousands of entries are written
+at once, :func:`packer` derives a ``struct.Struct`` from a ctypes struct here, so that
+layout too is written once. The token and STUN limits the code runs with live in
+``icegate/token.py`` and ``icegate/stun.py``; the same test compares those with C.
 """
 
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
 from enum import IntEnum
 from typing import Any
 
+from icegate.bpf import source_dir
+
 from icegate.inet import addr16, from_addr16
 
-# Limits that are not configurable (the configurable ones are RelayLimits in config.py).
+# The one limit of shared.h that is not configurable and that this package uses (the
+# configurable ones are RelayLimits in config.py).
 MAX_ROUTE_KEYS = 16
-MAX_STUN_ATTRS = 16
-MAX_USERNAME_LEN = 508
-MAX_UFRAG_LEN = 32
-TOKEN_CHARS = 24
-TOKEN_BYTES = 18
 
 
 class Verdict(IntEnum):
-    """What happened to a packet; the ``verdict`` label of the packet counters."""
+    """``enum verdict``: what happened to a packet; the ``verdict`` label of the packet counters."""
 
     PASS = 0  # not relay traffic, handed to the kernel untouched
     FORWARD = 1  # forwarded in the datapath
@@ -35,7 +37,7 @@ class Verdict(IntEnum):
 
 
 class Stat(IntEnum):
-    """``enum stat``: index of the per-CPU counters. Append only."""
+    """``enum stat``: index of the per-CPU counters, in ``STAT_TABLE`` order. Append only."""
 
     PASS_NOT_IP = 0
     PASS_NOT_UDP = 1
@@ -80,7 +82,13 @@ class Stat(IntEnum):
 
     @property
     def verdict(self) -> Verdict:
-        return _VERDICT_BY_PREFIX[self.name.split("_", 1)[0]]
+        """The verdict of this stat's row in ``STAT_TABLE`` (shared.h)."""
+        return _VERDICTS[self]
+
+    @property
+    def help(self) -> str:
+        """The help text of this stat's row in ``STAT_TABLE`` (shared.h)."""
+        return _HELP[self]
 
     @property
     def reason(self) -> str:
@@ -94,12 +102,35 @@ class Stat(IntEnum):
 
 
 STAT_MAX = len(Stat)
-_VERDICT_BY_PREFIX = {
-    "PASS": Verdict.PASS,
-    "FWD": Verdict.FORWARD,
-    "SLOW": Verdict.SLOW,
-    "DROP": Verdict.DROP,
-}
+_STAT_ROW = re.compile(r'\s*X\((?P<name>\w+),\s*(?P<verdict>\w+),\s*"(?P<help>[^"]*)"\)\s*\\?\s*$')
+
+
+def stat_table(header: str | None = None) -> list[tuple[str, Verdict, str]]:
+    """``STAT_TABLE`` of ``shared.h`` (or of the text ``header``): (name, verdict, help) per
+    stat, in value order."""
+    text = (source_dir() / "shared.h").read_text() if header is None else header
+    lines = text[text.index("#define STAT_TABLE(X)") :].splitlines()[1:]
+    rows = []
+    for line in lines:
+        found = _STAT_ROW.match(line)
+        if found is None:
+            break
+        rows.append((found["name"], Verdict[found["verdict"]], found["help"]))
+    return rows
+
+
+def _load_stat_table() -> tuple[dict[Stat, Verdict], dict[Stat, str]]:
+    rows = stat_table()
+    names = [name for name, _, _ in rows]
+    if names != [s.name for s in Stat]:
+        missing = sorted(set(names) ^ {s.name for s in Stat})
+        raise ImportError(
+            f"Stat does not mirror STAT_TABLE of shared.h (differs in: {', '.join(missing) or 'order'})"
+        )
+    return {Stat[n]: v for n, v, _ in rows}, {Stat[n]: h for n, _, h in rows}
+
+
+_VERDICTS, _HELP = _load_stat_table()
 
 
 class BackendState(IntEnum):

@@ -23,6 +23,7 @@ from controlplane.config import RelayLimits
 from controlplane.datapath import layout
 from controlplane.datapath.store import Flow
 from controlplane.kernel.maps import flow_key_struct, flow_value_struct, pack_flows
+from icegate import stun, token
 from icegate.inet import addr16
 from icegate.rfc7983 import PacketKind
 from labkit.bpf_harness import XdpRelay
@@ -31,18 +32,22 @@ SHARED_H = source_dir() / "shared.h"
 # C enum prefix of each mirrored enum.
 ENUMS: dict[str, type[IntEnum]] = {
     "STAT_": layout.Stat,
+    "VERDICT_": layout.Verdict,
     "PACKET_": PacketKind,
     "BACKEND_": layout.BackendState,
     "FLOW_EVENT_": layout.FlowEventKind,
 }
-LIMITS = (
-    "MAX_ROUTE_KEYS",
-    "MAX_STUN_ATTRS",
-    "MAX_USERNAME_LEN",
-    "MAX_UFRAG_LEN",
-    "TOKEN_CHARS",
-    "TOKEN_BYTES",
-)
+# Each limit of shared.h the Python code runs with, and the module it runs from.
+LIMITS: dict[str, Any] = {
+    "MAX_ROUTE_KEYS": layout,
+    "MAX_STUN_ATTRS": stun,
+    "MAX_USERNAME_LEN": stun,
+    "MAX_UFRAG_LEN": stun,
+    "TOKEN_CHARS": token,
+    "TOKEN_BYTES": token,
+    "TOKEN_VERSION": token,
+}
+VERDICT_MASKS = {"FORWARD": "STAT_FORWARD_MASK", "SLOW": "STAT_SLOW_MASK", "DROP": "STAT_DROP_MASK"}
 
 
 def describe(cls: Any) -> tuple[int, list[tuple[str, int, int]]]:
@@ -96,6 +101,8 @@ def c_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
             lines.append(f'printf("enum {prefix}{member.name} %d\\n", (int){prefix}{member.name});')
     for name in (*LIMITS, "STAT_MAX", *(n.upper() for n in RelayLimits._BOUNDS)):
         lines.append(f'printf("limit {name} %lld\\n", (long long){name});')
+    for verdict, mask in VERDICT_MASKS.items():
+        lines.append(f'printf("mask {verdict} %lld\\n", (long long){mask});')
     lines += ["return 0;", "}"]
     work: Path = tmp_path_factory.mktemp("layout")
     (work / "layout.c").write_text("\n".join(lines) + "\n")
@@ -133,15 +140,18 @@ def test_gcc_enum_values_match(c_facts: dict[str, int]) -> None:
 def test_every_c_enum_member_is_mirrored() -> None:
     """The other direction: a member added to shared.h but not to Python fails too."""
     text = SHARED_H.read_text()
+    table = text[text.index("#define STAT_TABLE(X)") : text.index("enum stat {")]
     for prefix, enum in ENUMS.items():
         declared = {m.group(1): int(m.group(2)) for m in re.finditer(rf"\b{prefix}(\w+) = (\d+)", text)}
+        if prefix == "STAT_":  # enum stat is STAT_TABLE: a stat's value is its row
+            declared = {name: i for i, name in enumerate(re.findall(r"^\s*X\((\w+),", table, re.MULTILINE))}
         declared.pop("MAX", None)
         assert declared == {m.name: m.value for m in enum}, prefix
 
 
 def test_limits_match(c_facts: dict[str, int]) -> None:
-    for name in LIMITS:
-        assert c_facts[f"limit {name}"] == getattr(layout, name), name
+    for name, module in LIMITS.items():
+        assert c_facts[f"limit {name}"] == getattr(module, name), name
     defaults = RelayLimits()
     for name in RelayLimits._BOUNDS:
         assert c_facts[f"limit {name.upper()}"] == getattr(defaults, name), f"default of {name}"
@@ -166,3 +176,11 @@ def test_packed_flows_are_the_ctypes_bytes() -> None:
     assert bytes(values) == b"".join(bytes(flow_value_struct(f)) for _, f in items)
     with pytest.raises(ValueError, match="16 bytes, got 4"):
         pack_flows([((bytes(4), 1, 0), items[0][1])])
+
+
+def test_gcc_verdicts_are_the_python_verdicts(c_facts: dict[str, int]) -> None:
+    """finish() takes each stat's action from the verdict masks STAT_TABLE builds; Python's
+    Stat.verdict reads the same table: both agree for every stat, and every stat has a verdict."""
+    for stat in layout.Stat:
+        in_masks = [v for v in VERDICT_MASKS if c_facts[f"mask {v}"] >> stat & 1]
+        assert in_masks == ([] if stat.verdict is layout.Verdict.PASS else [stat.verdict.name]), stat.name
