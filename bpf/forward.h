@@ -1,7 +1,7 @@
 /* forward.h - kernel only, included by relay.c: how a packet leaves the relay.
  *
  * next_hop() is docs/DATAPATH.md section 6 (bpf_fib_lookup before any change, so a
- * packet that is not forwarded leaves no trace); encapsulate() is section 2.2 (outer
+ * packet that is not forwarded leaves no trace); encapsulate() is §2.2 (outer
  * IP/UDP/Geneve in front of the client's untouched IP packet); decapsulate() is the
  * output of section 3 (Ethernet in front of the transceiver's inner packet).
  */
@@ -94,7 +94,7 @@ static __always_inline void write_geneve(struct geneve_hdr *gnv, __u8 inner_fami
 	gnv->reserved = 0;
 }
 
-/* Section 2.2: Ethernet | outer IP | outer UDP | Geneve | the client's IP packet (`l3`,
+/* §2.2: Ethernet | outer IP | outer UDP | Geneve | the client's IP packet (`l3`,
  * byte for byte). `frame_len` is the frame's current length; `inner_sum` is the
  * packet_sum() of the client's IP packet, needed only for an IPv6 outer header, whose UDP
  * checksum is mandatory (RFC 8200 section 8.1). */

@@ -123,7 +123,7 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
 	return a0 == b0 && a1 == b1;
 }
 
-/* Ethernet with at most one 802.1Q tag (rule 1.1). Returns the EtherType (network
+/* Ethernet with at most one 802.1Q tag (§1 r1). Returns the EtherType (network
  * order) and sets *l3_off, or 0 for a frame too short to hold one. */
 static __always_inline __be16 parse_ethhdr(void *data, void *data_end, __u16 *l3_off)
 {
@@ -146,8 +146,8 @@ static __always_inline __be16 parse_ethhdr(void *data, void *data_end, __u16 *l3
 }
 
 /* IPv4 or IPv6 header at `off`, with `limit` the end of the bytes that belong to it
- * (the frame, or the Geneve payload for an inner packet). Rules 1.2-1.5; the caller
- * applies 1.6 and then udp_length_ok() (1.7). */
+ * (the frame, or the Geneve payload for an inner packet). §1 r2-r5; the caller
+ * applies §1 r6 and then udp_length_ok() (§1 r7). */
 static __always_inline __u32 parse_ip_udp(void *data, void *data_end, __u32 off, __u32 limit,
 					  __u8 family, struct ip_udp *out)
 {
@@ -184,14 +184,14 @@ static __always_inline __u32 parse_ip_udp(void *data, void *data_end, __u32 off,
 			return STAT_DROP_MALFORMED_IP;
 		if (ip6->nexthdr == NEXTHDR_FRAGMENT)
 			return STAT_PASS_FRAGMENT;
-		proto = ip6->nexthdr; /* extension headers are not walked (rule 1.4) */
+		proto = ip6->nexthdr; /* extension headers are not walked (§1 r4) */
 		__builtin_memcpy(out->src, &ip6->saddr, 16);
 		__builtin_memcpy(out->dst, &ip6->daddr, 16);
 	}
 	if (proto != IPPROTO_UDP)
 		return STAT_PASS_NOT_UDP;
 	out->ip_len = total;
-	if (total - hlen < sizeof(*udp)) /* rule 1.5, counted within the IP length */
+	if (total - hlen < sizeof(*udp)) /* §1 r5, counted within the IP length */
 		return STAT_DROP_MALFORMED_UDP;
 	off += hlen;
 	udp = pkt_at(data, data_end, off, sizeof(*udp));
@@ -205,7 +205,7 @@ static __always_inline __u32 parse_ip_udp(void *data, void *data_end, __u32 off,
 	return CONTINUE;
 }
 
-/* Rule 1.7: the UDP length covers exactly the IP payload. */
+/* §1 r7: the UDP length covers exactly the IP payload. */
 static __always_inline int udp_length_ok(const struct ip_udp *l3)
 {
 	return l3->udp_len >= sizeof(struct udphdr) && l3->udp_off + l3->udp_len == l3->ip_off + l3->ip_len;
@@ -272,7 +272,7 @@ static __always_inline int stun_is_binding_success(void *data, void *data_end, _
 	return stun && stun->type == STUN_BINDING_SUCCESS_BE;
 }
 
-/* Rule 4 (RFC 8445 section 7.2.2): USERNAME is "<server ufrag>:<client ufrag>" and a
+/* Rule 4 (RFC 8445 §7.2.2): USERNAME is "<server ufrag>:<client ufrag>" and a
  * route token is exactly TOKEN_CHARS long, so the colon must be at TOKEN_CHARS;
  * otherwise a colon within the first MAX_UFRAG_LEN + 1 bytes is a wrong length.
  * The bytes are copied to the stack (bpf_xdp_load_bytes, kernel 5.18): the rest of the

@@ -1,4 +1,4 @@
-/* relay.c - the XDP program: docs/DATAPATH.md, rule by rule (rule numbers in comments).
+/* relay.c - the XDP program: docs/DATAPATH.md, rule by rule (rules cited as `§2 r8`: rule 8 of section 2).
  *
  * xdp_relay() classifies every packet (section 1), then hands it to from_client()
  * (section 2: route by flow or by the token in the first STUN check, encapsulate) or to
@@ -34,7 +34,7 @@ static __always_inline const __u8 *tunnel_source(const struct relay_config *cfg,
 	return be->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6;
 }
 
-/* Rule 1.6: our Geneve endpoint, config.tunnel_addr4|6 : config.tunnel_port. */
+/* §1 r6: our Geneve endpoint, config.tunnel_addr4|6 : config.tunnel_port. */
 static __always_inline int is_tunnel(const struct ip_udp *l3, const struct relay_config *cfg)
 {
 	if (cfg->tunnel_port == 0 || l3->dport != cfg->tunnel_port)
@@ -42,7 +42,7 @@ static __always_inline int is_tunnel(const struct ip_udp *l3, const struct relay
 	return addr_eq(l3->dst, l3->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6);
 }
 
-/* Rule 2.8: only an active transceiver takes new flows (and ICE restarts). */
+/* §2 r8: only an active transceiver takes new flows (and ICE restarts). */
 static __always_inline __u32 backend_takes_new_flows(const struct backend_value *be)
 {
 	if (!be)
@@ -97,14 +97,14 @@ struct route {
 	__u8 rerouted;
 };
 
-/* Section 2.1, rules 1-2: a packet of a known (confirmed or pending) flow. */
+/* §2.1 r1-r2: a packet of a known (confirmed or pending) flow. */
 static __always_inline __u32 route_known_flow(const struct stun_info *stun, struct route_token *tok,
 					      struct route *r)
 {
 	__u32 stat;
 
 	r->backend = r->flow->backend;
-	/* 2.1.1: a different server ufrag from a known client is an ICE restart (RFC 8445
+	/* §2.1 r1: a different server ufrag from a known client is an ICE restart (RFC 8445
 	 * section 9). An unchanged tag is not re-verified: the flow's backend is used. */
 	if (stun->binding_request) {
 		stat = token_decode(stun->name, tok);
@@ -122,7 +122,7 @@ static __always_inline __u32 route_known_flow(const struct stun_info *stun, stru
 			r->rerouted = 1;
 		}
 	}
-	/* 2.1.2: existing flows survive draining and dead transceivers, not removed ones. */
+	/* §2.1 r2: existing flows survive draining and dead transceivers, not removed ones. */
 	r->be = backends.lookup(&r->backend);
 	if (!r->be)
 		return STAT_DROP_BACKEND_UNKNOWN;
@@ -136,20 +136,20 @@ static __always_inline __u32 route_new_flow(const struct stun_info *stun, struct
 {
 	__u32 zero = 0, stat;
 
-	/* 2.7 */
+	/* §2 r7 */
 	stat = token_decode(stun->name, tok);
 	if (stat == CONTINUE)
 		stat = verify_token(tok);
 	if (stat != CONTINUE)
 		return stat;
-	/* 2.8 */
+	/* §2 r8 */
 	r->backend = tok->backend;
 	r->tag = tok->tag;
 	r->be = backends.lookup(&r->backend);
 	stat = backend_takes_new_flows(r->be);
 	if (stat != CONTINUE)
 		return stat;
-	/* 2.9: only verified tokens reach the buckets, so forged junk cannot spend the
+	/* §2 r9: only verified tokens reach the buckets, so forged junk cannot spend the
 	 * budget of legitimate clients. */
 	r->source_tat = rate_sources.lookup((struct rate_source_key *)r->key.client_addr);
 	if (!gcra_admit(r->source_tat ? *r->source_tat : 0, pkt->now, cfg->source_interval_ns,
@@ -164,7 +164,7 @@ static __always_inline __u32 route_new_flow(const struct stun_info *stun, struct
 	return CONTINUE;
 }
 
-/* Section 2.1.4 and 2.11, after the packet was encapsulated: record it. */
+/* §2.1 r4 and §2 r11, after the packet was encapsulated: record it. */
 static __always_inline __u32 commit_route(const struct packet *pkt, const struct relay_config *cfg,
 					  struct route *r)
 {
@@ -220,10 +220,10 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	struct route_token tok = {};
 	__u32 stat;
 
-	/* 2.1: RFC 7983 first byte; ZRTP and TURN channels never reach icegate. */
+	/* §2 r1: RFC 7983 first byte; ZRTP and TURN channels never reach icegate. */
 	if (kind != PACKET_STUN && kind != PACKET_DTLS && kind != PACKET_RTP)
 		return STAT_DROP_NOT_WEBRTC;
-	/* 2.2-2.3: a malformed STUN message is never forwarded, flow or not. */
+	/* §2 r2-r3: a malformed STUN message is never forwarded, flow or not. */
 	if (kind == PACKET_STUN) {
 		stat = parse_stun(ctx, pkt->l3.payload_off, payload_len(&pkt->l3), &stun);
 		if (stat != CONTINUE)
@@ -233,7 +233,7 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	r->key.client_port = pkt->l3.sport;
 	r->key.vip_index = vip->index;
 
-	/* 2.4-2.5 */
+	/* §2 r4-r5 */
 	r->flow = flows.lookup(&r->key);
 	r->confirmed = r->flow != NULL;
 	if (!r->flow)
@@ -241,7 +241,7 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	if (r->flow)
 		return route_known_flow(&stun, &tok, r);
 	if (!stun.binding_request)
-		return STAT_SLOW_NO_FLOW; /* 2.6: the slow path may know it from the Redis flow cache */
+		return STAT_SLOW_NO_FLOW; /* §2 r6: the slow path may know it from the Redis flow cache */
 	pkt->now = bpf_ktime_get_ns(); /* the rate buckets need it */
 	return route_new_flow(&stun, &tok, pkt, cfg, r);
 }
@@ -261,12 +261,12 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 		pkt->now = bpf_ktime_get_ns();
 	if (!r.be)
 		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
-	/* 2.10 and 2.1.3 */
+	/* §2 r10 and §2.1 r3 */
 	stat = next_hop(ctx, r.be->family, tunnel_source(cfg, r.be), r.be->addr,
 			outer_len(r.be) + pkt->l3.ip_len, &pkt->fib);
 	if (stat != CONTINUE)
 		return stat;
-	/* 2.11 and 2.1.4 */
+	/* §2 r11 and §2.1 r4 */
 	if (r.be->family == 6) {
 		struct csum_scratch *scratch = csum_scratch.lookup(&zero);
 
@@ -296,25 +296,25 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	__u8 family = 0, kind;
 	int confirmed = 1, confirm;
 
-	/* 3.1-3.2 */
+	/* §3 r1-r2 */
 	stat = parse_geneve(data, data_end, pkt->l3.payload_off, payload_len(&pkt->l3), &inner_off, &family);
 	if (stat != CONTINUE)
 		return stat;
-	/* 3.3: the inner packet must itself pass rules 1.2-1.7, within the Geneve payload. */
+	/* §3 r3: the inner packet must itself pass §1 r2-r7, within the Geneve payload. */
 	stat = parse_ip_udp(data, data_end, inner_off, end, family, &inner);
 	if (stat != CONTINUE || !udp_length_ok(&inner))
 		return STAT_DROP_INNER_MALFORMED;
-	/* 3.4: only our VIPs may be the source, so the relay is no open reflector. */
+	/* §3 r4: only our VIPs may be the source, so the relay is no open reflector. */
 	__builtin_memcpy(vk.addr, inner.src, 16);
 	vk.port = inner.sport;
 	vip = vips.lookup(&vk);
 	if (!vip)
 		return STAT_DROP_RETURN_NOT_VIP;
-	/* 3.5 */
+	/* §3 r5 */
 	kind = payload_kind(data, data_end, &inner);
 	if (kind != PACKET_STUN && kind != PACKET_DTLS && kind != PACKET_RTP)
 		return STAT_DROP_NOT_WEBRTC;
-	/* 3.6 */
+	/* §3 r6 */
 	__builtin_memcpy(key.client_addr, inner.dst, 16);
 	key.client_port = inner.dport;
 	key.vip_index = vip->index;
@@ -325,15 +325,15 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	}
 	if (!flow)
 		return STAT_SLOW_RETURN_NO_FLOW;
-	/* 3.7: only the transceiver that owns the flow may answer for it. */
+	/* §3 r7: only the transceiver that owns the flow may answer for it. */
 	be = backends.lookup(&flow->backend);
 	if (!be || !addr_eq(be->addr, pkt->l3.src))
 		return STAT_DROP_RETURN_WRONG_BACKEND;
-	/* 3.8 */
+	/* §3 r8 */
 	stat = next_hop(ctx, inner.family, inner.src, inner.dst, inner.ip_len, &pkt->fib);
 	if (stat != CONTINUE)
 		return stat;
-	/* 3.9: the transceiver's Binding success response confirms a pending flow. */
+	/* §3 r9: the transceiver's Binding success response confirms a pending flow. */
 	confirm = !confirmed && kind == PACKET_STUN &&
 		  stun_is_binding_success(data, data_end, inner.payload_off, payload_len(&inner));
 	stat = decapsulate(ctx, &inner, pkt->frame_len, &pkt->fib);
@@ -352,7 +352,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 		pending.delete(&key);
 		return STAT_FWD_CONFIRM;
 	}
-	/* 3.10 */
+	/* §3 r10 */
 	flow->last_seen_ns = pkt->now;
 	__sync_fetch_and_add(&flow->packets_out, 1);
 	__sync_fetch_and_add(&flow->bytes_out, inner.ip_len);
@@ -423,17 +423,17 @@ int xdp_relay(struct xdp_md *ctx)
 		stat = STAT_PASS_NOT_RELAY; /* cannot happen (array of one): fail open */
 		goto out;
 	}
-	/* 1.1 */
+	/* §1 r1 */
 	proto = parse_ethhdr(data, data_end, &l3_off);
 	if (proto != ETH_P_IP_BE && proto != ETH_P_IPV6_BE) {
 		stat = STAT_PASS_NOT_IP;
 		goto out;
 	}
-	/* 1.2-1.5 */
+	/* §1 r2-r5 */
 	stat = parse_ip_udp(data, data_end, l3_off, pkt.frame_len, proto == ETH_P_IP_BE ? 4 : 6, &pkt.l3);
 	if (stat != CONTINUE)
 		goto out;
-	/* 1.6 */
+	/* §1 r6 */
 	__builtin_memcpy(vk.addr, pkt.l3.dst, 16);
 	vk.port = pkt.l3.dport;
 	vip = vips.lookup(&vk);
@@ -441,7 +441,7 @@ int xdp_relay(struct xdp_md *ctx)
 		stat = STAT_PASS_NOT_RELAY;
 		goto out;
 	}
-	/* 1.7 */
+	/* §1 r7 */
 	if (!udp_length_ok(&pkt.l3)) {
 		stat = STAT_DROP_MALFORMED_UDP;
 		goto out;

@@ -22,9 +22,9 @@ in socket mode the IP length of the received datagram (synthesised IP + UDP head
 Choices where the specification is silent (the C program must agree):
 
 - the IPv6 version nibble is checked like the IPv4 one (``DROP_MALFORMED_IP``);
-- "fewer than 8 bytes after the IP header" (§1.5) counts the IP payload, not the frame
+- "fewer than 8 bytes after the IP header" (§1 r5) counts the IP payload, not the frame
   (Ethernet padding is not part of the packet);
-- §2.1.1 decodes the token (alphabet, version) before comparing tags;
+- §2.1 r1 decodes the token (alphabet, version) before comparing tags;
 - trailing bytes after an inner packet's IP total length are not forwarded (§1);
 - rate buckets (§5) are charged only when the new flow is forwarded (§6: a packet that
   is not forwarded leaves no trace but its counter); source is checked before global;
@@ -390,7 +390,7 @@ class Datapath:
         ingress: str | None,
         retry: bool = False,
     ) -> tuple[Stat, _Wire | None, Hop]:
-        """Rules 2.1-2.11 and 2.1.x. Returns (stat, backend wire if forwarded, next hop)."""
+        """§2 r1-r11 and §2.1. Returns (stat, backend wire if forwarded, next hop)."""
         if not payload or not is_webrtc(payload[0]):
             return Stat.DROP_NOT_WEBRTC, None, HOP_OK
         ufrag = None
@@ -412,7 +412,7 @@ class Datapath:
 
         stat = Stat.FWD_FLOW if confirmed else Stat.FWD_PENDING
         routed: token.RouteToken | None = None
-        if ufrag is not None:  # 2.1.1: a changed tag is an ICE restart
+        if ufrag is not None:  # §2.1 r1: a changed tag is an ICE restart
             try:
                 tag = token.decode(ufrag).tag
                 if tag != flow.token_tag:
@@ -426,7 +426,7 @@ class Datapath:
             stat = Stat.FWD_REROUTE
         else:
             wire = self._wire(flow.cluster, flow.index)
-            if wire is None:  # 2.1.2: draining and dead backends keep their flows
+            if wire is None:  # §2.1 r2: draining and dead backends keep their flows
                 return Stat.DROP_BACKEND_UNKNOWN, None, HOP_OK
         hop = HOP_OK if ingress is None else self._backend_hop(wire, packet_len, ingress)
         if hop.status:
@@ -448,7 +448,7 @@ class Datapath:
     def _new_flow(
         self, key: FlowKeyT, ufrag: bytes, packet_len: int, ingress: str | None
     ) -> tuple[Stat, _Wire | None, Hop]:
-        """Rules 2.7-2.11: verify, backend, rate limits, next hop, then (and only then) write."""
+        """§2 r7-r11: verify, backend, rate limits, next hop, then (and only then) write."""
         try:
             routed = token.verify(ufrag, self._keys)
         except TokenError as exc:
@@ -521,7 +521,7 @@ class Datapath:
         return wire
 
     def _active(self, cluster: int, index: int) -> tuple[_Wire | None, Stat]:
-        """Rule 2.8: the backend of a new (or re-routed) flow must exist and be active."""
+        """§2 r8: the backend of a new (or re-routed) flow must exist and be active."""
         wire = self._wire(cluster, index)
         if wire is None:
             return None, Stat.DROP_BACKEND_UNKNOWN
@@ -535,7 +535,7 @@ class Datapath:
     def _return(
         self, src16: bytes, buf: bytes, g: int, end: int, ingress: str | None, retry: bool = False
     ) -> tuple[Stat, tuple[int, int, int, bytes, int, bytes, int] | None, Hop, FlowKeyT | None]:
-        """Rules 3.1-3.10 on the Geneve payload ``buf[g:end]`` sent by ``src16``.
+        """§3 r1-r10 on the Geneve payload ``buf[g:end]`` sent by ``src16``.
 
         Returns (stat, what to forward, next hop, flow key). What to forward is
         ``(inner start, inner end, inner UDP offset, client, port, vip, port)``.
@@ -586,7 +586,7 @@ class Datapath:
             if not self.live:
                 store.put_flow(key, flow)
         elif buf[u + 8] <= 3 and stun.is_binding_success(buf[u + 8 : iend]):
-            stat = Stat.FWD_CONFIRM  # 3.9: the owner answered the check, the flow is real
+            stat = Stat.FWD_CONFIRM  # §3 r9: the owner answered the check, the flow is real
             store.delete_pending(key)
             store.put_flow(key, flow)
             if self.on_event is not None:

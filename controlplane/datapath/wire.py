@@ -33,9 +33,9 @@ def is_webrtc(first: int) -> bool:
 
 
 def parse_ip(buf: bytes, o: int, end: int, etype: int) -> ParsedUdp | Stat:
-    """DATAPATH.md rules 1.2-1.5 on the IP packet at ``buf[o:end]`` (``etype`` 0x0800 or 0x86DD).
+    """DATAPATH.md §1 r2-r5 on the IP packet at ``buf[o:end]`` (``etype`` 0x0800 or 0x86DD).
 
-    Returns :data:`ParsedUdp`, or the stat of the first rule that fails. Rules 1.6-1.7
+    Returns :data:`ParsedUdp`, or the stat of the first rule that fails. §1 r6-r7
     (is it ours, UDP length) are the caller's: their order differs between the outer and
     the inner packet.
     """

@@ -128,7 +128,7 @@ def test_pending_flows_emit_nothing(xdp: XdpRelay, events: list[layout.FlowEvent
     assert drain(xdp, events) == []
 
 
-# ---- flow counters and timestamps (§2.1.4, §3.10) ----
+# ---- flow counters and timestamps (§2.1 r4, §3 r10) ----
 def test_flow_counts_inner_ip_bytes(xdp: XdpRelay) -> None:
     xdp.apply(STATE)
     packets = [pb.client_packet(pb.C1, pb.VIP4, pb.check(pb.T11)), pb.client_packet(pb.C1, pb.VIP4, pb.DTLS)]

@@ -172,7 +172,7 @@ def _geneve_errors(inner: bytes) -> list[dict[str, Any]]:
         ("DROP_GENEVE_MALFORMED", bytes(7)),
         ("DROP_GENEVE_MALFORMED", raw(0x01, 0, 0x0800, b"")),
         ("DROP_GENEVE_MALFORMED", raw(0x3F, 0, 0x0800, inner)),
-        ("DROP_GENEVE_MALFORMED", raw(0x41, 0, 0x0800, b"")),  # rule 3.1 before 3.2
+        ("DROP_GENEVE_MALFORMED", raw(0x41, 0, 0x0800, b"")),  # §3 r1 before r2
         ("DROP_GENEVE_UNSUPPORTED", raw(0x40, 0, 0x0800, inner)),
         ("DROP_GENEVE_UNSUPPORTED", raw(0xC0, 0, 0x0800, inner)),
         ("DROP_GENEVE_UNSUPPORTED", raw(0x00, 0x80, 0x0800, inner)),
