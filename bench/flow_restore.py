@@ -8,7 +8,7 @@ every method alike and on an emptied map each time, the median and best of:
 
 - ``KernelStore.put_flows``: what a cold start calls (``Recovery.preload``, the slow
   path), from ``store.Flow`` values to the kernel;
-- its two parts: packing keys and values (``kernelstore.pack_flows``) and the batch
+- its two parts: packing keys and values (``controlplane.kernel.maps.pack_flows``) and the batch
   syscall alone (``PinnedMap.update_batch_raw`` of packed buffers);
 - ``ctypes structs``: one ctypes key and value per flow, then ``PinnedMap.update_batch``,
   which is how ``put_flows`` worked before it packed the buffers itself.

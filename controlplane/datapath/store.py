@@ -1,11 +1,11 @@
 """The relay's state behind one small interface: the BPF maps, or dictionaries.
 
-:class:`MapStore` is what the datapath logic (``datapath.py``), Redis sync and the CLI
+:class:`MapStore` is what the datapath logic (``engine.py``), Redis sync and the CLI
 use. Two implementations:
 
 - :class:`MemoryStore` (here): dictionaries with LRU bounds, for the userspace twin and
   unit tests;
-- ``KernelStore`` (``kernelstore.py``): the pinned BPF maps through bpf(2) syscalls, for the
+- ``KernelStore`` (``controlplane/kernel/maps.py``): the pinned BPF maps through bpf(2) syscalls, for the
   slow path and the control plane in XDP mode, and for the CLI while the daemon is down.
 
 Values are plain Python (dataclasses, tuples, ``bytes``), not ctypes structs; each

@@ -1,6 +1,6 @@
 """Packet bytes for the Python datapath: parse IP/UDP at an offset, build UDP and Geneve.
 
-``datapath.py`` calls these once per packet, so they work on ``bytes`` and offsets
+``engine.py`` calls these once per packet, so they work on ``bytes`` and offsets
 (no copies, no ``ipaddress``, no dataclasses) and compute Internet checksums with
 ``int.from_bytes(...) % 0xFFFF``: 2**16 == 1 (mod 0xFFFF), so that residue is the
 ones' complement sum of the 16-bit big-endian words, summed in C. The results equal

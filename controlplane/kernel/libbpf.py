@@ -3,14 +3,14 @@
 The CLI must read the maps while the daemon is down, and bcc compiles a program just to
 open a map, so this module talks to the kernel through ``libbpf.so.1`` (ctypes):
 
-- :class:`PinnedMap`: one pinned map, typed with the ``layout.py`` structs; per-CPU
+- :class:`PinnedMap`: one pinned map, typed with the ``datapath/layout.py`` structs; per-CPU
   values come back as one struct per possible CPU;
 - :func:`map_specs`, :func:`check_maps`: the maps ``bpf/maps.h`` declares, and do pinned
   maps match the sizes the configuration asks for;
 - :func:`prog_test_run`: ``BPF_PROG_TEST_RUN`` of an XDP program (tests, benchmarks);
 - :func:`xdp_query`, :func:`xdp_attach`, :func:`xdp_detach`: XDP attach points.
 
-``kernelstore.py`` builds :class:`controlplane.datapath.store.MapStore` on top of this.
+``maps.py`` builds :class:`controlplane.datapath.store.MapStore` on top of this.
 Errors are :class:`BpfError`.
 """
 

@@ -2,7 +2,7 @@
 
 :class:`KernelStore` opens every map ``bpf/maps.h`` declares under a relay's pin
 directory (:mod:`controlplane.kernel.libbpf` does the syscalls) and converts at this boundary
-between the ``layout.py`` structs and the plain values of ``store.py``. It is what the
+between the ``datapath/layout.py`` structs and the plain values of ``datapath/store.py``. It is what the
 slow path and the control plane use in XDP mode, and what the CLI uses while the daemon
 is down. A missing pin directory or map is :class:`RelayNotRunning`.
 """

@@ -2,7 +2,7 @@
 
 The shared packet vectors of docs/DATAPATH.md §9, deterministic. Every step names the
 counter, action, egress, MACs and output bytes the specification demands; the frames and
-the expected outputs come from the icegate codecs (``packet_builders.py``), not from
+the expected outputs come from the icegate codecs (``labkit/packets.py``), not from
 either implementation. ``controlplane.datapath.engine.Datapath.process_frame``
 (tests/unit/test_datapath.py) and the XDP program (tests/bpf/) must reproduce them.
 """
