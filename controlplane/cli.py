@@ -140,6 +140,7 @@ class CliEnv:
     relay_info: Callable[[Target], dict[str, Any]] = _kernel_info
     capacities: Callable[[Target], dict[str, int]] = _kernel_capacities
     detach: Callable[[Target], list[str]] = _kernel_detach
+    control_plane: Callable[[Target], str] = lambda target: readiness(target.http)
     clock_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
 
@@ -268,7 +269,7 @@ def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
         "pin_dir": str(target.pin_dir),
         **info,
         "maps": {name: {"entries": n, "capacity": capacity[name]} for name, n in fill.items()},
-        "control_plane": readiness(target.http),
+        "control_plane": env.control_plane(target),
     }
     if as_json:
         click.echo(views.dump_json(status))
