@@ -9,15 +9,47 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from labkit.support import Processes, RedisServer, prefixed_namespaces, redis_server
+from tests import programs
 
 ROOT_TIERS = ("bpf", "integration", "e2e")
 _ns_counter = itertools.count()
+
+# Every external program this session executes, with the first test that ran it. A
+# program missing from scripts/programs.txt fails the session (pytest_sessionfinish):
+# the static scan of tests/unit/test_programs.py cannot see an argv built at run time.
+_executed: dict[str, str] = {}
+
+
+def _record_exec(event: str, args: tuple[Any, ...]) -> None:
+    if event == "subprocess.Popen":
+        program = programs.executed_program(args[1])
+        if program and program not in _executed:
+            _executed[program] = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+
+
+sys.addaudithook(_record_exec)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    known = programs.inventory()
+    missing = {program: test for program, test in _executed.items() if program not in known}
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for program, test in sorted(missing.items()):
+            line = f"program {program!r} (first run by {test}) is not in scripts/programs.txt"
+            if reporter:
+                reporter.write_line(line, red=True)
+            else:
+                print(line, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import re
 import struct
+from collections.abc import Iterator, Sequence
 from enum import IntEnum
 from typing import Any
 
@@ -333,18 +334,55 @@ def _format(ctype: Any) -> str:
     return _FORMAT_CODES[ctype]
 
 
-def packer(ctype: type[ctypes.Structure]) -> struct.Struct:
-    """A ``struct.Struct`` with the bytes of ``ctype``: nested structs flattened, byte
-    arrays as ``Ns``, native byte order, no alignment. Packing entries into one buffer
-    with it is several times faster than building ctypes objects (``put_flows``). Equal
-    sizes prove there is no implicit padding, so every offset matches too."""
-    packed = struct.Struct("=" + _format(ctype))
-    if packed.size != ctypes.sizeof(ctype):
-        raise TypeError(
-            f"{ctype.__name__}: packed format {packed.format} is {packed.size} bytes, "
-            f"the struct {ctypes.sizeof(ctype)} (implicit padding?)"
-        )
-    return packed
+def _fields(ctype: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted field name, struct code) in packing order, as :func:`_format` flattens them."""
+    for name, field_type, *_ in ctype._fields_:
+        dotted = f"{prefix}{name}"
+        if isinstance(field_type, type) and issubclass(field_type, ctypes.Structure):
+            yield from _fields(field_type, f"{dotted}.")
+        else:
+            yield dotted, _format(field_type)
+
+
+class Packer:
+    """A ``struct.Struct`` with the bytes of a ctypes struct (nested structs flattened,
+    byte arrays as ``Ns``, native byte order, no alignment) that names the field a value
+    does not fit. Packing entries into one buffer with it is several times faster than
+    building ctypes objects (``put_flows``). Equal sizes prove there is no implicit
+    padding, so every offset matches too.
+
+    ``pack_into`` is the struct's own (no wrapper on the hot path); a caller that gets
+    ``struct.error`` calls :meth:`check` to turn it into a ``ValueError`` naming the field.
+    :meth:`check` also guards the ctypes constructors, which would truncate silently."""
+
+    def __init__(self, ctype: type[ctypes.Structure]) -> None:
+        self.name = ctype.__name__
+        self.struct = struct.Struct("=" + _format(ctype))
+        if self.struct.size != ctypes.sizeof(ctype):
+            raise TypeError(
+                f"{self.name}: packed format {self.struct.format} is {self.struct.size} bytes, "
+                f"the struct {ctypes.sizeof(ctype)} (implicit padding?)"
+            )
+        self.fields = list(_fields(ctype))
+        self.format, self.size, self.pack_into = self.struct.format, self.struct.size, self.struct.pack_into
+
+    def check(self, values: Sequence[Any]) -> None:
+        """Raise ``ValueError`` naming the first field whose value does not fit."""
+        if len(values) != len(self.fields):
+            raise ValueError(f"{self.name}: {len(values)} values for {len(self.fields)} fields")
+        for (name, code), value in zip(self.fields, values, strict=True):
+            if code.endswith("s"):
+                size = int(code[:-1])
+                if not isinstance(value, bytes | bytearray) or len(value) != size:
+                    raise ValueError(f"{self.name}.{name} must be {size} bytes, got {value!r}")
+                continue
+            bits = 8 * struct.calcsize(code)
+            if not isinstance(value, int) or not 0 <= value < 1 << bits:
+                raise ValueError(f"{self.name}.{name} = {value!r} is outside 0..{(1 << bits) - 1} (u{bits})")
+
+
+def packer(ctype: type[ctypes.Structure]) -> Packer:
+    return Packer(ctype)
 
 
 FLOW_KEY = packer(FlowKey)  # "=16sHH": client_addr, client_port (__be16), vip_index

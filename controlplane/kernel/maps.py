@@ -10,6 +10,7 @@ is down. A missing pin directory or map is :class:`RelayNotRunning`.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,28 @@ HASH_MAPS = ("flows", "pending", "backends", "vips", "rate_sources")
 
 
 def flow_key_struct(key: FlowKeyT) -> layout.FlowKey:
+    layout.FLOW_KEY.check(_key_fields(key))
     return layout.FlowKey(layout.Addr16(*key[0]), swap16(key[1]), key[2])
+
+
+def _key_fields(key: FlowKeyT) -> tuple[Any, ...]:
+    """The key's fields as given: the port is checked before the byte swap, which could
+    fold a value past 16 bits into range."""
+    return key
+
+
+def _value_fields(f: Flow) -> tuple[int, ...]:
+    return (
+        f.cluster,
+        f.index,
+        f.token_tag,
+        f.created_ns,
+        f.last_seen_ns,
+        f.packets_in,
+        f.bytes_in,
+        f.packets_out,
+        f.bytes_out,
+    )
 
 
 def _from_flow_key(key: layout.FlowKey) -> FlowKeyT:
@@ -34,6 +56,7 @@ def _from_flow_key(key: layout.FlowKey) -> FlowKeyT:
 
 
 def flow_value_struct(flow: Flow) -> layout.FlowValue:
+    layout.FLOW_VALUE.check(_value_fields(flow))
     return layout.FlowValue(
         layout.BackendKey(flow.cluster, flow.index),
         flow.token_tag,
@@ -68,23 +91,22 @@ def pack_flows(items: Sequence[tuple[FlowKeyT, Flow]]) -> tuple[bytearray, bytea
     pack_key, pack_value = layout.FLOW_KEY.pack_into, layout.FLOW_VALUE.pack_into
     ksize, vsize = layout.FLOW_KEY.size, layout.FLOW_VALUE.size
     keys, values = bytearray(ksize * len(items)), bytearray(vsize * len(items))
-    for i, ((addr, port, vip_index), f) in enumerate(items):
-        if len(addr) != 16:
-            raise ValueError(f"flow key address must be 16 bytes, got {len(addr)}")
-        pack_key(keys, i * ksize, addr, swap16(port), vip_index)
-        pack_value(
-            values,
-            i * vsize,
-            f.cluster,
-            f.index,
-            f.token_tag,
-            f.created_ns,
-            f.last_seen_ns,
-            f.packets_in,
-            f.bytes_in,
-            f.packets_out,
-            f.bytes_out,
-        )
+    for i, (key, f) in enumerate(items):
+        addr, port, vip_index = key
+        if len(addr) != 16:  # "16s" would pad or cut it silently
+            raise ValueError(f"FlowKey.client_addr must be 16 bytes, got {len(addr)}")
+        try:
+            if not 0 <= port <= 0xFFFF:  # before swap16, which could fold it into range
+                raise struct.error(f"port {port} is not 16 bits")
+            pack_key(keys, i * ksize, addr, swap16(port), vip_index)
+        except (struct.error, TypeError) as exc:
+            layout.FLOW_KEY.check(_key_fields(key))
+            raise ValueError(f"flow key {key!r}: {exc}") from exc
+        try:
+            pack_value(values, i * vsize, *_value_fields(f))
+        except struct.error as exc:
+            layout.FLOW_VALUE.check(_value_fields(f))
+            raise ValueError(f"flow value {f!r}: {exc}") from exc
     return keys, values
 
 

@@ -11,7 +11,7 @@ or the same rows as JSON with ``--json`` (``views.py``). The groups plug into th
 from __future__ import annotations
 
 from controlplane.operator.cli_backends import backends
-from controlplane.operator.cli_common import CliEnv, RelayAccess, Target, limit_capacities
+from controlplane.operator.cli_common import CliEnv, RelayAccess, Target, limit_capacities, readiness
 from controlplane.operator.cli_flows import flows
 from controlplane.operator.cli_relay import relay
 from controlplane.operator.cli_stats import stats
@@ -24,6 +24,7 @@ __all__ = [
     "backends",
     "flows",
     "limit_capacities",
+    "readiness",
     "relay",
     "stats",
     "token",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -126,6 +128,18 @@ def check_pinned(target: Target) -> None:
         raise RelayNotRunning(f"relay {target.name!r} is not running: nothing pinned at {target.pin_dir}")
 
 
+def readiness(http: HttpConfig, timeout_s: float = 0.5) -> str:
+    """The daemon's /readyz, as one line: ``ready``, the problems, or ``not running``."""
+    host = f"[{http.address}]" if ":" in http.address else http.address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{http.port}/readyz", timeout=timeout_s) as reply:
+            return str(reply.read().decode().strip())
+    except urllib.error.HTTPError as exc:
+        return "; ".join(exc.read().decode().split("\n")).strip("; ")
+    except (urllib.error.URLError, OSError):
+        return "not running"
+
+
 @dataclass
 class CliEnv:
     """The CLI's side effects. Tests pass their own through ``CliRunner.invoke(obj=...)``."""
@@ -135,6 +149,7 @@ class CliEnv:
     relay_info: Callable[[Target], dict[str, Any]] = lambda t: relay_access(t).info()
     capacities: Callable[[Target], dict[str, int]] = lambda t: relay_access(t).capacities()
     detach: Callable[[Target], list[str]] = lambda t: relay_access(t).detach()
+    control_plane: Callable[[Target], str] = lambda t: readiness(t.http)
     clock_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
 

@@ -3,13 +3,10 @@ imported only when asked for."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
 
-from controlplane.config import HttpConfig
 from controlplane.node.metrics import map_fill
 from controlplane.operator import views
 from controlplane.operator.cli_common import Target, env_of, json_option, target_options
@@ -35,18 +32,6 @@ def relay() -> None:
     """Run, inspect and detach the relay."""
 
 
-def readiness(http: HttpConfig, timeout_s: float = 0.5) -> str:
-    """The daemon's /readyz, as one line: ``ready``, the problems, or ``not running``."""
-    host = f"[{http.address}]" if ":" in http.address else http.address
-    try:
-        with urllib.request.urlopen(f"http://{host}:{http.port}/readyz", timeout=timeout_s) as reply:
-            return str(reply.read().decode().strip())
-    except urllib.error.HTTPError as exc:
-        return "; ".join(exc.read().decode().split("\n")).strip("; ")
-    except (urllib.error.URLError, OSError):
-        return "not running"
-
-
 @relay.command("status")
 @target_options
 @json_option
@@ -63,7 +48,7 @@ def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
         "pin_dir": str(target.pin_dir),
         **info,
         "maps": {name: {"entries": n, "capacity": capacity[name]} for name, n in fill.items()},
-        "control_plane": readiness(target.http),
+        "control_plane": env.control_plane(target),
     }
     if as_json:
         click.echo(views.dump_json(status))

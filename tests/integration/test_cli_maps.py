@@ -38,17 +38,28 @@ def pinned() -> Iterator[KernelStore]:
         yield store
 
 
+def ago(now: int, seconds: float) -> int:
+    """A timestamp ``seconds`` before ``now`` on the kernel's monotonic clock, which starts
+    at boot: on a host up for less than that, the earliest representable instant (1 ns)."""
+    return max(1, now - int(seconds * S))
+
+
 def fill_flows(store: KernelStore) -> int:
     now = time.monotonic_ns()
     store.flush_flows()
     store.put_flows(
         [
-            ((addr16("100.64.1.2"), 40000, 0), Flow(1, 1, 11, now - 90 * S, now - 2 * S, 10, 1000, 9, 900)),
-            ((addr16("100.64.1.10"), 40002, 0), Flow(1, 2, 12, now - 5 * S, now, 3, 300, 0, 0)),
-            ((addr16("2001:db8:100::2"), 40001, 1), Flow(1, 1, 13, now - 7200 * S, now - S, 1, 100, 1, 100)),
+            ((addr16("100.64.1.2"), 40000, 0), Flow(1, 1, 11, ago(now, 90), ago(now, 2), 10, 1000, 9, 900)),
+            ((addr16("100.64.1.10"), 40002, 0), Flow(1, 2, 12, ago(now, 5), now, 3, 300, 0, 0)),
+            (
+                (addr16("2001:db8:100::2"), 40001, 1),
+                Flow(1, 1, 13, ago(now, 7200), ago(now, 1), 1, 100, 1, 100),
+            ),
         ]
     )
-    store.put_pending((addr16("100.64.1.2"), 40005, 0), Flow(1, 2, 14, now - S, now - S, 1, 120, 0, 0))
+    store.put_pending(
+        (addr16("100.64.1.2"), 40005, 0), Flow(1, 2, 14, ago(now, 1), ago(now, 1), 1, 120, 0, 0)
+    )
     return now
 
 
@@ -58,7 +69,7 @@ def invoke(command: Any, args: list[str], store: KernelStore, **kw: Any) -> Resu
 
 
 def test_flows_ls_show_flush_over_pinned_maps(pinned: KernelStore) -> None:
-    fill_flows(pinned)
+    now = fill_flows(pinned)
     result = invoke(cli.flows, ["ls", "--json"], pinned)
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
@@ -67,7 +78,8 @@ def test_flows_ls_show_flush_over_pinned_maps(pinned: KernelStore) -> None:
         ("100.64.1.10", 40002, "192.0.2.10", "1:2", 3),
         ("2001:db8:100::2", 40001, "2001:db8::10", "1:1", 1),
     ]
-    assert 89 < rows[0]["age_s"] < 100 and 1.5 < rows[0]["idle_s"] < 10
+    age_s = (now - ago(now, 90)) / S  # 90 s, or the host's uptime if it is younger
+    assert age_s - 1 < rows[0]["age_s"] < age_s + 10 and 1.5 < rows[0]["idle_s"] < 10
 
     table = invoke(cli.flows, ["ls", "--backend", "1:1"], pinned).output.splitlines()
     assert [line.split()[:4] for line in table[1:]] == [

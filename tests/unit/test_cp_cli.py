@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import itertools
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import redis as redis_sync
 from click.testing import CliRunner, Result
 
+from controlplane.config import HttpConfig
 from controlplane.datapath.layout import BackendState, Stat
 from controlplane.datapath.store import Backend, Flow, MemoryStore, Vip
 from controlplane.operator import cli
@@ -54,7 +57,9 @@ def known_maps() -> MemoryStore:
     return maps
 
 
-def env_for(maps: MemoryStore, samples: list[list[tuple[int, int]]] | None = None) -> CliEnv:
+def env_for(
+    maps: MemoryStore, samples: list[list[tuple[int, int]]] | None = None, control_plane: str = "ready"
+) -> CliEnv:
     def info(target: Target) -> dict[str, Any]:
         return {"mode": "userspace", "program_id": None, "attached": []}
 
@@ -64,6 +69,7 @@ def env_for(maps: MemoryStore, samples: list[list[tuple[int, int]]] | None = Non
         open_counters=lambda t: counters,
         relay_info=info,
         capacities=cli.limit_capacities,
+        control_plane=lambda t: control_plane,
         clock_ns=lambda: NOW,
         sleep=lambda s: None,
     )
@@ -188,16 +194,54 @@ def test_stats_rates_and_json() -> None:
     assert sample["sample"] == 1 and [r["stat"] for r in sample["stats"]] == ["FWD_FLOW", "DROP_TOKEN_MAC"]
 
 
-def test_relay_status(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = env_for(known_maps())
+@pytest.mark.parametrize("control_plane", ["ready", "redis: degraded (connection refused)", "not running"])
+def test_relay_status(control_plane: str) -> None:
+    env = env_for(known_maps(), control_plane=control_plane)
     result = invoke(cli.relay, ["status", "--json"], env)
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
     assert status["maps"]["flows"] == {"entries": 3, "capacity": 262144}
     assert status["maps"]["backends"]["entries"] == 2 and status["mode"] == "userspace"
-    assert status["control_plane"] in ("not running", "ready") or status["control_plane"].startswith("redis")
+    assert status["control_plane"] == control_plane
     text = invoke(cli.relay, ["status"], env).output
     assert "  flows              3 / 262144   (0.0%)" in text
+    assert f"control_plane: {control_plane}\n" in text
+
+
+class ReadyzHandler(http.server.BaseHTTPRequestHandler):
+    reply: tuple[int, str] = (200, "ready\n")
+
+    def do_GET(self) -> None:
+        code, body = self.reply if self.path == "/readyz" else (404, "")
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ((200, "ready\n"), "ready"),
+        ((503, "redis: degraded\nprogram: not attached\n"), "redis: degraded; program: not attached"),
+    ],
+)
+def test_readiness_reads_the_daemons_readyz(reply: tuple[int, str], expected: str) -> None:
+    handler = type("Handler", (ReadyzHandler,), {"reply": reply})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert cli.readiness(HttpConfig("127.0.0.1", server.server_address[1])) == expected
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_readiness_of_a_port_nobody_listens_on_is_not_running() -> None:
+    assert cli.readiness(HttpConfig("127.0.0.1", free_port())) == "not running"
 
 
 def region() -> str:
