@@ -81,9 +81,7 @@ def test_build_udp_equals_icegate_inet(pair: tuple[str, str], sport: int, dport:
 
 
 @given(st.binary(min_size=16, max_size=16), st.integers(0, 65535), st.integers(0, 65535))
-def test_entropy_port_is_ephemeral_and_per_flow(
-    client16: bytes, cport: int, vport: int
-) -> None:
+def test_entropy_port_is_ephemeral_and_per_flow(client16: bytes, cport: int, vport: int) -> None:
     """In 49152-65535 (RFC 8926 §3.3) and different for the next client port: flows of one
     client spread over ECMP/RSS. (XDP computes the same value: the packet vectors hold both.)"""
     port = geneve.entropy_port(client16, cport, vport)
