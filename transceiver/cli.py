@@ -87,6 +87,11 @@ def transceiver() -> None:
 @click.option("--agent-url", metavar="ws://HOST:PORT/")
 @click.option("--redis-url")
 @click.option("--region")
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fleet catalog: the answer's relays are its two best for this region and cluster.",
+)
 @click.option("--route-key", metavar="HEX", help="A fixed route key (32 hex digits) when there is no Redis.")
 @click.option("--auth-token", help="Require 'Authorization: Bearer TOKEN' on /v1.")
 @click.option("--connect-timeout", type=float, help="Reap sessions not connected after this many seconds.")
@@ -105,6 +110,7 @@ def run(
     agent_url: str | None,
     redis_url: str | None,
     region: str | None,
+    catalog: Path | None,
     route_key: str | None,
     auth_token: str | None,
     connect_timeout: float | None,
@@ -123,6 +129,7 @@ def run(
         "agent_url": agent_url,
         "redis_url": redis_url,
         "region": region,
+        "catalog": str(catalog) if catalog else None,
         "route_key": route_key,
         "auth_token": auth_token,
         "connect_timeout_s": connect_timeout,

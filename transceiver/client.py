@@ -29,6 +29,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcicetransport import RTCIceTransport
 from av import AudioFrame, AudioResampler
+from yarl import URL
 
 from transceiver.audio import FrameClock
 
@@ -151,6 +152,8 @@ class VoiceClient:
     heard: Heard = field(default_factory=Heard)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     location: str | None = None
+    session_url: str | None = None  # the session's absolute URL (after any 307 from a front door)
+    decision: str | None = None  # a geo front door's ``Icegate-Decision`` header, when one steered us
     answer: str | None = None
     setup_s: float | None = None  # POST sent -> connected
     pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
@@ -188,6 +191,9 @@ class VoiceClient:
             if resp.status != 201:
                 raise AssertionError(f"POST /v1/sessions: {resp.status} {body}")
             self.location = resp.headers["Location"]
+            self.session_url = str(resp.url.join(URL(self.location)))
+            for hop in resp.history:  # a front door's 307 says where and why (geo.frontdoor)
+                self.decision = hop.headers.get("Icegate-Decision", self.decision)
             self.answer = body
         return await self.accept(body, started, timeout)
 
@@ -260,7 +266,8 @@ class VoiceClient:
 
     async def hangup(self, http: aiohttp.ClientSession | None = None) -> None:
         if http is not None and self.location is not None:
-            async with http.delete(f"{self.base_url}{self.location}", headers=self._headers()):
+            url = self.session_url or f"{self.base_url}{self.location}"
+            async with http.delete(url, headers=self._headers()):
                 pass
         await self.pc.close()
         for task in self._tasks:
@@ -320,6 +327,8 @@ async def converse(
             result["frames_received"] = len(client.heard.frames)
             result["events"] = client.event_types()
             result["location"] = client.location
+            result["session_url"] = client.session_url
+            result["decision"] = client.decision
             try:
                 await client.hangup(http)
             except Exception as exc:  # the session is over either way

@@ -8,8 +8,10 @@ environment.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+from icegate.catalog import load_catalog
 from icegate.config import Address, Port
 from icegate.errors import ConfigError
 from icegate.geneve import GENEVE_PORT
@@ -58,7 +60,7 @@ class VadConfig:
 class TransceiverConfig:
     cluster: int
     index: int
-    relays: tuple[RelayConfig, ...]
+    relays: tuple[RelayConfig, ...] = ()  # or from `catalog`
     region: str = "default"
     # Geneve socket: bound here; ``tunnel_advertise`` is what relays send to (defaults to the bind address).
     tunnel_bind: Address = "0.0.0.0"
@@ -86,14 +88,19 @@ class TransceiverConfig:
     hold_packets: int = 16  # per session: packets held for a client the mux has not heard from yet
     hold_ms: int = 2000
     vad: VadConfig = field(default_factory=VadConfig)
+    # The fleet catalog (icegate.catalog): when set, the answer's relays are the catalog's
+    # two best relays for (region, cluster), every VIP of each, instead of ``relays``.
+    catalog: Path | None = None
 
     def validate(self, path: str) -> None:
         if not 0 <= self.cluster <= MAX_CLUSTER:
             raise ConfigError(f"{path}.cluster", f"expected 0..{MAX_CLUSTER}, got {self.cluster}")
         if not 0 <= self.index <= MAX_INDEX:
             raise ConfigError(f"{path}.index", f"expected 0..{MAX_INDEX}, got {self.index}")
-        if not self.relays:
-            raise ConfigError(f"{path}.relays", "at least one relay VIP is required")
+        if self.catalog is not None:
+            catalog_relays(self.catalog, self.region, self.cluster, f"{path}.catalog")
+        elif not self.relays:
+            raise ConfigError(f"{path}.relays", "at least one relay VIP is required (or a catalog)")
         vips = [(r.address, r.port) for r in self.relays]
         if len(set(vips)) != len(vips):
             raise ConfigError(f"{path}.relays", "VIPs must be distinct")
@@ -143,6 +150,29 @@ class TransceiverConfig:
     def advertised_signaling(self) -> str:
         return self.signaling_url or f"http://{self.signaling_host}:{self.signaling_port}"
 
+    def with_catalog_relays(self) -> TransceiverConfig:
+        """This config with ``relays`` taken from the catalog (unchanged without one)."""
+        if self.catalog is None:
+            return self
+        return replace(
+            self, relays=catalog_relays(self.catalog, self.region, self.cluster, "transceiver.catalog")
+        )
+
     def relays_by_priority(self) -> tuple[RelayConfig, ...]:
         """Primary first (highest ``priority``), configuration order among equals."""
         return tuple(sorted(self.relays, key=lambda r: -r.priority))
+
+
+def catalog_relays(path: Path, region: str, cluster: int, field_path: str) -> tuple[RelayConfig, ...]:
+    """The catalog's answer relays for cluster ``cluster`` of ``region``: primary first, every VIP."""
+    catalog = load_catalog(path)
+    try:
+        entry = catalog.cluster_by_id(region, cluster)
+    except KeyError:
+        raise ConfigError(field_path, f"{path} has no cluster {cluster} in region {region!r}") from None
+    relays = catalog.answer_relays(entry.name)
+    return tuple(
+        RelayConfig(vip, relay.port, len(relays) - rank, relay.tunnel_port)
+        for rank, relay in enumerate(relays)
+        for vip in relay.vips
+    )

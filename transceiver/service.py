@@ -32,6 +32,7 @@ class Transceiver:
     """Construct inside the event loop (it opens an aiohttp client session)."""
 
     def __init__(self, config: TransceiverConfig) -> None:
+        config = config.with_catalog_relays()  # the fleet catalog names the relays, when set
         self.config = config
         vips = [Vip(r.address, r.port, r.tunnel_port) for r in config.relays]
         self.mux = TunnelMux(
