@@ -46,7 +46,7 @@ def test_bad_configuration_names_the_field() -> None:
     assert "transceiver.index: expected 0..65535, got 70000" in result.output
     result = runner.invoke(cli, ["transceiver", "run", "--cluster", "1", "--index", "1"])
     assert result.exit_code == 1
-    assert "transceiver.relays: required field is missing" in result.output
+    assert "transceiver.relays: at least one relay VIP is required (or a catalog)" in result.output
     result = runner.invoke(
         cli, ["transceiver", "run", "--cluster", "1", "--index", "1", "--relay", "192.0.2.10"]
     )
