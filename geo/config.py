@@ -34,7 +34,7 @@ class DefaultLocation:
 @dataclass(frozen=True)
 class GeoConfig:
     catalog: Path | None = None  # None: the `catalog` section of the same file
-    listen_host: str = "127.0.0.1"
+    listen_host: str = "127.0.0.1"  # "*": all addresses, IPv4 and IPv6
     listen_port: Port = FRONT_DOOR_PORT
     # Networks whose requests' cf-* headers are believed (Cloudflare's ranges in production).
     trusted_proxies: tuple[str, ...] = ()

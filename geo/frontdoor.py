@@ -270,7 +270,9 @@ async def serve(config: GeoConfig, catalog: Catalog, stop: asyncio.Event) -> Non
     await door.start()
     runner = web.AppRunner(door.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port)
+    # "*": every address of both families (asyncio binds "::" IPv6-only).
+    host = None if config.listen_host == "*" else config.listen_host
+    site = web.TCPSite(runner, host, config.listen_port)
     await site.start()
     logger.info("front door on %s:%d", config.listen_host, config.listen_port)
     try:

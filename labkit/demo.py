@@ -44,7 +44,8 @@ from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
 from labkit import demo_report
 from labkit.lab import Lab, LabConfig
-from labkit.lab.config import DEFAULT_NAME
+from labkit.lab.config import DEFAULT_NAME, SecondRegionConfig
+from labkit.lab.geofiles import CATALOG_FILE
 
 AGENT_PORT = 8090
 TONE_AGENT_HZ = 440.0
@@ -64,6 +65,7 @@ class Options:
     duration_s: float = 3.0
     lab_name: str = DEFAULT_NAME
     keep: bool = False
+    regions: int = 1  # 2: a second region, the geo front door steers every client (docs/GEO.md)
 
 
 @dataclass
@@ -144,7 +146,8 @@ class Demo:
     def __init__(self, options: Options, say: Progress) -> None:
         self.options = options
         self.say = say
-        self.lab = Lab(LabConfig(name=options.lab_name))
+        second = SecondRegionConfig() if options.regions == 2 else None
+        self.lab = Lab(LabConfig(name=options.lab_name, second_region=second))
         self.icegate = icegate_argv()
         self.relay_http = self.lab.relay_config().http
         self.datapath = "unknown"
@@ -204,6 +207,7 @@ class Demo:
             lab.start_process(tx.name, tx.name, [*self.icegate, "transceiver", "run", "--config", str(path)])
             self.say(f"transceiver {tx.name} (cluster {tx.cluster}, index {tx.index}) + {opts.agent} agent")
 
+        self.start_second_region()
         relay_ns, relay_log = lab.namespace("relay"), self.log("relay")
         readyz = f"http://{self.relay_http.address}:{self.relay_http.port}/readyz"
 
@@ -222,16 +226,77 @@ class Demo:
                 return http_get(lab.namespace(name), f"{url}/readyz")[0] == 200
 
             wait_until(tx_ready, READY_TIMEOUT_S, f"{tx.name}'s /readyz", self.log(tx.name))
-        count = len(lab.transceivers())
+        count = len(lab.config.transceivers)
         wait_until(
             lambda: self.active_backends() == count, 15, "the relay to sync the transceivers", relay_log
         )
         self.say(f"transceivers ready; the relay routes to {count} backends")
+        self.second_region_ready()
+
+    # ---- the second region and the front door (`--regions 2`) ------------------------------
+    def relays(self) -> list[tuple[str, Path]]:
+        """(lab host, relay config) of every relay: the first region's, then the second's."""
+        r2 = self.lab.config.second_region
+        extra = [(r.name, self.lab.dir / f"{r.name}.yaml") for r in r2.relays] if r2 is not None else []
+        return [("relay", self.relay_config), *extra]
+
+    def start_second_region(self) -> None:
+        lab, r2 = self.lab, self.lab.config.second_region
+        if r2 is None:
+            return
+        lab.run("dc2", [*self.icegate, "token", "init", "--redis-url", r2.redis_url, "--region", r2.region])
+        for relay in r2.relays:
+            mode = self.options.mode if relay.mode == "auto" else relay.mode
+            path = lab.write_region_relay_config(relay.name, {"mode": mode, "sync_interval_s": 0.5})
+            lab.start_process(relay.name, relay.name, [*self.icegate, "relay", "run", "--config", str(path),
+                                                       "--log-json"])  # fmt: skip
+            self.say(f"region {r2.region}: relay {relay.name} (priority {relay.priority}, mode {mode})")
+        catalog = lab.dir / CATALOG_FILE
+        lab.start_process("frontdoor", "inet", [*self.icegate, "geo", "serve", "--config", str(catalog)])
+        self.say(f"geo front door in {lab.namespace('inet')} at {', '.join(lab.front_door_urls())}")
+
+    def second_region_ready(self) -> None:
+        lab, r2 = self.lab, self.lab.config.second_region
+        if r2 is None:
+            return
+        for relay in r2.relays:
+
+            def ready(name: str = relay.name) -> bool:
+                self.alive(name)
+                return self.active_backends(name) == len(r2.transceivers)
+
+            wait_until(
+                ready,
+                READY_TIMEOUT_S,
+                f"relay {relay.name} to route to region {r2.region}",
+                self.log(relay.name),
+            )
+        url = lab.front_door_urls()[0]
+
+        def door_ready() -> bool:
+            self.alive("frontdoor")
+            status, body = http_get(lab.namespace("inet"), f"{url}/v1/route?lat=1.35&lon=103.82")
+            return status == 200 and f'"region": "{r2.region}"' in body
+
+        wait_until(door_ready, READY_TIMEOUT_S, "the front door to see both regions", self.log("frontdoor"))
+        self.say(f"region {r2.region} ready: {len(r2.relays)} relays, front door steering")
 
     def plan(self) -> list[demo_report.Plan]:
-        """Spread sessions over every (client host, transceiver) pair: c1/tx1, c2/tx2, c1/tx2, c2/tx1, ..."""
+        """Spread sessions over every (client host, transceiver) pair: c1/tx1, c2/tx2, c1/tx2, c2/tx1, ...
+
+        Two regions: the clients take turns (c1, c2, c3, ...) and POST to the front door (IPv6
+        for dual-stack clients), which steers each to its own region."""
         clients, txs = self.lab.clients(), self.lab.transceivers()
         plans = []
+        if self.lab.config.second_region is not None:
+            door4, door6 = self.lab.front_door_urls()
+            for i in range(self.options.sessions):
+                client = clients[i % len(clients)]
+                hz = PITCHES[i % len(PITCHES)]
+                expect = hz if self.options.agent == "echo" else TONE_AGENT_HZ
+                url = door6 if client.address6 else door4
+                plans.append(demo_report.Plan(i + 1, client.name, "(geo)", url, hz, expect, client.region))
+            return plans
         for i in range(self.options.sessions):
             client = clients[i % len(clients)]
             tx = txs[(i + i // len(clients)) % len(txs)]
@@ -279,11 +344,14 @@ class Demo:
         self, plans: list[demo_report.Plan], results: dict[int, dict[str, Any]], before: dict[str, int]
     ) -> dict[str, Any]:
         sessions = [demo_report.Session(p, results[p.index]) for p in plans]
-        demo_report.match_flows(sessions, self.relay_flows())
+        for host, config in self.relays():
+            demo_report.match_flows(sessions, self.relay_flows(host, config), host)
         cached = self.cached_flows()
+        vips = [f"{a}:{p}" for a, p in self.all_vips()]
         for s in sessions:
             s.cached = any(local in cached for local in s.result.get("local", []))
-            demo_report.judge(s, [f"{a}:{p}" for a, p in self.lab.vips])
+            demo_report.judge(s, vips)
+            demo_report.judge_steering(s)
         total = demo_report.totals(self.relay_counters(), before)
         if total["fast_path_packets"] == 0:
             for s in sessions:
@@ -318,9 +386,15 @@ class Demo:
             raise DemoError(f"relay /metrics answered {status}:\n{log_tail(self.log('relay'))}")
         return body
 
-    def active_backends(self) -> int:
+    def all_vips(self) -> list[tuple[str, int]]:
+        r2 = self.lab.config.second_region
+        port = self.lab.config.public.vip_port
+        extra = [(v, port) for r in r2.relays for v in (r.vip6, r.vip4)] if r2 is not None else []
+        return [*self.lab.vips, *extra]
+
+    def active_backends(self, host: str = "relay") -> int:
         status, body = http_get(
-            self.lab.namespace("relay"), f"http://{self.relay_http.address}:{self.relay_http.port}/metrics"
+            self.lab.namespace(host), f"http://{self.relay_http.address}:{self.relay_http.port}/metrics"
         )
         for line in body.splitlines() if status == 200 else []:
             if line.startswith('icegate_relay_backends{state="active"} '):
@@ -331,12 +405,12 @@ class Demo:
         """``verdict/reason`` -> packets, from the relay's ``icegate_relay_packets_total``."""
         return parse_counters(self.relay_metrics())
 
-    def operator_view(self, *command: str) -> Any:
+    def operator_view(self, *command: str, host: str = "relay", config: Path | None = None) -> Any:
         """``icegate COMMAND --json --config <relay config>`` in the relay's namespace, as an
         operator would run it: the pinned maps (XDP) or the twin's over its HTTP endpoint."""
-        argv = [*self.icegate, *command, "--json", "--config", str(self.relay_config)]
+        argv = [*self.icegate, *command, "--json", "--config", str(config or self.relay_config)]
         try:
-            out = self.lab.run("relay", argv)
+            out = self.lab.run(host, argv)
             return json.loads(out) if out.strip() else None
         except (LinkError, ValueError) as exc:
             raise DemoError(f"icegate {' '.join(command)} failed: {exc}") from None
@@ -345,23 +419,31 @@ class Demo:
         status: dict[str, Any] = self.operator_view("relay", "status") or {}
         return status
 
-    def relay_flows(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self.operator_view("flows", "ls") or []
+    def relay_flows(self, host: str = "relay", config: Path | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.operator_view("flows", "ls", host=host, config=config) or []
         return rows
 
     def cached_flows(self) -> set[str]:
-        """``client:port`` of every flow the relay wrote to the Redis flow cache."""
-        keys = Keys(self.lab.config.region)
+        """``client:port`` of every flow the relays wrote to their region's Redis flow cache."""
+        cfg = self.lab.config
+        regions = [("dc", cfg.region, self.lab.redis_url, list(self.lab.vips))]
+        if cfg.second_region is not None:
+            r2 = cfg.second_region
+            vips = [(v, cfg.public.vip_port) for r in r2.relays for v in (r.vip4, r.vip6)]
+            regions.append(("dc2", r2.region, r2.redis_url, vips))
         found = set()
-        with netns.entered(self.lab.namespace("dc")):
-            r = redis_sync.Redis.from_url(self.lab.redis_url, socket_timeout=3)
-            try:
-                for address, port in self.lab.vips:
-                    for key in r.scan_iter(match=keys.flow_pattern(address, port), count=1000):
-                        client, client_port = key.decode().rsplit(":", 2)[1:]
-                        found.add(f"{client}:{client_port}")
-            finally:
-                r.close()
+        for host, region, url, region_vips in regions:
+            keys = Keys(region)
+            with netns.entered(self.lab.namespace(host)):
+                r = redis_sync.Redis.from_url(url, socket_timeout=3)
+                try:
+                    for address, port in region_vips:
+                        prefix = len(keys.flow_pattern(address, port)) - 1
+                        for key in r.scan_iter(match=keys.flow_pattern(address, port), count=1000):
+                            client, client_port = key.decode()[prefix:].rsplit(":", 1)
+                            found.add(f"{client}:{client_port}")
+                finally:
+                    r.close()
         return found
 
 
@@ -454,14 +536,28 @@ def render(summary: dict[str, Any], table: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (`icegate lab down` removes it).")
 @click.option("--lab-name", default=DEFAULT_NAME, show_default=True, help="Lab name (namespace prefix).")
+@click.option(
+    "--regions",
+    type=click.IntRange(1, 2),
+    default=1,
+    show_default=True,
+    help="2: two regions (Frankfurt; Singapore, dual-stack), clients steered by the geo front door.",
+)
 def demo(
-    sessions: int, agent: str, mode: str, duration: float, as_json: bool, keep: bool, lab_name: str
+    sessions: int,
+    agent: str,
+    mode: str,
+    duration: float,
+    as_json: bool,
+    keep: bool,
+    lab_name: str,
+    regions: int,
 ) -> None:
     """Voice sessions through the relay in a network-namespace lab, then a summary.
 
     Exit status 0 only if every session carried audio both ways through the relay.
     """
-    options = Options(sessions, agent, mode, duration, lab_name, keep)
+    options = Options(sessions, agent, mode, duration, lab_name, keep, regions)
     say = Progress()
     say(f"icegate demo: {sessions} sessions, {agent} agent, relay mode {mode}, lab {lab_name}")
     runner = Demo(options, say)

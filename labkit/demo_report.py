@@ -28,6 +28,7 @@ class Plan:
     url: str  # the transceiver's signaling URL
     tone_hz: float  # the pitch the client speaks
     expect_hz: float  # the pitch of the answer: the echo of tone_hz, or the tone agent's
+    expect_region: str | None = None  # two-region lab: the client POSTs to the front door, steered here
 
 
 @dataclass
@@ -39,6 +40,12 @@ class Session:
     flow: dict[str, Any] | None = None  # the relay's flow row (`icegate flows ls`): its counters
     cached: bool = False  # the relay wrote this client's flow to the Redis flow cache
     problems: list[str] = field(default_factory=list)
+    relay: str | None = None  # the lab relay whose flows hold the session (two-region lab)
+
+    @property
+    def decision(self) -> dict[str, str]:
+        """The front door's ``Icegate-Decision`` header as a dict (``region``, ``cluster``, ...)."""
+        return parse_decision(self.result.get("decision"))
 
     @property
     def ok(self) -> bool:
@@ -54,7 +61,8 @@ class Session:
             **asdict(self.plan),
             "ok": self.ok,
             "problems": self.problems,
-            "client_address": (r.get("local") or [None])[0],
+            # the address the relay saw (the selected pair's), else the first candidate
+            "client_address": addr_of(self.flow) if self.flow else (r.get("local") or [None])[0],
             "remote": r.get("remote", []),
             "setup_ms": r.get("setup_ms"),
             "turns": r.get("turns", []),
@@ -65,11 +73,42 @@ class Session:
             "events": r.get("events", []),
             "error": r.get("error"),
             "relay_flow": self.flow,
+            "decision": self.decision or None,
+            "relay": self.relay,
             "relay_flow_cached": self.cached,
             "fast_path_packets": None
             if self.flow is None
             else self.flow["packets_in"] + self.flow["packets_out"],
         }
+
+
+def parse_decision(header: str | None) -> dict[str, str]:
+    """``region=a; cluster=b; ...`` -> ``{"region": "a", "cluster": "b", ...}`` (geo.frontdoor's header)."""
+    out = {}
+    for part in (header or "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def judge_steering(session: Session) -> None:
+    """Two-region lab: the front door steered the client to its region, and its media went
+    through a relay the decision named (the relay whose flow table holds the session)."""
+    expected = session.plan.expect_region
+    if expected is None:
+        return
+    decision = session.decision
+    if not decision:
+        session.problems.append("no decision header from the front door")
+        return
+    if decision.get("region") != expected:
+        session.problems.append(f"steered to region {decision.get('region')}, expected {expected}")
+    named = {name for name in (decision.get("primary"), decision.get("backup")) if name}
+    if session.relay is not None and session.relay not in named:
+        session.problems.append(
+            f"media went through relay {session.relay}, the decision named {sorted(named)}"
+        )
 
 
 def addr_of(row: Mapping[str, Any]) -> str:
@@ -105,14 +144,22 @@ def judge(session: Session, vips: Sequence[str]) -> None:
         problems.append(f"relay flow carried {flow['packets_in']} in / {flow['packets_out']} out")
 
 
-def match_flows(sessions: Iterable[Session], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Attach to each session the relay flow whose client address is one of its local candidates."""
+def match_flows(
+    sessions: Iterable[Session], rows: Sequence[Mapping[str, Any]], relay: str | None = None
+) -> None:
+    """Attach to each session the relay flow whose client address is one of its local candidates
+    (``relay``: the name of the relay these rows come from, when the lab has several)."""
     by_addr = {addr_of(row): dict(row) for row in rows}
     for s in sessions:
         for local in s.result.get("local", []):
-            if local in by_addr:
+            if local in by_addr and (s.flow is None or _packets(by_addr[local]) > _packets(s.flow)):
                 s.flow = by_addr[local]
+                s.relay = relay
                 break
+
+
+def _packets(row: Mapping[str, Any]) -> int:
+    return int(row.get("packets_in", 0)) + int(row.get("packets_out", 0))
 
 
 def totals(after: Mapping[str, int], before: Mapping[str, int] | None = None) -> dict[str, Any]:
@@ -140,7 +187,9 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def table(sessions: Sequence[Session]) -> str:
-    headers = ["#", "CLIENT", "TRANSCEIVER", "SETUP ms", "TURNS", "RTT ms", "PITCH Hz", "FRAMES tx/rx",
+    steered = any(s.decision for s in sessions)
+    where = "REGION/CLUSTER via RELAY" if steered else "TRANSCEIVER"
+    headers = ["#", "CLIENT", where, "SETUP ms", "TURNS", "RTT ms", "PITCH Hz", "FRAMES tx/rx",
                "LOST up/down", "RELAY in/out", "RESULT"]  # fmt: skip
     rows = []
     for s in sessions:
@@ -152,7 +201,7 @@ def table(sessions: Sequence[Session]) -> str:
             [
                 str(s.plan.index),
                 f"{s.plan.client} {j['client_address'] or '-'}",
-                s.plan.transceiver,
+                _where(s),
                 _num(j["setup_ms"]),
                 str(len(j["turns"])),
                 _num(j["rtt_ms"]),
@@ -174,6 +223,14 @@ def table(sessions: Sequence[Session]) -> str:
             )
         )
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _where(s: Session) -> str:
+    """The transceiver planned, or (two-region lab) the decision's region/cluster and the relay used."""
+    d = s.decision
+    if not d:
+        return s.plan.transceiver
+    return f"{d.get('region')}/{d.get('cluster')} via {s.relay or '-'}"
 
 
 def relay_line(datapath: str, total: Mapping[str, Any]) -> str:

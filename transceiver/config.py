@@ -174,5 +174,5 @@ def catalog_relays(path: Path, region: str, cluster: int, field_path: str) -> tu
     return tuple(
         RelayConfig(vip, relay.port, len(relays) - rank, relay.tunnel_port)
         for rank, relay in enumerate(relays)
-        for vip in relay.vips
+        for vip in sorted(relay.vips, key=lambda v: ":" not in v)  # IPv6 first (RFC 8421 §4)
     )

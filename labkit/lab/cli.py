@@ -44,10 +44,23 @@ def lab() -> None:
 @lab.command()
 @_common
 @click.option("--latency-ms", type=float, help="One-way delay on client links (needs netem).")
+@click.option(
+    "--regions",
+    type=click.IntRange(1, 2),
+    default=None,
+    help="2: add a second, dual-stack region (own Redis, relays, cluster) and the geo files (docs/GEO.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print `lab status --json` when done.")
-def up(name: str | None, config_file: Path | None, latency_ms: float | None, as_json: bool) -> None:
+def up(
+    name: str | None, config_file: Path | None, latency_ms: float | None, regions: int | None, as_json: bool
+) -> None:
     """Create the namespaces, links, addresses and routes, and start Redis."""
-    config = load_lab_config(config_file, {"name": name, "client_latency_ms": latency_ms})
+    overrides: dict[str, Any] = {"name": name, "client_latency_ms": latency_ms}
+    if regions == 2:
+        overrides["second_region"] = {}
+    config = load_lab_config(config_file, overrides)
+    if regions == 1 and config.second_region is not None:
+        raise click.UsageError("--regions 1, but the configuration has a second_region")
     the_lab = Lab(config)
     the_lab.up(progress=None if as_json else _progress())
     if as_json:

@@ -48,6 +48,17 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class DualStackClientConfig:
+    """A client host with an IPv4 /24 and an IPv6 /64 behind the ``inet`` router (second region)."""
+
+    name: str
+    address: Address
+    gateway: Address
+    address6: Address
+    gateway6: Address
+
+
+@dataclass(frozen=True)
 class TransceiverHostConfig:
     """A transceiver host on the private network; ``index`` is its index in the cluster."""
 
@@ -119,6 +130,106 @@ def _host_name(path: str, name: str) -> None:
 
 
 @dataclass(frozen=True)
+class RelayHostConfig:
+    """A relay node of the second region: its own namespace, public link and VIPs (v4 + v6).
+
+    ``mode`` is its datapath (``auto``: XDP where it loads; the demo runs backups as the
+    userspace twin to save a bcc compile). ``priority`` orders the region's relays in the
+    catalog (the highest is every answer's primary candidate).
+    """
+
+    name: str
+    public4: Address  # its address on its /24 towards the router; the router owns .1
+    public6: Address  # its address on its /64; the router owns ::1
+    vip4: Address
+    vip6: Address
+    tunnel: Address  # its address on the region's private network
+    priority: int = 100
+    mode: str = "auto"
+
+
+@dataclass(frozen=True)
+class GeoPlace:
+    """Where a region's hosts are on the map (real city coordinates, for the catalog and the .mmdb)."""
+
+    city: str
+    lat: float
+    lon: float
+    country: str
+
+
+@dataclass(frozen=True)
+class SecondRegionConfig:
+    """A second region (``lab up --regions 2``): its own Redis, relays and transceiver cluster,
+    dual-stack clients and VIPs (docs/GEO.md draws it). Everything hangs off the same ``inet``
+    router, so a client of either region can reach either region's VIPs and the front door."""
+
+    region: str = "lab2"
+    place: GeoPlace = field(default_factory=lambda: GeoPlace("Singapore", 1.35, 103.82, "SG"))
+    cluster: int = 2
+    relays: tuple[RelayHostConfig, ...] = (
+        RelayHostConfig("r2a", "198.51.100.2", "2001:db8:2a::2", "198.51.100.10", "2001:db8:2a::10",
+                        "10.71.0.1", 100, "auto"),
+        RelayHostConfig("r2b", "198.51.101.2", "2001:db8:2b::2", "198.51.101.10", "2001:db8:2b::10",
+                        "10.71.0.2", 50, "userspace"),
+    )  # fmt: skip
+    transceivers: tuple[TransceiverHostConfig, ...] = (TransceiverHostConfig("tx3", "10.71.0.11", 1),)
+    clients: tuple[DualStackClientConfig, ...] = (
+        DualStackClientConfig("c3", "100.64.3.2", "100.64.3.1", "2001:db8:c3::2", "2001:db8:c3::1"),
+    )
+    router_address: Address = "10.71.0.254"
+    redis_address: Address = "10.71.0.100"
+    prefixlen: int = 24
+
+    def validate(self, path: str) -> None:
+        if not self.region or ":" in self.region or "*" in self.region:
+            raise ConfigError(f"{path}.region", f"must be non-empty without ':' or '*', got {self.region!r}")
+        if not self.relays:
+            raise ConfigError(f"{path}.relays", "at least one relay is required")
+        if not self.transceivers:
+            raise ConfigError(f"{path}.transceivers", "at least one transceiver is required")
+        net = self.private_network
+        for name in ("router_address", "redis_address"):
+            _inside(f"{path}.{name}", getattr(self, name), net)
+        for i, relay in enumerate(self.relays):
+            where = f"{path}.relays[{i}]"
+            _host_name(f"{where}.name", relay.name)
+            _inside(f"{where}.tunnel", relay.tunnel, net)
+            _ipv4(f"{where}.public4", relay.public4)
+            _ipv4(f"{where}.vip4", relay.vip4)
+            for name in ("public6", "vip6"):
+                if ":" not in getattr(relay, name):
+                    raise ConfigError(
+                        f"{where}.{name}", f"expected an IPv6 address, got {getattr(relay, name)}"
+                    )
+            if relay.mode not in ("auto", "xdp", "userspace"):
+                raise ConfigError(f"{where}.mode", f"expected auto, xdp or userspace, got {relay.mode!r}")
+        for i, tx in enumerate(self.transceivers):
+            _host_name(f"{path}.transceivers[{i}].name", tx.name)
+            _inside(f"{path}.transceivers[{i}].address", tx.address, net)
+        for i, client in enumerate(self.clients):
+            _host_name(f"{path}.clients[{i}].name", client.name)
+            _inside(f"{path}.clients[{i}].gateway", client.gateway, _network(path, client.address, 24))
+
+    @property
+    def private_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.router_address}/{self.prefixlen}", strict=False)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_address}:{REDIS_PORT}/0"
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        return (
+            "dc2",
+            *(r.name for r in self.relays),
+            *(c.name for c in self.clients),
+            *(t.name for t in self.transceivers),
+        )
+
+
+@dataclass(frozen=True)
 class LabConfig:
     name: str = DEFAULT_NAME
     clients: tuple[ClientConfig, ...] = DEFAULT_CLIENTS
@@ -133,6 +244,14 @@ class LabConfig:
     # Permanent neighbour entries on the relay (gateway, transceivers) so that the XDP
     # program's bpf_fib_lookup succeeds on the very first packet instead of NO_NEIGH.
     static_neighbours: bool = True
+    # Where the first region is (real coordinates: the geo catalog and the lab's .mmdb).
+    place: GeoPlace = field(default_factory=lambda: GeoPlace("Frankfurt", 50.11, 8.68, "DE"))
+    # `lab up --regions 2`: a second, dual-stack region (own Redis, relays, cluster) and the
+    # geo front door's address on the router.
+    second_region: SecondRegionConfig | None = None
+    front_door4: Address = "100.64.0.80"
+    front_door6: Address = "2001:db8:64::80"
+    front_door_port: Port = 8443
 
     def validate(self, path: str) -> None:
         if not LAB_NAME_RE.match(self.name):
@@ -182,13 +301,21 @@ class LabConfig:
                 )
             indexes.add(tx.index)
         seen: set[str] = set()
-        for i, host in enumerate(self.host_names[len(FIXED_HOSTS) :]):
+        first = len(FIXED_HOSTS) + len(self.clients) + len(self.transceivers)
+        for i, host in enumerate(self.host_names[len(FIXED_HOSTS) : first]):
             if host in seen:
                 kind, j = ("clients", i) if i < len(self.clients) else ("transceivers", i - len(self.clients))
                 raise ConfigError(f"{path}.{kind}[{j}].name", f"host name {host!r} is used twice")
             seen.add(host)
         if not self.region or ":" in self.region or "*" in self.region:
             raise ConfigError(f"{path}.region", f"must be non-empty without ':' or '*', got {self.region!r}")
+        if self.second_region is not None:
+            taken_hosts = set(self.host_names[:first])
+            for host in self.second_region.host_names:
+                if host in taken_hosts or host in RESERVED_NAMES:
+                    raise ConfigError(f"{path}.second_region", f"host name {host!r} is used twice")
+            if self.second_region.region == self.region:
+                raise ConfigError(f"{path}.second_region.region", "must differ from the first region's")
         if not 0 <= self.client_latency_ms <= 10_000:
             raise ConfigError(f"{path}.client_latency_ms", f"expected 0..10000, got {self.client_latency_ms}")
 
@@ -233,7 +360,8 @@ class LabConfig:
 
     @property
     def host_names(self) -> tuple[str, ...]:
-        return (*FIXED_HOSTS, *(c.name for c in self.clients), *(t.name for t in self.transceivers))
+        second = self.second_region.host_names if self.second_region is not None else ()
+        return (*FIXED_HOSTS, *(c.name for c in self.clients), *(t.name for t in self.transceivers), *second)
 
     @property
     def public_network(self) -> ipaddress.IPv4Network:

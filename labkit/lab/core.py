@@ -26,7 +26,7 @@ from controlplane.kernel.loader import remove_attach_record, unpin
 from icegate import netns
 from icegate.config import build, merge
 from icegate.errors import LinkError
-from labkit.lab import kernel
+from labkit.lab import geofiles, kernel
 from labkit.lab.config import DEFAULT_NAME, VETH_NATIVE_XDP_MAX_MTU, LabConfig, load_lab_config
 from labkit.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
 from labkit.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology, plan
@@ -34,6 +34,7 @@ from labkit.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology,
 RUN_DIR = Path("/run/icegate/lab")
 BPFFS = Path("/sys/fs/bpf")
 REDIS_PROCESS = "redis"
+REDIS2_PROCESS = "redis2"
 Progress = Callable[[str], None]
 
 
@@ -43,6 +44,8 @@ class ClientSettings:
     namespace: str
     address: str
     gateway: str
+    region: str = ""
+    address6: str | None = None  # second-region clients are dual-stack
 
 
 @dataclass(frozen=True)
@@ -61,22 +64,30 @@ class TransceiverSettings:
     redis_url: str
     relay_tunnel: str  # the relay's private address, the outer source of forwarded Geneve
     vips: tuple[tuple[str, int], ...]
+    # Two-region lab: every relay of the region sends Geneve, and the relays come from the catalog.
+    relay_tunnels: tuple[str, ...] = ()
+    catalog: str | None = None
 
     def config_section(self) -> dict[str, Any]:
         """The ``transceiver`` YAML section (``transceiver.config.TransceiverConfig``) for this host."""
-        return {
+        section: dict[str, Any] = {
             "cluster": self.cluster,
             "index": self.index,
             "region": self.region,
             "relays": [{"address": a, "port": p, "tunnel_port": self.tunnel_port} for a, p in self.vips],
             "tunnel_bind": self.address,
             "tunnel_port": self.tunnel_port,
-            "relay_sources": [self.relay_tunnel],  # Geneve from anywhere else is dropped
+            # Geneve from anywhere else is dropped
+            "relay_sources": list(self.relay_tunnels or (self.relay_tunnel,)),
             "signaling_host": self.address,
             "signaling_port": self.signaling_port,
             "signaling_url": self.signaling_url,
             "redis_url": self.redis_url,
         }
+        if self.catalog is not None:  # the fleet catalog names the relays (icegate.catalog)
+            section["catalog"] = self.catalog
+            del section["relays"]
+        return section
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,16 @@ class Lab:
         for w in topo.wires:
             netns.veth(self.namespace(w.a), w.a_if, self.namespace(w.b), w.b_if, mtu=w.mtu)
         netns.bridge(self.namespace("dc"), "br0", topo.bridge_ports, mtu=cfg.private.mtu)
+        for host, ports in topo.extra_bridges:
+            netns.bridge(self.namespace(host), "br0", ports, mtu=cfg.private.mtu)
+        if topo.ipv6_links:
+            say(f"IPv6 on {len(topo.ipv6_links)} public links of the second region")
+            for host, ifname in topo.ipv6_links:
+                ns = self.namespace(host)
+                for key in ("accept_dad", "router_solicitations", "disable_ipv6"):
+                    kernel.sysctl(ns, f"net.ipv6.conf.{ifname}.{key}", "0")
+            for host in topo.forwarding6:
+                kernel.sysctl(self.namespace(host), "net.ipv6.conf.all.forwarding", "1")
 
         say("addresses and routes")
         for a in topo.addresses:
@@ -246,16 +267,21 @@ class Lab:
 
         say(f"starting redis-server on {cfg.redis_url} in {self.namespace('dc')}")
         self._start_redis()
+        if cfg.second_region is not None:
+            r2 = cfg.second_region
+            say(f"second region {r2.region}: redis-server on {r2.redis_url} in {self.namespace('dc2')}")
+            self._start_redis("dc2", r2.redis_address, REDIS2_PROCESS)
+            geofiles.write_files(self)
+            say(f"geo: catalog and client-location database in {self.dir}")
         return {"available": available, "reason": reason, "applied": applied}
 
-    def _start_redis(self) -> None:
+    def _start_redis(self, host: str = "dc", address: str | None = None, name: str = REDIS_PROCESS) -> None:
         priv = self.config.private
-        argv = kernel.redis_server_argv(
-            priv.redis_address, priv.redis_port, loglevel="notice", directory=str(self.dir)
-        )
-        ns = self.namespace("dc")
-        record = self.registry.start(REDIS_PROCESS, ns, argv, infra=True)
-        kernel.wait_redis(ns, priv.redis_address, priv.redis_port, 10.0, lambda: record.alive)
+        address = address or priv.redis_address
+        argv = kernel.redis_server_argv(address, priv.redis_port, loglevel="notice", directory=str(self.dir))
+        ns = self.namespace(host)
+        record = self.registry.start(name, ns, argv, infra=True)
+        kernel.wait_redis(ns, address, priv.redis_port, 10.0, lambda: record.alive)
 
     # ---- down ------------------------------------------------------------------------
     def down(
@@ -388,9 +414,11 @@ class Lab:
         return path
 
     def transceivers(self) -> tuple[TransceiverSettings, ...]:
+        """Every transceiver of the lab, the second region's (if any) after the first's."""
         cfg = self.config
         priv = cfg.private
-        return tuple(
+        catalog = str(self.dir / geofiles.CATALOG_FILE) if cfg.second_region is not None else None
+        first = tuple(
             TransceiverSettings(
                 name=t.name,
                 namespace=self.namespace(t.name),
@@ -404,8 +432,32 @@ class Lab:
                 redis_url=self.redis_url,
                 relay_tunnel=priv.relay_address,
                 vips=self.vips,
+                catalog=catalog,
             )
             for t in cfg.transceivers
+        )
+        r2 = cfg.second_region
+        if r2 is None:
+            return first
+        vips = tuple((v, cfg.public.vip_port) for r in r2.relays for v in (r.vip4, r.vip6))
+        return first + tuple(
+            TransceiverSettings(
+                name=t.name,
+                namespace=self.namespace(t.name),
+                address=t.address,
+                tunnel_port=priv.tunnel_port,
+                signaling_port=priv.signaling_port,
+                signaling_url=f"http://{t.address}:{priv.signaling_port}",
+                cluster=r2.cluster,
+                index=t.index,
+                region=r2.region,
+                redis_url=r2.redis_url,
+                relay_tunnel=r2.relays[0].tunnel,
+                vips=vips,
+                relay_tunnels=tuple(r.tunnel for r in r2.relays),
+                catalog=catalog,
+            )
+            for t in r2.transceivers
         )
 
     def transceiver(self, which: int | str) -> TransceiverSettings:
@@ -416,8 +468,51 @@ class Lab:
         raise LinkError(f"lab {self.name} has no transceiver {which!r}")
 
     def clients(self) -> tuple[ClientSettings, ...]:
-        return tuple(
-            ClientSettings(c.name, self.namespace(c.name), c.address, c.gateway) for c in self.config.clients
+        cfg = self.config
+        first = tuple(
+            ClientSettings(c.name, self.namespace(c.name), c.address, c.gateway, cfg.region)
+            for c in cfg.clients
+        )
+        r2 = cfg.second_region
+        if r2 is None:
+            return first
+        return first + tuple(
+            ClientSettings(c.name, self.namespace(c.name), c.address, c.gateway, r2.region, c.address6)
+            for c in r2.clients
+        )
+
+    # ---- the second region's relays and the geo front door ------------------------------
+    def region_relay_section(self, host: str) -> dict[str, Any]:
+        """The ``relay`` YAML section for relay host ``host`` of the second region."""
+        cfg, r2 = self.config, self.config.second_region
+        relay = next((r for r in r2.relays if r.name == host), None) if r2 is not None else None
+        if r2 is None or relay is None:
+            raise LinkError(f"lab {self.name} has no second-region relay {host!r}")
+        return {
+            "name": f"{self.prefix}{relay.name}",
+            "mode": relay.mode,
+            "vips": [{"address": v, "port": cfg.public.vip_port} for v in (relay.vip4, relay.vip6)],
+            "tunnel": {"address4": relay.tunnel, "port": cfg.private.tunnel_port},
+            "interfaces": list(XDP_INTERFACES),
+            "bpffs": str(self.bpffs),
+            "clusters": [r2.cluster],
+            "redis": {"url": r2.redis_url, "region": r2.region},
+        }
+
+    def write_region_relay_config(self, host: str, overrides: Mapping[str, Any] | None = None) -> Path:
+        """Write ``<lab dir>/<host>.yaml`` for the second region's relay ``host``; return its path."""
+        section = merge(self.region_relay_section(host), overrides or {})
+        build(RelayConfig, section, "relay")  # validate before writing
+        path = self.dir / f"{host}.yaml"
+        path.write_text(yaml.safe_dump({"relay": section}, sort_keys=False))
+        return path
+
+    def front_door_urls(self) -> tuple[str, str]:
+        """The geo front door's URLs (IPv4, IPv6) on the router's loopback, reachable from every client."""
+        cfg = self.config
+        return (
+            f"http://{cfg.front_door4}:{cfg.front_door_port}",
+            f"http://[{cfg.front_door6}]:{cfg.front_door_port}",
         )
 
     # ---- status ------------------------------------------------------------------------
@@ -495,6 +590,7 @@ class Lab:
             },
             "transceivers": [dataclasses.asdict(t) for t in self.transceivers()],
             "clients": [dataclasses.asdict(c) for c in self.clients()],
+            "geo": geofiles.status(self),
             "processes": [p.to_json() for p in self.registry.all()],
             "netem": netem,
             "notes": self.notes(),

@@ -16,6 +16,7 @@ so they never depend on the lab name and always fit in 15 characters.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -84,6 +85,10 @@ class Topology:
     neighbours: tuple[Neighbour, ...]
     forwarding: tuple[str, ...]  # hosts with ip_forward=1
     latency_links: tuple[tuple[str, str], ...]  # (host, ifname) whose egress gets the client delay
+    # The second region (`lab up --regions 2`): its bridge, and the links that carry IPv6.
+    extra_bridges: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (dc host, ports)
+    ipv6_links: tuple[tuple[str, str], ...] = ()  # (host, ifname) with IPv6 on; everything else is IPv4 only
+    forwarding6: tuple[str, ...] = ()
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -101,7 +106,8 @@ class Topology:
 
     def expected_interfaces(self, host: str) -> tuple[str, ...]:
         ends = [w.a_if for w in self.wires if w.a == host] + [w.b_if for w in self.wires if w.b == host]
-        return (BRIDGE, *ends) if host == "dc" else tuple(ends)
+        datacentres = ("dc", *(h for h, _ in self.extra_bridges))
+        return (BRIDGE, *ends) if host in datacentres else tuple(ends)
 
 
 def plan(cfg: LabConfig) -> Topology:
@@ -146,7 +152,7 @@ def plan(cfg: LabConfig) -> Topology:
         neighbours += [Neighbour("relay", PRIVATE_IF, t.address, t.name, HOST_IF) for t in cfg.transceivers]
 
     latency = [(c.name, HOST_IF) for c in cfg.clients] + [("inet", c.name) for c in cfg.clients]
-    return Topology(
+    topology = Topology(
         hosts=tuple(hosts),
         wires=tuple(wires),
         bridge_ports=bridge_ports,
@@ -155,6 +161,87 @@ def plan(cfg: LabConfig) -> Topology:
         neighbours=tuple(neighbours),
         forwarding=("inet",),
         latency_links=tuple(latency),
+    )
+    return topology if cfg.second_region is None else _with_second_region(cfg, topology)
+
+
+def _gateway(address: str, prefixlen: int) -> str:
+    """The router's address on ``address``'s network: the first host (.1 or ::1)."""
+    net = ipaddress.ip_network(f"{address}/{prefixlen}", strict=False)
+    return str(net.network_address + 1)
+
+
+def _with_second_region(cfg: LabConfig, topo: Topology) -> Topology:
+    """The second region, drawn in docs/GEO.md::
+
+        c3 (v4+v6) ─ inet ─┬─ r2a pub0 (VIPs v4+v6) priv0 ─┐
+                           ├─ r2b pub0 (VIPs v4+v6) priv0 ─┼─ dc2: br0 (Redis 2) ─ tx3
+                           └─ dc2 ───────────────────────────┘
+
+    IPv6 runs on the public side only (clients, router, the relays' pub0): the relays
+    carry an IPv6 client's packets inside IPv4 Geneve, so the transceiver sees the real
+    IPv6 address (RFC 8926 protocol type 0x86DD).
+    """
+    r2 = cfg.second_region
+    assert r2 is not None
+    pub, priv = cfg.public, cfg.private
+    hosts = [Host("dc2", "datacentre")]
+    hosts += [Host(r.name, "relay") for r in r2.relays]
+    hosts += [Host(c.name, "client") for c in r2.clients]
+    hosts += [Host(t.name, "transceiver") for t in r2.transceivers]
+    wires = [Wire(c.name, HOST_IF, "inet", c.name, pub.mtu) for c in r2.clients]
+    for r in r2.relays:
+        wires.append(Wire(r.name, PUBLIC_IF, "inet", r.name, pub.mtu, b_gro=True))
+        wires.append(Wire(r.name, PRIVATE_IF, "dc2", r.name, priv.mtu, b_gro=True))
+    wires.append(Wire("inet", "dc2", "dc2", "inet", priv.mtu))
+    wires += [Wire(t.name, HOST_IF, "dc2", t.name, priv.mtu) for t in r2.transceivers]
+    ports = (*(r.name for r in r2.relays), "inet", *(t.name for t in r2.transceivers))
+
+    addresses = [
+        Addr("inet", "lo", cfg.front_door4, 32),
+        Addr("inet", "lo", cfg.front_door6, 128),
+        Addr("inet", "dc2", r2.router_address, r2.prefixlen),
+        Addr("dc2", BRIDGE, r2.redis_address, r2.prefixlen),
+    ]
+    routes = []
+    neighbours = []
+    ipv6 = [("inet", "lo")]
+    for c in r2.clients:
+        addresses += [Addr(c.name, HOST_IF, c.address, 24), Addr(c.name, HOST_IF, c.address6, 64)]
+        addresses += [Addr("inet", c.name, c.gateway, 24), Addr("inet", c.name, c.gateway6, 64)]
+        routes += [Route(c.name, "default", c.gateway), Route(c.name, "::/0", c.gateway6)]
+        ipv6 += [(c.name, HOST_IF), ("inet", c.name)]
+    for r in r2.relays:
+        gw4, gw6 = _gateway(r.public4, 24), _gateway(r.public6, 64)
+        addresses += [
+            Addr(r.name, PUBLIC_IF, r.public4, 24),
+            Addr(r.name, PUBLIC_IF, r.public6, 64),
+            Addr(r.name, PUBLIC_IF, r.vip4, 32),
+            Addr(r.name, PUBLIC_IF, r.vip6, 128),
+            Addr(r.name, PRIVATE_IF, r.tunnel, r2.prefixlen),
+            Addr("inet", r.name, gw4, 24),
+            Addr("inet", r.name, gw6, 64),
+        ]
+        routes += [Route(r.name, "default", gw4), Route(r.name, "::/0", gw6)]
+        ipv6 += [(r.name, PUBLIC_IF), ("inet", r.name)]
+        if cfg.static_neighbours:
+            neighbours += [
+                Neighbour(r.name, PUBLIC_IF, gw4, "inet", r.name),
+                Neighbour(r.name, PUBLIC_IF, gw6, "inet", r.name),
+            ]
+            neighbours += [Neighbour(r.name, PRIVATE_IF, t.address, t.name, HOST_IF) for t in r2.transceivers]
+    addresses += [Addr(t.name, HOST_IF, t.address, r2.prefixlen) for t in r2.transceivers]
+    routes += [Route(t.name, "default", r2.router_address) for t in r2.transceivers]
+    return dataclasses.replace(
+        topo,
+        hosts=(*topo.hosts, *hosts),
+        wires=(*topo.wires, *wires),
+        addresses=(*topo.addresses, *addresses),
+        routes=(*topo.routes, *routes),
+        neighbours=(*topo.neighbours, *neighbours),
+        extra_bridges=(("dc2", ports),),
+        ipv6_links=tuple(ipv6),
+        forwarding6=("inet", *(r.name for r in r2.relays)),
     )
 
 

@@ -23,12 +23,12 @@ def test_relays_come_from_the_catalog() -> None:
     )
     assert cfg.relays == ()
     resolved = cfg.with_catalog_relays()
-    # syd1: syd-r1 (the nearer at equal priority) then sin-r1, each with its v4 and v6 VIP.
+    # syd1: syd-r1 (the nearer at equal priority) then sin-r1, each with its v6 then its v4 VIP.
     assert [(r.address, r.priority) for r in resolved.relays_by_priority()] == [
-        ("203.0.113.20", 2),
         ("2001:db8:c0::20", 2),
-        ("203.0.113.10", 1),
+        ("203.0.113.20", 2),
         ("2001:db8:c0::10", 1),
+        ("203.0.113.10", 1),
     ]
     assert cfg.with_catalog_relays() == resolved
 
