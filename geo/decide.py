@@ -195,8 +195,8 @@ def decide(
     best = usable[0][0][0]
     nearest = [u for u in usable if u[0][0] <= best + tie_ms]
     (c_ms, c_source, c_km), chosen, relays = max(nearest, key=lambda u: (_rendezvous(key, u[1]), u[1].name))
-    nearer_skipped = [s for s in skipped if cost(catalog, catalog.cluster(s["cluster"]), where)[0] < c_ms]
-    reason = "failover" if nearer_skipped else "nearest"
+    costs = {cluster.name: c_cost[0] for c_cost, cluster in ranked}
+    reason = "failover" if any(costs[s["cluster"]] < c_ms for s in skipped) else "nearest"
     roles = ("primary", "backup")
     choices = tuple(RelayChoice(r, roles[i]) for i, r in enumerate(relays[:RELAYS_PER_ANSWER]))
     return Decision(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from icegate.config import Address, Port, load
@@ -210,11 +211,18 @@ class Catalog:
 
     def relays_of(self, cluster: str) -> tuple[Relay, ...]:
         """The relays serving ``cluster``, best first: priority, then nearness to it, then name."""
-        c = next(x for x in self.clusters if x.name == cluster)
-        serving = [r for r in self.relays if cluster in r.serves]
-        return tuple(
-            sorted(serving, key=lambda r: (-r.priority, great_circle_km(c.lat, c.lon, r.lat, r.lon), r.name))
-        )
+        return self._relay_order.get(cluster, ())
+
+    @cached_property
+    def _relay_order(self) -> dict[str, tuple[Relay, ...]]:
+        """relays_of() for every cluster, computed once (the front door asks on every decision)."""
+        order = {}
+        for c in self.clusters:
+            serving = [r for r in self.relays if c.name in r.serves]
+            order[c.name] = tuple(
+                sorted(serving, key=lambda r: (-r.priority, great_circle_km(c.lat, c.lon, r.lat, r.lon), r.name))
+            )
+        return order
 
     def answer_relays(self, cluster: str) -> tuple[Relay, ...]:
         """What a transceiver of ``cluster`` puts in its answers: the two best relays."""
