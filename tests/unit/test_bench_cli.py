@@ -18,7 +18,7 @@ def icegate(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_lists_the_benchmarks() -> None:
     listing = json.loads(icegate("bench", "--json").stdout)
-    assert [b["name"] for b in listing] == ["flow_restore", "sessions", "twin_micro", "xdp_micro"]
+    assert [b["name"] for b in listing] == ["flow_restore", "geo_decision", "sessions", "twin_micro", "xdp_micro"]
     assert all(b["what"] for b in listing)
     rows = {line.split()[0]: line for line in icegate("bench").stdout.splitlines()}
     assert "Nanoseconds per packet" in rows["xdp_micro"] and len(rows) == 4
@@ -38,5 +38,5 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
     refused = icegate("bench", "nosuch")
     assert (
         refused.returncode == 2
-        and "not one of flow_restore, sessions, twin_micro, xdp_micro" in refused.stderr
+        and "not one of flow_restore, geo_decision, sessions, twin_micro, xdp_micro" in refused.stderr
     )
