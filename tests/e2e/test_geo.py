@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from icegate import netns
 from labkit import demo_report
@@ -141,6 +143,52 @@ def restart_tx3(stack: Demo) -> None:
     while route(stack, SINGAPORE).get("region") != "lab2":
         assert time.monotonic() < deadline, "tx3 did not come back"
         time.sleep(0.05)
+
+
+def test_a_relay_that_fails_its_probe_is_avoided_while_transceivers_heartbeat(stack: Demo) -> None:
+    """A second front door with periodic probes: when r2a's path breaks (its VIPs blackholed at
+    the router, where the front door runs), r2a leaves the answers though tx3 keeps heartbeating."""
+    lab = stack.lab
+    document = yaml.safe_load((lab.dir / CATALOG_FILE).read_text())
+    document["geo"] |= {"listen_port": 8444, "probe_interval_s": 0.5, "probe_timeout_s": 4.0}
+    path = lab.dir / "probing.yaml"
+    path.write_text(yaml.safe_dump(document))
+    lab.start_process("frontdoor-probing", "inet", [*icegate_argv(), "geo", "serve", "--config", str(path)])
+    url = f"http://{lab.config.front_door4}:8444"
+
+    def relays() -> list[str]:
+        status, body = http_get(lab.namespace("inet"), f"{url}/v1/route?{SINGAPORE}")
+        return [r["name"] for r in json.loads(body)["relays"]] if status == 200 else []
+
+    def probe_ok(relay: str) -> str | None:
+        status, body = http_get(lab.namespace("inet"), f"{url}/metrics")
+        match = re.search(rf'^icegate_geo_probe_ok{{relay="{relay}"}} (\S+)$', body, re.M) if status else None
+        return match.group(1) if match else None
+
+    try:
+        deadline = time.monotonic() + 90
+        while probe_ok("r2a") != "1.0":
+            assert time.monotonic() < deadline, "no passing probe of r2a"
+            time.sleep(0.2)
+        assert relays() == ["r2a", "r2b"]
+        r2a = lab.config.second_region.relays[0]  # type: ignore[union-attr]
+        down = [f"{r2a.vip4}/32", f"{r2a.vip6}/128"]
+        for dst in down:
+            lab.run("inet", ["ip", "route", "add", "blackhole", dst])
+        try:
+            while relays() != ["r2b"]:
+                assert time.monotonic() < deadline + 60, "r2a stayed in the answers"
+                time.sleep(0.2)
+            assert probe_ok("r2a") == "0.0" and probe_ok("r2b") == "1.0"
+            assert route(stack, SINGAPORE)["region"] == "lab2"  # the cluster is still healthy
+        finally:
+            for dst in down:
+                lab.run("inet", ["ip", "route", "del", "blackhole", dst])
+        while relays() != ["r2a", "r2b"]:
+            assert time.monotonic() < deadline + 120, "r2a did not come back after passing a probe"
+            time.sleep(0.2)
+    finally:
+        lab.stop_process("frontdoor-probing")
 
 
 def test_failover_to_the_other_region_when_the_cluster_stops(stack: Demo) -> None:
