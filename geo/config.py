@@ -45,6 +45,7 @@ class GeoConfig:
     health_interval_s: float = 0.5
     probe_interval_s: float = 0.0  # 0: no periodic probes
     probe_timeout_s: float = 10.0
+    cors_origins: tuple[str, ...] = ("*",)  # origins whose pages may POST here; () turns CORS off
 
     def validate(self, path: str) -> None:
         for i, net in enumerate(self.trusted_proxies):
@@ -64,6 +65,11 @@ class GeoConfig:
             raise ConfigError(f"{path}.probe_interval_s", "must be >= 0")
         if self.probe_timeout_s <= 0:
             raise ConfigError(f"{path}.probe_timeout_s", "must be positive")
+        for i, origin in enumerate(self.cors_origins):
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"{path}.cors_origins[{i}]", f"expected '*' or http(s)://host[:port], got {origin!r}"
+                )
 
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)

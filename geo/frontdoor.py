@@ -13,7 +13,12 @@ Metrics: ``icegate_geo_decisions_total{region,reason,source}``,
 ``icegate_geo_headers_ignored_total{why}``, ``icegate_geo_decision_seconds`` (histogram),
 ``icegate_geo_cluster_live_transceivers{cluster}``, ``icegate_geo_cluster_sessions{cluster}``,
 ``icegate_geo_region_up{region}``, ``icegate_geo_probe_ok{relay}``,
-``icegate_geo_probe_setup_seconds{relay}``, ``icegate_geo_probe_loss_ratio{relay}``.
+``icegate_geo_probe_setup_seconds{relay,vip}``, ``icegate_geo_probe_loss_ratio{relay,vip}``.
+
+Browsers call the front door cross-origin: ``geo.cors_origins`` (default ``*``) answers the
+preflight of ``POST /v1/sessions`` and exposes ``Location``, ``Icegate-Decision`` and
+``Retry-After`` (the Fetch standard's CORS protocol; the redirect target, the transceiver's
+signaling, has CORS of its own).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from geo.config import GeoConfig
-from geo.decide import Decision, Unavailable, decide
+from geo.decide import Decision, HealthView, Unavailable, decide
 from geo.health import FleetHealth
 from geo.locate import Location, Locator, MaxMind, parse_coordinate
 from geo.probe import ProbeResult, probe_cluster, relay_verdicts
@@ -77,18 +82,20 @@ class _FleetCollector(Collector):
             "icegate_geo_probe_ok", "1 when the relay's last probe passed", labels=["relay"]
         )
         setup = GaugeMetricFamily(
-            "icegate_geo_probe_setup_seconds", "Set-up time of the relay's last probe", labels=["relay"]
+            "icegate_geo_probe_setup_seconds",
+            "Set-up time of the last probe per VIP",
+            labels=["relay", "vip"],
         )
         loss = GaugeMetricFamily(
-            "icegate_geo_probe_loss_ratio", "Packet loss of the relay's last probe", labels=["relay"]
+            "icegate_geo_probe_loss_ratio", "Packet loss of the last probe per VIP", labels=["relay", "vip"]
         )
         for name, passed in sorted(self.door.health.probes.ok.items()):
             ok.add_metric([name], 1.0 if passed else 0.0)
         for r in self.door.last_probes:
             if r.setup_ms is not None:
-                setup.add_metric([f"{r.relay}/{r.vip}"], r.setup_ms / 1000)
+                setup.add_metric([r.relay, r.vip], r.setup_ms / 1000)
             if r.loss_pct is not None:
-                loss.add_metric([f"{r.relay}/{r.vip}"], r.loss_pct / 100)
+                loss.add_metric([r.relay, r.vip], r.loss_pct / 100)
         yield from (live, sessions, up, ok, setup, loss)
 
 
@@ -141,13 +148,15 @@ class FrontDoor:
         explicit: tuple[float, float] | None = None,
         address: str | None = None,
         country: str | None = None,
+        view: HealthView | None = None,
     ) -> Decision | Unavailable:
+        """Locate and decide; ``view`` replaces the live health (``geo resolve --no-health``, benchmarks)."""
         started = time.perf_counter()
         before = (self.locator.untrusted_headers, self.locator.bad_headers)
         where, notes = self.locator.locate(headers, peer, explicit=explicit, address=address, country=country)
         result = decide(
             self.catalog,
-            self.health.view(),
+            view or self.health.view(),
             where,
             tie_ms=self.config.tie_ms,
             notes=notes,
@@ -212,8 +221,37 @@ class FrontDoor:
         ready, regions = self.health.ready()
         return _json({"ready": ready, "regions": dict(regions)}, 200 if ready else 503)
 
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        return origin is not None and ("*" in self.config.cors_origins or origin in self.config.cors_origins)
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """CORS preflight of ``POST /v1/sessions`` (the middleware adds the origin headers)."""
+        if not self._origin_allowed(request):
+            return web.Response(status=403, text="origin not allowed\n")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Content-Type, Authorization",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+    @web.middleware
+    async def cors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        if self._origin_allowed(request):
+            wildcard = "*" in self.config.cors_origins
+            response.headers["Access-Control-Allow-Origin"] = "*" if wildcard else request.headers["Origin"]
+            response.headers["Access-Control-Expose-Headers"] = f"Location, {DECISION_HEADER}, Retry-After"
+            if not wildcard:
+                response.headers["Vary"] = "Origin"
+        return response
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.cors] if self.config.cors_origins else [])
+        app.router.add_route("OPTIONS", "/v1/sessions", self.preflight)
         app.router.add_post("/v1/sessions", self.post_session)
         app.router.add_get("/v1/route", self.get_route)
         app.router.add_get("/metrics", self.metrics)

@@ -314,3 +314,32 @@ def test_a_whip_client_follows_the_307_with_its_offer(redis: RedisServer) -> Non
         await client.aclose()
 
     asyncio.run(main())
+
+
+def test_cors_for_browser_pages(redis: RedisServer) -> None:
+    async def main() -> None:
+        tag = f"fc{time.monotonic_ns() % 10**6}"
+        client = aioredis.from_url(redis.url)
+        await register(client, f"{tag}eu", 1, 1)
+        await register(client, f"{tag}ap", 1, 1)
+        origin = {"Origin": "https://app.example"}
+        cat = catalog(redis.url, tag)
+        async with (
+            front_door(cat, cors_origins=["https://app.example"]) as (_, url),
+            aiohttp.ClientSession() as http,
+        ):
+            preflight = {**origin, "Access-Control-Request-Method": "POST"}
+            async with http.options(f"{url}/v1/sessions", headers=preflight) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+                assert "POST" in r.headers["Access-Control-Allow-Methods"]
+            async with http.post(
+                f"{url}/v1/sessions", headers={**origin, **PARIS}, allow_redirects=False
+            ) as r:
+                assert r.status == 307
+                assert "Icegate-Decision" in r.headers["Access-Control-Expose-Headers"]
+            async with http.options(f"{url}/v1/sessions", headers={"Origin": "https://evil.example"}) as r:
+                assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+        await client.aclose()
+
+    asyncio.run(main())
