@@ -218,10 +218,11 @@ class Catalog:
         """relays_of() for every cluster, computed once (the front door asks on every decision)."""
         order = {}
         for c in self.clusters:
-            serving = [r for r in self.relays if c.name in r.serves]
-            order[c.name] = tuple(
-                sorted(serving, key=lambda r: (-r.priority, great_circle_km(c.lat, c.lon, r.lat, r.lon), r.name))
-            )
+
+            def rank(r: Relay, c: Cluster = c) -> tuple[int, float, str]:
+                return (-r.priority, great_circle_km(c.lat, c.lon, r.lat, r.lon), r.name)
+
+            order[c.name] = tuple(sorted((r for r in self.relays if c.name in r.serves), key=rank))
         return order
 
     def answer_relays(self, cluster: str) -> tuple[Relay, ...]:
