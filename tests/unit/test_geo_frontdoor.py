@@ -123,6 +123,11 @@ async def front_door(cat: Catalog, **config: Any) -> AsyncIterator[tuple[FrontDo
     cfg = build(GeoConfig, {"trusted_proxies": ["127.0.0.0/8"], "health_interval_s": 0.1, **config}, "geo")
     door = FrontDoor(cfg, cat)
     await door.start()
+    live = [r for r in door.health.regions.values() if r.keys.region.endswith(("eu", "ap"))]
+    deadline = time.monotonic() + 20
+    while not all(r.reachable for r in live):  # a loaded host may miss the first read's 1 s timeout
+        assert time.monotonic() < deadline, "the test's Redis did not answer the front door"
+        await asyncio.sleep(0.05)
     server = TestServer(door.app(), host="127.0.0.1", port=free_port())
     await server.start_server()
     try:
