@@ -162,7 +162,17 @@ def render(info: dict[str, Any]) -> str:
         lines.append(
             f"transceiver {tx['name']}: cluster {tx['cluster']} index {tx['index']}, "
             f"tunnel {tx['address']}:{tx['tunnel_port']}, signaling {tx['signaling_url']}"
+            + (f", region {tx['region']}" if info.get("geo") else "")
         )
+    geo = info.get("geo")
+    if geo:  # `lab up --regions 2`
+        for region, entry in geo["regions"].items():
+            lines.append(
+                f"region {region} ({entry['city']}): redis {entry['redis']}, relays {', '.join(entry['relays'])}"
+            )
+        lines.append(f"geo: catalog {geo['catalog']}, client locations {geo['mmdb']}")
+        lines.append(f"geo front door (demo; `icegate geo serve` in {geo['front_door_namespace']}): "
+                     f"{', '.join(geo['front_door'])}")  # fmt: skip
     netem = info["netem"]
     if netem.get("available"):
         added = (
