@@ -167,9 +167,8 @@ def render(info: dict[str, Any]) -> str:
     geo = info.get("geo")
     if geo:  # `lab up --regions 2`
         for region, entry in geo["regions"].items():
-            lines.append(
-                f"region {region} ({entry['city']}): redis {entry['redis']}, relays {', '.join(entry['relays'])}"
-            )
+            relays = ", ".join(entry["relays"])
+            lines.append(f"region {region} ({entry['city']}): redis {entry['redis']}, relays {relays}")
         lines.append(f"geo: catalog {geo['catalog']}, client locations {geo['mmdb']}")
         lines.append(f"geo front door (demo; `icegate geo serve` in {geo['front_door_namespace']}): "
                      f"{', '.join(geo['front_door'])}")  # fmt: skip
