@@ -320,10 +320,14 @@ def test_token_init_rotate_mint_decode(redis: RedisServer) -> None:
     text = invoke(cli.token, ["decode", f"{new_ufrag}:clientufrag", *where], env).output
     assert "key_state:  current" in text and "mac_valid:  True" in text and "cluster:    3" in text
 
-    forged = json.loads(
-        invoke(cli.token, ["decode", old_ufrag, "--json", "--key-hex", "00" * 16], env).output
-    )
+    forged_run = invoke(cli.token, ["decode", old_ufrag, "--json", "--key-hex", "00" * 16], env)
+    forged = json.loads(forged_run.stdout)
     assert forged["mac_valid"] is False and forged["error"] == "token_mac"
+    assert forged_run.exit_code == 1  # issue 16: a wrong MAC is a failure for scripts
+    # A key id Redis does not have (or no longer accepts): refused by relays, exit 1.
+    foreign = tokens.mint(9, bytes(16), 1, 2)
+    absent = invoke(cli.token, ["decode", foreign, "--json", *where], env)
+    assert absent.exit_code == 1 and json.loads(absent.stdout)["key_state"] == "absent"
     bad = invoke(cli.token, ["decode", "short", *where], env)
     assert bad.exit_code == 1 and "token_length" in bad.output
     r.close()
