@@ -33,7 +33,7 @@ from controlplane.node.runners import xdp_mode
 from controlplane.node.snapshot import SnapshotStore
 from controlplane.operator import views
 from icegate.config import load
-from icegate.errors import DependencyError, ReadOnlyState, RelayNotRunning
+from icegate.errors import DependencyError, LinkError, ReadOnlyState, RelayNotRunning
 
 T = TypeVar("T")
 
@@ -47,6 +47,8 @@ class Target:
     redis: RedisConfig = field(default_factory=RedisConfig)
     limits: RelayLimits = field(default_factory=RelayLimits)
     http: HttpConfig = field(default_factory=HttpConfig)
+    # Redis came from --config, --redis-url or --region (not the built-in localhost default)
+    redis_given: bool = False
 
     @property
     def pin_dir(self) -> Path:
@@ -140,6 +142,19 @@ def readiness(http: HttpConfig, timeout_s: float = 0.5) -> str:
         return "not running"
 
 
+def relay_readiness(target: Target) -> str:
+    """:func:`readiness` from the namespace the relay's program was attached in, where its
+    ``http`` address is (issue 16: from the host, ``relay status`` said "not running"
+    while the relay served in its own namespace)."""
+    if target.name and target.pin_dir.is_dir():
+        try:
+            with loader.attach_namespace(target.pin_dir):
+                return readiness(target.http)
+        except (OSError, LinkError):
+            pass
+    return readiness(target.http)
+
+
 @dataclass
 class CliEnv:
     """The CLI's side effects. Tests pass their own through ``CliRunner.invoke(obj=...)``."""
@@ -149,7 +164,7 @@ class CliEnv:
     relay_info: Callable[[Target], dict[str, Any]] = lambda t: relay_access(t).info()
     capacities: Callable[[Target], dict[str, int]] = lambda t: relay_access(t).capacities()
     detach: Callable[[Target], list[str]] = lambda t: relay_access(t).detach()
-    control_plane: Callable[[Target], str] = lambda t: readiness(t.http)
+    control_plane: Callable[[Target], str] = relay_readiness
     clock_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
 
@@ -195,7 +210,8 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         if redis_url or region:
             redis = replace(redis, url=redis_url or redis.url, region=region or redis.region)
             redis.validate("--redis-url")
-        target = replace(target, bpffs=bpffs or target.bpffs, redis=redis)
+        given = config_path is not None or bool(redis_url or region)
+        target = replace(target, bpffs=bpffs or target.bpffs, redis=redis, redis_given=given)
         if name:
             target = replace(target, name=name)
         if not target.name:

@@ -115,8 +115,9 @@ def test_stats_sum_per_cpu_counters(pinned: KernelStore) -> None:
 def test_relay_status_and_backends_from_pins(pinned: KernelStore) -> None:
     fill_flows(pinned)
     result = invoke(cli.relay, ["status", "--json"], pinned)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # attached nowhere, no control plane: unhealthy
     status = json.loads(result.output)
+    assert status["healthy"] is False and status["netns"]  # the namespace is named, never "-"
     assert status["program"]["id"] > 0 and (status["mode"], status["attached"]) == ("detached", [])
     assert status["maps"]["flows"] == {"entries": 3, "capacity": 1024}  # as pinned, not the defaults
     assert status["maps"]["vips"]["entries"] == 2 and status["maps"]["backends"]["entries"] == 2

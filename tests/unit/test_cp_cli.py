@@ -198,8 +198,10 @@ def test_stats_rates_and_json() -> None:
 def test_relay_status(control_plane: str) -> None:
     env = env_for(known_maps(), control_plane=control_plane)
     result = invoke(cli.relay, ["status", "--json"], env)
-    assert result.exit_code == 0, result.output
+    # issue 16: non-zero when the control plane is degraded or unreachable
+    assert result.exit_code == (0 if control_plane == "ready" else 1), result.output
     status = json.loads(result.output)
+    assert status["healthy"] is (control_plane == "ready")
     assert status["maps"]["flows"] == {"entries": 3, "capacity": 262144}
     assert status["maps"]["backends"]["entries"] == 2 and status["mode"] == "userspace"
     assert status["control_plane"] == control_plane
@@ -286,6 +288,16 @@ def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
     unknown = invoke(cli.backends, ["drain", "4:4", "--redis-url", redis.url, "--region", name], env)
     assert unknown.exit_code == 1 and "not registered" in unknown.output
     r.close()
+
+
+def test_backends_ls_without_redis_options_reads_only_the_map() -> None:
+    """issue 16: no --config/--redis-url: the map view alone, and a note saying so; no
+    silent attempt on a localhost Redis."""
+    result = invoke(cli.backends, ["ls", "--json"], env_for(known_maps()))
+    assert result.exit_code == 0, result.output
+    assert "redis view skipped" in result.stderr and "unavailable" not in result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 and all(r["redis_state"] is None for r in rows)
 
 
 def test_token_init_rotate_mint_decode(redis: RedisServer) -> None:
