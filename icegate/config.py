@@ -179,7 +179,7 @@ def _nested(hint: Any) -> tuple[type | None, bool]:
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _nested(inner[0]) if len(inner) == 1 else (None, False)
-    if origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]):
+    if origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type):
         return args[0], True
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return hint, False

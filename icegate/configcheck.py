@@ -53,7 +53,7 @@ def _registered() -> tuple[dict[str, type], dict[str, str]]:
             missing[entry.name] = f"{entry.value}: {exc}"
             continue
         cls = getattr(module, entry.attr)
-        if not dataclasses.is_dataclass(cls):  # pragma: no cover - a programming error
+        if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):  # pragma: no cover
             raise TypeError(f"{entry.value} is not a dataclass")
         found[entry.name] = cls
     return dict(sorted(found.items())), missing
@@ -181,7 +181,7 @@ def _type_name(hint: Any) -> str:
         return f"map of {_type_name(args[1])}"
     if hint is type(None):
         return "null"
-    if dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return f"[{hint.__name__}](#{hint.__name__.lower()})"
     return getattr(hint, "__name__", str(hint))
 
@@ -251,7 +251,9 @@ def markdown() -> str:
                 if not f.init:
                     continue
                 default = _default(f)
-                shown = "**required**" if default is dataclasses.MISSING else f"`{json.dumps(_plain(default))}`"
+                shown = (
+                    "**required**" if default is dataclasses.MISSING else f"`{json.dumps(_plain(default))}`"
+                )
                 if dataclasses.is_dataclass(default):
                     shown = "(see below)"
                 what = comments.get(f.name, "").replace("|", "\\|")
@@ -347,7 +349,11 @@ def config() -> None:
     "--section", "only", multiple=True, help="A section the file must have (repeat; default: any known)."
 )
 @click.option(
-    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
     help="Output format.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
@@ -404,4 +410,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-
