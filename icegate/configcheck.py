@@ -147,6 +147,7 @@ def check(path: Path, only: tuple[str, ...] = ()) -> tuple[list[Finding], list[s
             findings.append(Finding(name, _line_of(error.field, lines), error.field, error.problem))
     if not checked and not findings:
         findings.append(Finding(name, None, "file", f"no known section (known: {', '.join(known)})"))
+    findings.sort(key=lambda f: f.line if f.line is not None else len(lines) + 1)  # in file order
     return findings, checked
 
 
@@ -182,7 +183,7 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return f"[{hint.__name__}](#{hint.__name__.lower()})"
+        return f"{hint.__name__} (below)"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -211,7 +212,7 @@ def _classes(cls: type, seen: dict[str, type]) -> None:
     """``cls`` and every dataclass its fields hold, in the order they appear."""
     if cls.__name__ in seen:
         return
-    seen[cls.__name__] = cls
+    seen[cls.__name__] = cls  # one section's classes have distinct names
     hints = typing.get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
         for inner in _dataclasses_in(hints[f.name]):
@@ -241,7 +242,7 @@ def markdown() -> str:
         _classes(cls, seen)
         for name, klass in seen.items():
             doc = inspect.getdoc(klass) or ""
-            out += [f"### {name}", ""]
+            out += [f"### {section}: {name}", ""]
             if doc and not doc.startswith(f"{name}("):
                 out += [doc.split("\n\n")[0].replace("\n", " "), ""]
             out += ["| field | type | default | what |", "|---|---|---|---|"]
@@ -282,10 +283,11 @@ def _schema_of(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
     if hint is type(None):
         return {"type": "null"}
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        if hint.__name__ not in defs:
-            defs[hint.__name__] = {}
-            defs[hint.__name__] = _object_schema(hint, defs)
-        return {"$ref": f"#/$defs/{hint.__name__}"}
+        name = f"{hint.__module__}.{hint.__qualname__}"  # two components may share a class name
+        if name not in defs:
+            defs[name] = {}
+            defs[name] = _object_schema(hint, defs)
+        return {"$ref": f"#/$defs/{name}"}
     simple = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "string"}
     return {"type": simple[hint]}
 
