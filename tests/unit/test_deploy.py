@@ -36,7 +36,7 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
         capture_output=True,
         text=True,
         timeout=120,
-        check=False,  # fmt: skip
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]

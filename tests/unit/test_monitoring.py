@@ -104,7 +104,7 @@ def test_dashboard_is_well_formed() -> None:
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         for target in panel.get("targets", []):
             assert target["expr"] and target["refId"]
             assert set(re.findall(r"\$(\w+)", target["expr"])) <= variables, target["expr"]
