@@ -40,6 +40,7 @@ import redis as redis_sync
 import yaml
 
 from icegate import netns
+from icegate.cli import Renamed
 from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
 from labkit import demo_report
@@ -437,7 +438,13 @@ def render(summary: dict[str, Any], table: str) -> str:
     show_default=True,
     help="Concurrent voice sessions (spread over both client hosts).",
 )
-@click.option("--agent", type=click.Choice(["echo", "tone"]), default="echo", show_default=True)
+@click.option(
+    "--agent",
+    type=click.Choice(["echo", "tone"]),
+    default="echo",
+    show_default=True,
+    help="The voice agent behind the transceivers.",
+)
 @click.option(
     "--mode",
     type=click.Choice(["auto", "xdp", "userspace"]),
@@ -454,7 +461,15 @@ def render(summary: dict[str, Any], table: str) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (`icegate lab down` removes it).")
-@click.option("--lab-name", default=DEFAULT_NAME, show_default=True, help="Lab name (namespace prefix).")
+@click.option(
+    "--name",
+    "--lab-name",
+    "lab_name",
+    cls=Renamed,
+    default=DEFAULT_NAME,
+    show_default=True,
+    help="Lab name (namespace prefix), as `icegate lab --name`.",
+)
 def demo(
     sessions: int, agent: str, mode: str, duration: float, as_json: bool, keep: bool, lab_name: str
 ) -> None:

@@ -222,8 +222,30 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+OUTPUT_KEY = "icegate.output"
+
+
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+    """``-o table|wide|json`` (``--json`` is ``-o json``) and ``--no-headers`` -> the
+    ``as_json`` keyword argument; :func:`emit` reads the rest (kubectl's conventions)."""
+
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "wide", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format: a table, a table with every column, or JSON.",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+    @click.option("--no-headers", is_flag=True, help="Print tables without their header line.")
+    @functools.wraps(func)
+    def wrapper(output: str, as_json: bool, no_headers: bool, **kwargs: Any) -> Any:
+        output = "json" if as_json else output
+        click.get_current_context().meta[OUTPUT_KEY] = (output, no_headers)
+        return func(as_json=output == "json", **kwargs)
+
+    return wrapper
 
 
 def run_redis(target: Target, work: Callable[[RedisStore], Awaitable[T]]) -> T:
@@ -237,10 +259,24 @@ def run_redis(target: Target, work: Callable[[RedisStore], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def emit(rows: Any, as_json: bool, columns: dict[str, Any] | None = None, empty: str = "") -> None:
+def emit(
+    rows: Any,
+    as_json: bool,
+    columns: dict[str, Any] | None = None,
+    empty: str = "",
+    wide: dict[str, Any] | None = None,
+) -> None:
+    """Print ``rows`` as ``-o`` asks: JSON, a table (``wide``: plus the ``wide`` columns)."""
+    ctx = click.get_current_context(silent=True)
+    output, no_headers = ctx.meta.get(OUTPUT_KEY, ("table", False)) if ctx else ("table", False)
     if as_json:
         click.echo(views.dump_json(rows))
     elif columns is not None:
-        click.echo(views.table(rows, columns) if rows else empty)
+        if output == "wide" and wide:
+            columns = {**columns, **wide}
+        if rows:
+            click.echo(views.table(rows, columns, headers=not no_headers))
+        elif empty and not no_headers:
+            click.echo(empty)
     else:
         click.echo(rows)

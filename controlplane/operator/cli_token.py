@@ -37,8 +37,8 @@ def _key_arg(key_hex: str | None) -> bytes | None:
 
 @token.command("mint")
 @target_options
-@click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True)
-@click.option("--index", type=click.IntRange(0, 0xFFFF), required=True)
+@click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True, help="Cluster id to route to.")
+@click.option("--index", type=click.IntRange(0, 0xFFFF), required=True, help="Transceiver index in it.")
 @click.option("--key-hex", help="Route key (32 hex digits) instead of Redis's current key.")
 @click.option("--key-id", type=click.IntRange(0, 15), default=0, show_default=True, help="With --key-hex.")
 @json_option

@@ -282,6 +282,28 @@ def test_vagrantfiles_parse(vagrantfile: Path, tmp_path: Path) -> None:
     assert subprocess.run(["ruby", "-c", str(broken)], capture_output=True, timeout=60).returncode != 0
 
 
+def vagrant_validate(directory: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "VAGRANT_HOME": str(home / "vagrant")}
+    return subprocess.run(
+        ["vagrant", "validate", "--ignore-provider"],
+        capture_output=True, text=True, timeout=120, cwd=directory, env=env, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("directory", [".", "deploy/vagrant"])
+def test_vagrant_validates_its_own_config(directory: str, tmp_path: Path) -> None:
+    """Vagrant's own validation (no box, no provider needed): every setting exists, no warnings."""
+    result = vagrant_validate(REPO / directory, tmp_path)
+    assert result.returncode == 0 and "validated successfully" in result.stdout, result.stdout + result.stderr
+    assert "IP ending in" not in result.stdout  # no warning either
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    text = (REPO / directory / "Vagrantfile").read_text()
+    (broken / "Vagrantfile").write_text(text.replace("config.vm.box =", "config.vm.boxx ="))
+    failed = vagrant_validate(broken, tmp_path)
+    assert failed.returncode != 0 and "boxx" in failed.stdout + failed.stderr
+
+
 def test_multi_vm_vagrant_provisions_with_scripts_setup() -> None:
     text = (REPO / "deploy" / "vagrant" / "Vagrantfile").read_text()
     assert set(re.findall(r'^  "(\w+)"\s+=>', text, re.M)) == {"client", "relay", "transceiver"}
