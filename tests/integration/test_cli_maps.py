@@ -144,3 +144,16 @@ def test_a_relay_that_is_not_there() -> None:
     )
     result = CliRunner().invoke(cli.flows, ["ls", "--name", "x", "--bpffs", "/tmp"])
     assert result.exit_code == 1 and "bpffs is not mounted at /tmp" in result.output
+
+
+def test_status_names_the_namespace_it_runs_in(ns_prefix: str) -> None:
+    """issue 16: `relay status` run inside the relay's namespace printed `netns: -`."""
+    from controlplane.kernel import loader
+    from icegate import netns
+
+    name = f"{ns_prefix}relay"
+    netns.create(name)
+    with netns.entered(name):
+        assert loader._this_namespace() == name
+    outside = loader._this_namespace()  # "host" where init's namespace is readable, else its inode
+    assert outside == "host" or outside == f"net:[{netns.identity()[1]}]"
