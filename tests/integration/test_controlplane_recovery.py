@@ -257,6 +257,15 @@ class RelayProcess:
         return value
 
 
+def host_status(relay: RelayProcess) -> dict[str, Any]:
+    """`icegate relay status --json` run from the host's namespace, as an operator on the node would."""
+    argv = [sys.executable, "-c", "from icegate.cli import main; main()", "relay", "status", "--json"]
+    done = subprocess.run([*argv, "--config", str(relay.config)], capture_output=True, text=True, timeout=30)
+    status: dict[str, Any] = json.loads(done.stdout)
+    status["returncode"] = done.returncode
+    return status
+
+
 @dataclass
 class World:
     lab: Lab
@@ -338,6 +347,10 @@ def test_redis_outage_does_not_touch_forwarding(world: World) -> None:
     assert body.startswith("redis: degraded"), body
     assert relay.metric("icegate_relay_redis_up") == 0
     assert relay.http("/livez")[0] == 200
+    if relay.mode != "userspace":  # issue 16: `relay status` from the host sees the relay's namespace
+        status = host_status(relay)
+        assert status["returncode"] == 1 and status["control_plane"].startswith("redis: degraded")
+        assert status["netns"] == world.lab.namespace("relay")
     mode = "userspace" if relay.mode == "userspace" else "xdp-native"  # veth in the lab: native XDP
     reason = "requested" if mode == "userspace" else "attached"
     assert relay.metric(f'icegate_relay_datapath_info{{mode="{mode}",reason="{reason}"}}') == 1
@@ -355,6 +368,9 @@ def test_redis_outage_does_not_touch_forwarding(world: World) -> None:
         second.stop()
         assert relay.metric("icegate_relay_redis_up") == 1
         assert relay.metric("icegate_relay_redis_restores_total") == 2
+        if relay.mode != "userspace":
+            status = host_status(relay)
+            assert (status["returncode"], status["control_plane"], status["healthy"]) == (0, "ready", True)
         relay.stop()
     report, report2 = stream.report(), second.report()
     print(f"redis outage: sent={report.sent} lost={report.lost}; new session {report2.sent}/{report2.lost}")
