@@ -119,3 +119,20 @@ def test_one_flag_name_per_concept(path: str, new: str, old: str, param: str | N
 def test_shell_completion_is_documented() -> None:
     text = (REPO / "docs" / "DEPLOYMENT.md").read_text()
     assert "_ICEGATE_COMPLETE=bash_source icegate" in text
+
+
+def test_shell_completion_completes_commands_and_choices() -> None:
+    import os
+    import subprocess
+    import sys
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_ICEGATE_COMPLETE": "bash_complete", "COMP_WORDS": words}
+        env["COMP_CWORD"] = str(len(words.split()) - (0 if words.endswith(" ") else 1))
+        argv = [sys.executable, "-c", "from icegate.cli import main; main()"]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+    assert complete("icegate fl") == ["flows"]
+    assert complete("icegate flows ls -o ") == ["table", "wide", "json"]
