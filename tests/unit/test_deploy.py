@@ -6,6 +6,7 @@ broken copy, to show that it can fail."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -139,6 +140,28 @@ def test_two_regions_are_separate_pops(rendered: dict[str, list[dict[str, Any]]]
         assert yaml.safe_load(cm["data"]["relay.yaml"])["relay"]["redis"]["region"] == region
     catalogs = {(K8S / "overlays/two-regions" / r / "config/catalog.yaml").read_text() for r in ("eu", "us")}
     assert catalogs == {(K8S / "overlays/two-regions/catalog.yaml").read_text()}
+
+
+def test_redis_sentinel_component_renders_valid(tmp_path: Path) -> None:
+    """components/redis-sentinel on top of the base: three Redis pods, three sentinels,
+    every object valid (kustomize takes only relative paths, hence the relpath)."""
+    base = os.path.relpath(K8S / "base", tmp_path)
+    component = os.path.relpath(K8S / "components" / "redis-sentinel", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{base}]\ncomponents: [{component}]\n"
+    )
+    docs = kustomize(tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    sets = {d["metadata"]["name"]: d for d in by_kind(docs, "StatefulSet")}
+    assert (
+        sets["icegate-redis"]["spec"]["replicas"] == 3 and sets["icegate-sentinel"]["spec"]["replicas"] == 3
+    )
+    init = sets["icegate-sentinel"]["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+    assert "sentinel monitor icegate icegate-redis-0.icegate-redis 6379 2" in init
+    redis_service = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "icegate-redis"]
+    assert redis_service[0]["spec"]["clusterIP"] == "None"  # pod names resolve
 
 
 def config_files() -> list[Path]:
