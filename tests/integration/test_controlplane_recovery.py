@@ -90,7 +90,7 @@ class EchoTransceiver(Peer):
         self.address, self.relay_tunnel, self.redis_url = address, relay_tunnel, redis_url
         self.keys = Keys(region)
         self.received = 0
-        self.generation = int(time.time())
+        self.generation = int(time.time() * 1000)  # as transceiver/registry.py: ms, past 32 bits
 
     def body(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -371,6 +371,11 @@ def test_redis_outage_does_not_touch_forwarding(world: World) -> None:
         if relay.mode != "userspace":
             status = host_status(relay)
             assert (status["returncode"], status["control_plane"], status["healthy"]) == (0, "ready", True)
+        # issue 16: nothing changes in Redis, so sync writes nothing (the map's 32-bit
+        # generation once made every reconciliation rewrite every backend)
+        changes = relay.metric("icegate_relay_sync_changes_total")
+        time.sleep(2.0)  # four sync intervals
+        assert relay.metric("icegate_relay_sync_changes_total") == changes
         relay.stop()
     report, report2 = stream.report(), second.report()
     print(f"redis outage: sent={report.sent} lost={report.lost}; new session {report2.sent}/{report2.lost}")
