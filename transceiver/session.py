@@ -39,7 +39,7 @@ from transceiver.continuity import Continuity, Latch
 from transceiver.iceadapter import MuxBinding, MuxProtocol, bind_peer_connection, restart_connection
 from transceiver.metrics import TransceiverMetrics
 from transceiver.mux import TunnelMux, Vip
-from transceiver.offer import prepare_offer
+from transceiver.offer import prepare_offer, usable_candidate
 from transceiver.sdpfrag import SdpFrag
 
 logger = logging.getLogger(__name__)
@@ -250,6 +250,8 @@ class SessionManager:
     @staticmethod
     async def _add_candidates(connection: Connection, frag: SdpFrag) -> None:
         for _, line in frag.candidates:
+            if not usable_candidate(f"a=candidate:{line}"):
+                continue  # mDNS or not UDP: as in offers (offer.py)
             try:
                 candidate = Candidate.from_sdp(line)
             except (ValueError, IndexError) as exc:
