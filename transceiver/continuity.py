@@ -21,13 +21,13 @@ randomised by 0.8-1.2 as the RFC asks), a binding request on the nominated pair;
 success response (or a latch) renews consent. With none for ``consent_window_s`` (30 s
 by default, RFC 7675 §5.1), ``on_expired`` is called once and the loop ends: the session
 manager closes the session with outcome ``consent_expired`` and the agent gets its
-``session_ended`` event. aioice's own consent loop (6 checks, 5 s apart) stays; this one decides
-first, on a window the operator sets.
+``session_ended`` event. aioice's own consent loop (6 checks, 5 s apart) is cancelled
+when this one starts: one loop, on the window the operator sets.
 
 aioice internals used here besides those of :mod:`transceiver.iceadapter`:
 ``Connection._nominated``, ``_remote_candidates``, ``_check_list``, ``_find_pair``,
 ``_tie_breaker``, ``ice_controlling``, ``remote_username``/``remote_password``,
-``_valid_username``; ``CandidatePair`` and ``Candidate._network_host``;
+``_valid_username``, ``_query_consent_task``; ``CandidatePair`` and ``Candidate._network_host``;
 ``StunProtocol.request``. ``tests/unit/test_transceiver_continuity.py`` pins them.
 """
 
@@ -39,7 +39,7 @@ import functools
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +57,7 @@ CONSENT_WINDOW_S = 30.0  # RFC 7675 §5.1: consent expires 30 s after the last s
 CONSENT_INTERVAL_S = 5.0  # RFC 7675 §5.1: a check every 5 s on average (4-6 s)
 LATCH_RETRANSMISSIONS = 2  # a triggered check: 3 tries over 3.5 s (RFC 8489 §6.2.1 RTO 0.5 s)
 MAX_PROBES = 4  # latch checks in flight per connection
+MAX_LATCHES = 16  # moves remembered per connection (for GET /v1/sessions/{id}); all are counted
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Continuity:
     on_expired: Callable[[], None] = lambda: None
     on_latch: Callable[[Latch], None] = lambda latch: None
     counters: Counter[str] = field(default_factory=Counter)  # latch results, consent results
-    latches: list[Latch] = field(default_factory=list)
+    latches: deque[Latch] = field(default_factory=lambda: deque(maxlen=MAX_LATCHES))
     consent_at: float | None = None  # the last proof of consent (monotonic)
     _probing: dict[Addr, asyncio.Task[None]] = field(default_factory=dict)
     _consent_task: asyncio.Task[None] | None = None
@@ -223,6 +224,11 @@ class Continuity:
                 continue  # not connected yet: the connect timeout reaps a session that never is
             if self.consent_at is None:
                 self.consent_at = time.monotonic()  # consent starts with ICE's own success
+                # One consent loop, on the operator's window: aioice's (six failures 5 s
+                # apart) would end a session by itself, as "completed", past 30 s.
+                theirs = conn._query_consent_task
+                if theirs is not None and not theirs.done():
+                    theirs.cancel()
             try:
                 await pair.protocol.request(
                     self._request(),

@@ -222,6 +222,8 @@ class SessionManager:
             raise SignalingError(404, "no such session")
         if len(binding.connections) != 1:
             raise SignalingError(422, "ICE restart needs one ICE transport (BUNDLE)")
+        if self.draining:  # relays refuse new flows to a draining transceiver (DATAPATH.md §2 r8)
+            raise SignalingError(UNAVAILABLE, "draining: no ICE restart here, start a new session")
         assert frag.ufrag is not None and frag.pwd is not None
         try:
             ufrag = self._mint()

@@ -178,7 +178,9 @@ def make_app(
                     headers={"ETag": session.etag},
                 )
             await manager.trickle(session, frag)
-        except SignalingError as exc:  # RFC 9725 §4.3.2: a refused restart leaves the session up
+        except SignalingError as exc:  # RFC 9725 §4.3: a refused restart leaves the session up
+            if exc.status == 503:
+                return error(503, exc.reason, **{"Retry-After": str(RETRY_AFTER_S)})
             return error(exc.status, exc.reason)
         return web.Response(status=204)
 

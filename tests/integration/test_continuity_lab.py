@@ -1,8 +1,8 @@
 """Session continuity in the lab (docs/CONTINUITY.md): a NAT rebinding mid-call, then a client that vanishes.
 
-Real processes in the lab's namespaces: the XDP relay (``icegate relay run``, flow expiry
-shortened to ``EXPIRY_S``), transceiver tx1 (consent window shortened to ``CONSENT_S``)
-with the echo agent, an unmodified aiortc client in c1. The router between the clients
+Real processes in the lab's namespaces: the XDP relay (``icegate relay run``; the
+userspace twin too with ``ICEGATE_LONG=1``; flow expiry shortened to ``EXPIRY_S``),
+transceiver tx1 (consent window shortened to ``CONSENT_S``) with the echo agent, an unmodified aiortc client in c1. The router between the clients
 and the relay (``inet``) gets nftables rules mid-call:
 
 1. **rebinding**: the client's source port is rewritten to ``NEW_PORT`` on the way out
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -93,8 +94,14 @@ def vanish(namespace: str, client: str, tmp: Path) -> None:
     )
 
 
-@pytest.fixture
-def stack(ns_prefix: str, procs: Processes, tmp_path: Path) -> Iterator[World]:
+# The XDP relay always; the userspace twin too with ICEGATE_LONG=1 (same semantics, another ~25 s).
+MODES = ["xdp", "userspace"] if os.environ.get("ICEGATE_LONG") == "1" else ["xdp"]
+
+
+@pytest.fixture(params=MODES)
+def stack(
+    request: pytest.FixtureRequest, ns_prefix: str, procs: Processes, tmp_path: Path
+) -> Iterator[World]:
     lab = Lab(LabConfig(name=ns_prefix.rstrip("-"), public=PublicConfig(vips=VIPS)))
     lab.up()
     try:
@@ -104,12 +111,13 @@ def stack(ns_prefix: str, procs: Processes, tmp_path: Path) -> Iterator[World]:
             r.hset(keys.route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
             r.close()
         expiry = {"idle_s": EXPIRY_S, "pending_s": 2.0, "interval_s": 0.5}
-        relay_cfg = lab.write_relay_config({"mode": "xdp", "sync_interval_s": 0.2, "expiry": expiry})
+        overrides = {"mode": request.param, "sync_interval_s": 0.2, "expiry": expiry}
+        relay_cfg = lab.write_relay_config(overrides)
         relay_log = tmp_path / "relay.log"
         relay = start(
             procs, lab.namespace("relay"), ["-v", "relay", "run", "--config", str(relay_cfg)], relay_log
         )
-        world = World(lab, "xdp", relay, relay_cfg)
+        world = World(lab, request.param, relay, relay_cfg)
         settings = lab.transceiver(1)
         agent_argv = ["-v", "agent", "run", "--kind", "echo", "--listen", f"127.0.0.1:{AGENT_PORT}"]
         start(procs, settings.namespace, agent_argv, tmp_path / "agent.log")

@@ -189,6 +189,8 @@ def test_consent_renewed_by_answers_and_expired_without_them() -> None:
                 break
             h.send(me, VIP1, c.reply(request, VIP1))
         assert not expired.is_set() and cont.counters["consent_ok"] >= 2, cont.counters
+        theirs = binding.connections[0]._query_consent_task
+        assert theirs is None or theirs.cancelled(), "aioice's own consent loop still runs"
         silent_from = loop.time()
         await asyncio.wait_for(expired.wait(), 5.0)
         assert 0.5 < loop.time() - silent_from < 3.0  # the window (1 s) + one check interval
@@ -317,6 +319,14 @@ def test_patch_restarts_ice_on_the_same_session_with_etag_preconditions() -> Non
             ) as r:
                 assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
                 assert "If-Match" in r.headers["Access-Control-Allow-Headers"]
+            # A draining transceiver refuses a restart (relays refuse it new flows), keeps the session.
+            service.drain()
+            status, body, headers = await patch(
+                b"a=ice-ufrag:th1rd\r\na=ice-pwd:" + b"r" * 24, **{"If-Match": "*"}
+            )
+            assert status == 503 and "draining" in body and headers["Retry-After"]
+            async with http.get(session_url) as r:
+                assert r.status == 200 and (await r.json())["ice_restarts"] == 1
             async with http.delete(session_url) as r:
                 assert r.status == 204
         finally:
