@@ -2,8 +2,9 @@
 
 Real processes in the lab's namespaces: the XDP relay (``icegate relay run``; the
 userspace twin too with ``ICEGATE_LONG=1``; flow expiry shortened to ``EXPIRY_S``),
-transceiver tx1 (consent window shortened to ``CONSENT_S``) with the echo agent, an unmodified aiortc client in c1. The router between the clients
-and the relay (``inet``) gets nftables rules mid-call:
+transceiver tx1 (consent window shortened to ``CONSENT_S``) with the echo agent, an
+unmodified aiortc client in c1. The router between the clients and the relay (``inet``)
+gets nftables rules mid-call:
 
 1. **rebinding**: the client's source port is rewritten to ``NEW_PORT`` on the way out
    (and back on the way in), and packets to the old port are dropped, as a NAT that lost
