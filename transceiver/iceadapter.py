@@ -26,8 +26,10 @@ Internals relied on (re-check when upgrading): ``RTCIceTransport._connection``;
 ``local_candidate``, ``connection_made``/``connection_lost``; aiortc creating ICE
 transports in ``setRemoteDescription`` and gathering in ``setLocalDescription``.
 ICE restart (:func:`restart_connection`) also sets ``Connection._local_password``,
-``remote_username`` and ``remote_password`` after connect, which aioice reads afresh on
-every check and response. ``tests/unit/test_transceiver_iceadapter.py`` pins each of these.
+``remote_username``, ``remote_password`` and ``_remote_candidates_end`` after connect;
+aioice reads the credentials afresh on every check and response.
+``tests/unit/test_transceiver_iceadapter.py`` and ``test_transceiver_continuity.py`` pin
+each of these.
 """
 
 from __future__ import annotations
@@ -212,4 +214,5 @@ def restart_connection(
     connection._local_password = password
     connection.remote_username = remote_ufrag
     connection.remote_password = remote_pwd
+    connection._remote_candidates_end = False  # a new ICE session: candidates may trickle again
     return password

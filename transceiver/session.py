@@ -251,14 +251,20 @@ class SessionManager:
 
     @staticmethod
     async def _add_candidates(connection: Connection, frag: SdpFrag) -> None:
+        candidates = []
         for _, line in frag.candidates:
             if not usable_candidate(f"a=candidate:{line}"):
                 continue  # mDNS or not UDP: as in offers (offer.py)
             try:
-                candidate = Candidate.from_sdp(line)
+                candidates.append(Candidate.from_sdp(line))
             except (ValueError, IndexError) as exc:
                 raise SignalingError(400, f"bad candidate {line!r}: {exc}") from exc
-            await connection.add_remote_candidate(candidate)  # mDNS names: aioice resolves or drops
+        if connection._remote_candidates_end:
+            return  # after end-of-candidates (in the offer or an earlier PATCH): ignored, RFC 8838 §14
+        for candidate in candidates:
+            await connection.add_remote_candidate(candidate)
+        if frag.end_of_candidates:
+            await connection.add_remote_candidate(None)
 
     def _wire(self, session: Session) -> None:
         pc = session.pc

@@ -311,9 +311,19 @@ def test_patch_restarts_ice_on_the_same_session_with_etag_preconditions() -> Non
                 shown = await r.json()
             assert shown["ufrags"] == [answer.ufrag] and shown["ice_restarts"] == 1
             assert (await patch(frag, **{"If-Match": etag}))[0] == 412
-            # Trickle for the current ICE session (same ufrag): 204.
-            trickle = b"a=ice-ufrag:n3wU\r\na=ice-pwd:" + b"q" * 24 + b"\r\na=end-of-candidates\r\n"
+            # Trickle for the current ICE session (same ufrag): 204; aioice has the candidate
+            # (an mDNS one is dropped, as in offers).
+            trickle = (
+                b"a=ice-ufrag:n3wU\r\na=ice-pwd:" + b"q" * 24 + b"\r\na=mid:0\r\n"
+                b"a=candidate:1 1 udp 2122260223 198.51.100.7 40123 typ host\r\n"
+                b"a=candidate:2 1 udp 2122260223 5f1c-4e.local 40124 typ host\r\n"
+                b"a=end-of-candidates\r\n"
+            )
             assert (await patch(trickle, **{"If-Match": new_etag}))[0] == 204
+            live = service.sessions.get(location.rsplit("/", 1)[1])
+            assert live is not None and live.binding is not None
+            remote = [(c.host, c.port) for c in live.binding.connections[0]._remote_candidates]
+            assert ("198.51.100.7", 40123) in remote and not [h for h, _ in remote if h.endswith(".local")]
             async with http.options(
                 session_url, headers={"Origin": "http://page.test", "Access-Control-Request-Method": "PATCH"}
             ) as r:
