@@ -19,8 +19,10 @@ from aioice import stun
 from aiortc import RTCPeerConnection
 
 from icegate import inet, token
+from icegate.errors import ConfigError
 from tests.unit.test_transceiver_iceadapter import CLUSTER, INDEX, KEY, VIP1, Harness, run, sdp_value
 from tests.unit.test_transceiver_signaling import SDP, client_offer
+from tests.unit.test_transceiver_signaling import config as signaling_config
 from tests.unit.test_transceiver_signaling import run as run_service
 from transceiver import sdpfrag
 from transceiver.continuity import Continuity, Latch
@@ -344,3 +346,9 @@ def test_patch_restarts_ice_on_the_same_session_with_etag_preconditions() -> Non
 
     service = run_service(scenario)
     assert service.sessions.outcomes["completed"] == 1
+
+
+def test_a_bad_consent_window_fails_at_start_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"transceiver\.consent_window_s"):
+        signaling_config(consent_window_s=0)
+    assert signaling_config().consent_window_s == 30.0  # RFC 7675 §5.1
