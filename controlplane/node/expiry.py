@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 from controlplane.config import ExpiryConfig
 from controlplane.datapath.layout import FlowEventKind
@@ -36,6 +36,8 @@ from controlplane.datapath.store import FlowEvent, MapStore
 from icegate.errors import StoreError
 
 log = logging.getLogger(__name__)
+
+CHUNK = 2048  # flows walked between two turns of the event loop
 
 
 class Expiry:
@@ -55,13 +57,34 @@ class Expiry:
         self.sweeps_total = 0
 
     def sweep(self) -> tuple[int, int]:
-        """One walk of both maps; returns (confirmed, pending) flows removed."""
+        """One walk of both maps at once; returns (confirmed, pending) flows removed."""
+        walk = self._walk()
+        while True:
+            try:
+                next(walk)
+            except StopIteration as done:
+                result: tuple[int, int] = done.value
+                return result
+
+    def _walk(self) -> Generator[None, None, tuple[int, int]]:
+        """The sweep, pausing (``yield``) every :data:`CHUNK` flows so that :meth:`run` can
+        let the event loop run: a full map takes seconds of Python (docs/CONTINUITY.md §4)."""
         now = self._clock_ns()
         idle_ns, pending_ns = int(self.cfg.idle_s * 1e9), int(self.cfg.pending_s * 1e9)
+        # Walk first, delete after: the maps are not modified under their own iteration.
+        stale, old = [], []
+        for seen, (key, flow) in enumerate(self.maps.flows(), 1):
+            if seen % CHUNK == 0:
+                yield
+            if now - flow.last_seen_ns > idle_ns:
+                stale.append(key)
+        for seen, (key, flow) in enumerate(self.maps.pending(), 1):
+            if seen % CHUNK == 0:
+                yield
+            if now - flow.created_ns > pending_ns:
+                old.append(key)
         confirmed = 0
-        for key, flow in list(self.maps.flows()):
-            if now - flow.last_seen_ns <= idle_ns:
-                continue
+        for key in stale:
             again = self.maps.get_flow(key)  # the datapath may have used it since the walk began
             if again is None or self._clock_ns() - again.last_seen_ns <= idle_ns:
                 continue
@@ -71,11 +94,10 @@ class Expiry:
                 FlowEvent(FlowEventKind.EXPIRED, key, again.cluster, again.index, again.token_tag, now)
             )
         pending = 0
-        for key, flow in list(self.maps.pending()):
-            if now - flow.created_ns <= pending_ns:
-                continue
-            self.maps.delete_pending(key)
-            pending += 1
+        for key in old:  # a pending flow confirmed meanwhile is gone from this map already
+            if self.maps.get_pending(key) is not None:
+                self.maps.delete_pending(key)
+                pending += 1
         self.expired["confirmed"] += confirmed
         self.expired["pending"] += pending
         self.sweeps_total += 1
@@ -87,6 +109,7 @@ class Expiry:
         while True:
             await asyncio.sleep(self.cfg.interval_s)
             try:
-                self.sweep()
+                for _ in self._walk():
+                    await asyncio.sleep(0)  # the twin's packets and the other loops go first
             except StoreError as exc:  # a map call failed: the next sweep tries again
                 log.warning("flow expiry sweep failed error=%s", exc)

@@ -13,6 +13,7 @@ from controlplane.cluster.redisio import RedisStore
 from controlplane.config import ExpiryConfig, RelayLimits
 from controlplane.datapath.layout import FlowEventKind
 from controlplane.datapath.store import Flow, FlowEvent
+from controlplane.node import expiry as expiry_module
 from controlplane.node.expiry import Expiry
 from controlplane.node.metrics import ControlPlane, RelayCollector
 from icegate.errors import ConfigError
@@ -123,3 +124,35 @@ def test_expired_flows_are_removed_from_the_flow_cache(redis: RedisServer) -> No
 def test_bad_expiry_config_names_the_field(fields: dict[str, float], path: str) -> None:
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
         ExpiryConfig(**fields).validate("expiry")
+
+
+def test_the_running_sweep_lets_the_event_loop_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full map takes a while to walk: the loop (the twin's packets) must get turns meanwhile."""
+    monkeypatch.setattr(expiry_module, "CHUNK", 10)
+    maps = maps_with_vips()
+    now = time.monotonic_ns()
+    for i in range(1000):
+        maps.put_flow((addr16("100.64.1.2"), 1000 + i, 0), Flow(1, 1, 7, now - 60 * S, now - 40 * S))
+    expiry = Expiry(maps, ExpiryConfig(idle_s=30, pending_s=3, interval_s=0.01), lambda e: None)
+
+    async def main() -> int:
+        turns = 0
+
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        sweeping = asyncio.create_task(expiry.run())
+        while expiry.sweeps_total == 0:
+            await asyncio.sleep(0.001)
+        for task in (tick, sweeping):
+            task.cancel()
+        await asyncio.gather(tick, sweeping, return_exceptions=True)
+        return turns
+
+    turns = asyncio.run(main())
+    assert expiry.expired["confirmed"] == 1000 and sum(1 for _ in maps.flows()) == 0
+    assert turns >= 100  # one turn per 10 flows walked, at least
