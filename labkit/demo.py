@@ -187,7 +187,8 @@ class Demo:
                              "--region", lab.config.region])  # fmt: skip
         relay: dict[str, Any] = {"mode": opts.mode, "sync_interval_s": 0.5}
         if opts.flow_idle_s is not None:
-            relay["expiry"] = {"idle_s": opts.flow_idle_s, "pending_s": min(3.0, opts.flow_idle_s)}
+            idle = opts.flow_idle_s
+            relay["expiry"] = {"idle_s": idle, "pending_s": min(3.0, idle), "interval_s": min(10.0, idle / 4)}
         self.relay_config = lab.write_relay_config(relay)
         lab.start_process(
             "relay",
