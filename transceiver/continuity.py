@@ -91,6 +91,7 @@ class Continuity:
     consent_window_s: float = CONSENT_WINDOW_S
     on_expired: Callable[[], None] = lambda: None
     on_latch: Callable[[Latch], None] = lambda latch: None
+    on_latch_check: Callable[[str], None] = lambda result: None  # moved|failed|busy|unauthenticated
     counters: Counter[str] = field(default_factory=Counter)  # latch results, consent results
     latches: deque[Latch] = field(default_factory=lambda: deque(maxlen=MAX_LATCHES))
     consent_at: float | None = None  # the last proof of consent (monotonic)
@@ -120,10 +121,10 @@ class Continuity:
             and conn._valid_username(username)
             and message.check_message_integrity(conn.local_password.encode("utf8"))
         ):
-            self.counters["unauthenticated"] += 1
+            self._count("unauthenticated")
             return
         if len(self._probing) >= MAX_PROBES:
-            self.counters["busy"] += 1
+            self._count("busy")
             return
         first = time.monotonic()
         task = asyncio.create_task(self._latch(protocol, addr, first))
@@ -132,6 +133,10 @@ class Continuity:
 
     def _probed(self, addr: Addr, _task: asyncio.Task[None]) -> None:
         self._probing.pop(addr, None)
+
+    def _count(self, result: str) -> None:
+        self.counters[result] += 1
+        self.on_latch_check(result)
 
     async def _latch(self, protocol: StunProtocol, addr: Addr, first: float) -> None:
         conn = self.connection
@@ -144,11 +149,11 @@ class Continuity:
                 retransmissions=LATCH_RETRANSMISSIONS,
             )
         except stun.TransactionError:
-            self.counters["failed"] += 1
+            self._count("failed")
             logger.info("latch check to %s:%d failed: the path stays", *addr)
             return
         if (source[0], source[1]) != addr:  # RFC 8445 §7.2.5.2.1: the answer must come from there
-            self.counters["failed"] += 1
+            self._count("failed")
             return
         self._move(protocol, addr, first)
 
@@ -196,7 +201,7 @@ class Continuity:
         self.consent_at = now  # the client just answered from there
         latch = Latch(old_addr, addr, vip, first, now)
         self.latches.append(latch)
-        self.counters["moved"] += 1
+        self._count("moved")
         logger.info(
             "latched %s -> %s:%d via %s:%d check_to_move_ms=%.1f",
             "none" if old_addr is None else f"{old_addr[0]}:{old_addr[1]}",

@@ -109,4 +109,10 @@ class TransceiverMetrics:
             registry=r,
         )
         self.ice_restarts = Counter(f"{PREFIX}_ice_restarts", "ICE restarts over WHIP PATCH.", registry=r)
+        self.latch_checks = Counter(
+            f"{PREFIX}_latch_checks",
+            "Checks from a new client address, by result (moved, failed, busy, unauthenticated).",
+            ["result"],
+            registry=r,
+        )
         r.register(_Snapshot(self.snapshot))

@@ -201,11 +201,15 @@ class SessionManager:
                 consent_window_s=self.config.consent_window_s,
                 on_expired=functools.partial(self._close_soon, session.id, "consent_expired"),
                 on_latch=self._latched,
+                on_latch_check=self._latch_checked,
             )
             for protocol in connection._protocols:
                 if isinstance(protocol, MuxProtocol):
                     protocol.watcher = continuity
             session.continuity.append(continuity)
+
+    def _latch_checked(self, result: str) -> None:
+        self.metrics.latch_checks.labels(result).inc()
 
     def _latched(self, latch: Latch) -> None:
         self.metrics.latches.inc()

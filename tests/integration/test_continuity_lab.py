@@ -226,6 +226,7 @@ def test_nat_rebinding_mid_call_then_the_client_vanishes(stack: World, tmp_path:
     text = tx.metrics()
     assert metric(text, 'icegate_transceiver_sessions_total{outcome="consent_expired"}') == 1
     assert metric(text, "icegate_transceiver_latches_total") == 1
+    assert metric(text, 'icegate_transceiver_latch_checks_total{result="moved"}') == 1
     agent_log = (tmp_path / "agent.log").read_text()
     wait_for(
         lambda: "session ended reason=consent_expired" in (tmp_path / "agent.log").read_text(),
