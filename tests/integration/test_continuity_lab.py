@@ -164,6 +164,14 @@ def test_nat_rebinding_mid_call_then_the_client_vanishes(stack: World, tmp_path:
         assert status == 200, body
         return dict(json.loads(body))
 
+    def flows() -> list[dict[str, Any]]:
+        try:
+            return list(stack.relay_cli("flows", "show", c1.address))
+        except LinkError as exc:  # the CLI says so when there is none
+            if "no flow for" in str(exc):
+                return []
+            raise
+
     async def call() -> VoiceClient:
         client = VoiceClient(tx.url)
         async with aiohttp.ClientSession() as http:
@@ -184,6 +192,12 @@ def test_nat_rebinding_mid_call_then_the_client_vanishes(stack: World, tmp_path:
             client.mic.play(np.concatenate([tone(440.0, 600), silence(100)]))
             await client.wait_event("response_done", timeout=10)
             marks["turn_done"] = time.monotonic()
+            # The old mapping's flow expires at the relay while the call goes on.
+            deadline = time.monotonic() + EXPIRY_S + 5
+            while {f["client_port"] for f in await asyncio.to_thread(flows)} != {NEW_PORT}:
+                assert time.monotonic() < deadline, "the old port's flow did not expire"
+                await asyncio.sleep(0.2)
+            marks["old_expired"] = time.monotonic()
 
             await asyncio.to_thread(vanish, router, c1.address, tmp_path)
             marks["vanished"] = time.monotonic()
@@ -203,7 +217,7 @@ def test_nat_rebinding_mid_call_then_the_client_vanishes(stack: World, tmp_path:
     port = int(marks["port"])
     assert latch["old"] == f"{c1.address}:{port}" and latch["new"] == f"{c1.address}:{NEW_PORT}", latch
     # ...the client heard the agent again within 1 s of the first check from there...
-    window = gaps(client.heard.arrivals, marks["rebound"] - 0.5, marks["turn_done"])
+    window = gaps(client.heard.arrivals, marks["rebound"] - 0.5, marks["old_expired"])
     assert window, "no gap in the audio: the rebinding did not happen"
     (_, resumed) = max(window, key=lambda g: g[1] - g[0])
     check_to_audio = resumed - latch["first_check"]
@@ -234,16 +248,8 @@ def test_nat_rebinding_mid_call_then_the_client_vanishes(stack: World, tmp_path:
         what=f"the agent to hear of it:\n{agent_log[-2000:]}",
     )
 
-    # The relay expired both flows (the old port after the move, the new one after the
-    # vanishing) and removed them from the Redis flow cache.
-    def flows() -> list[dict[str, Any]]:
-        try:
-            return list(stack.relay_cli("flows", "show", c1.address))
-        except LinkError as exc:  # the CLI says so when there is none
-            if "no flow for" in str(exc):
-                return []
-            raise
-
+    # The relay expired both flows (the old port during the call, above; the new one after
+    # the vanishing) and removed them from the Redis flow cache.
     wait_for(lambda: flows() == [], EXPIRY_S + 5, 0.2, what="the client's flows to expire")
     assert metric(stack.relay_metrics(), 'icegate_relay_flows_expired_total{state="confirmed"}') >= 2
     keys = Keys(stack.lab.config.region)
