@@ -58,7 +58,7 @@ def geo() -> None:
 @click.option("--country", help="The client's country (selects the RTT matrix row).")
 @click.option("--mmdb", type=click.Path(dir_okay=False, path_type=Path), help="MaxMind database.")
 @click.option("--no-health", is_flag=True, help="Assume every cluster healthy (do not read Redis).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def resolve(
     config_file: Path | None,
     catalog_file: Path | None,
@@ -175,11 +175,13 @@ def serve(
 @click.command(short_help="a real synthetic session through each relay of a cluster")
 @_files
 @click.option("--cluster", "clusters", multiple=True, help="Cluster to probe (repeatable; default: all).")
-@click.option("--family", type=click.Choice(["4", "6", "any"]), default="any", show_default=True)
+@click.option(
+    "--family", type=click.Choice(["4", "6", "any"]), default="any", show_default=True, help="VIPs to probe."
+)
 @click.option("--signaling-url", help="Override the cluster's signaling URL (one cluster only).")
 @click.option("--talk", type=float, default=0.6, show_default=True, help="Seconds of audio each way.")
-@click.option("--timeout", type=float, default=10.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds for set-up (per VIP).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def probe(
     config_file: Path | None,
     catalog_file: Path | None,

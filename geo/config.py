@@ -22,7 +22,7 @@ class DefaultLocation:
 
     lat: float = 50.11  # Frankfurt
     lon: float = 8.68
-    country: str | None = None
+    country: str | None = None  # selects the rtt_ms row
 
     def validate(self, path: str) -> None:
         if not -90 <= self.lat <= 90:
@@ -33,18 +33,17 @@ class DefaultLocation:
 
 @dataclass(frozen=True)
 class GeoConfig:
-    catalog: Path | None = None  # None: the `catalog` section of the same file
+    catalog: Path | None = None  # the catalog file; none: the `catalog` section of the same file
     listen_host: str = "127.0.0.1"  # "*": all addresses, IPv4 and IPv6
-    listen_port: Port = FRONT_DOOR_PORT
-    # Networks whose requests' cf-* headers are believed (Cloudflare's ranges in production).
-    trusted_proxies: tuple[str, ...] = ()
-    mmdb: Path | None = None
+    listen_port: Port = FRONT_DOOR_PORT  # the front door's HTTP port
+    trusted_proxies: tuple[str, ...] = ()  # networks whose cf-* headers are believed (Cloudflare's)
+    mmdb: Path | None = None  # a MaxMind City database (needs icegate[geo]); missing/corrupt fails at start
     default: DefaultLocation = field(default_factory=DefaultLocation)
     tie_ms: float = 5.0  # clusters within this many ms of the nearest share clients by weight
-    retry_after_s: int = 5
-    health_interval_s: float = 0.5
+    retry_after_s: int = 5  # Retry-After of the 503 when no cluster is healthy
+    health_interval_s: float = 0.5  # re-read every region's registrations (and on tx-events)
     probe_interval_s: float = 0.0  # 0: no periodic probes
-    probe_timeout_s: float = 10.0
+    probe_timeout_s: float = 10.0  # set-up time allowed to one probe session
     cors_origins: tuple[str, ...] = ("*",)  # origins whose pages may POST here; () turns CORS off
 
     def validate(self, path: str) -> None:

@@ -8,8 +8,9 @@ listens on the region's ``tx-events`` channel so that a transceiver that deregis
 
 :class:`FleetHealth` runs one :class:`RegionHealth` per catalog region and merges them
 with the last probe results (:mod:`geo.probe`) into a :class:`geo.decide.HealthView`.
-A region whose Redis does not answer is *unreachable*: its clusters are skipped (no
-health is known), the others keep being steered to.
+A region whose Redis has not answered for ``STALE_AFTER_S`` (or was never read) is
+*unreachable*: its clusters are skipped (no health is known), the others keep being
+steered to; a single failed read keeps the last view.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from icegate.errors import StoreError
 from icegate.schema import Keys, Registration
 
 logger = logging.getLogger(__name__)
+
+STALE_AFTER_S = 2.0  # a region whose Redis has not answered for this long is unreachable
 
 
 def summarise(catalog: Catalog, region: str, registrations: list[Registration]) -> dict[str, ClusterHealth]:
@@ -56,6 +59,7 @@ class RegionHealth:
         self.region = region
         self.keys = Keys(region)
         self.interval_s = interval_s
+        self.stale_after_s = max(STALE_AFTER_S, 4 * interval_s)
         self._redis = aioredis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.clusters: dict[str, ClusterHealth] = {}
         self.reachable = False
@@ -88,9 +92,12 @@ class RegionHealth:
         try:
             self.clusters = await self.read()
         except StoreError as exc:
-            if self.reachable or not self.errors:
+            # One slow or failed read does not move a region's clients elsewhere: the last
+            # view holds for ``stale_after_s``, then the region is unreachable.
+            stale = time.monotonic() - self.updated > self.stale_after_s
+            if (self.reachable and stale) or not self.errors:
                 logger.warning("health: %s", exc)
-            self.reachable = False
+            self.reachable = self.updated > 0 and not stale
             self.errors += 1
             return
         self.reachable = True

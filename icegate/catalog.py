@@ -67,8 +67,8 @@ def _name(path: str, name: str) -> None:
 class Region:
     """A region: its own Redis (registrations, route keys, flow cache)."""
 
-    name: str
-    redis_url: str
+    name: str  # lowercase letters, digits, '-'; the Redis key prefix of the region
+    redis_url: str  # the region's Redis: registrations, route keys, flow cache
 
     def validate(self, path: str) -> None:
         _name(path, self.name)
@@ -80,11 +80,11 @@ class Region:
 class Cluster:
     """A transceiver cluster: one signaling URL (a load balancer, or one transceiver in the lab)."""
 
-    name: str
-    id: int
-    region: str
-    signaling_url: str
-    lat: float
+    name: str  # unique in the catalog
+    id: int  # the cluster id in route tokens, unique in its region
+    region: str  # a region's name
+    signaling_url: str  # where the front door redirects: <signaling_url>/v1/sessions
+    lat: float  # where the cluster is (degrees)
     lon: float
     weight: float = 1.0  # share of clients among equally near clusters; 0 takes none
     capacity: int = 1000  # live sessions (sum over the cluster's registrations) it accepts
@@ -106,15 +106,15 @@ class Cluster:
 class Relay:
     """A relay (a PoP's VIP, shared by its nodes behind ECMP) and the clusters it serves."""
 
-    name: str
-    region: str
-    lat: float
+    name: str  # unique in the catalog
+    region: str  # a region's name: it serves only clusters of that region
+    lat: float  # where the PoP is (degrees)
     lon: float
-    serves: tuple[str, ...]
-    vip4: Address | None = None
-    vip6: Address | None = None
-    port: Port = VIP_PORT
-    tunnel_port: Port = GENEVE_PORT
+    serves: tuple[str, ...]  # cluster names
+    vip4: Address | None = None  # its IPv4 VIP
+    vip6: Address | None = None  # its IPv6 VIP (at least one of the two)
+    port: Port = VIP_PORT  # the VIPs' UDP port
+    tunnel_port: Port = GENEVE_PORT  # its Geneve port (transceivers return packets there)
     priority: int = 0  # higher first: the primary candidate of the clusters it serves
 
     def validate(self, path: str) -> None:
@@ -138,11 +138,10 @@ class Relay:
 
 @dataclass(frozen=True)
 class Catalog:
-    regions: tuple[Region, ...]
-    clusters: tuple[Cluster, ...]
-    relays: tuple[Relay, ...]
-    # rtt_ms[country][cluster]: measured round trips that override the distance estimate.
-    rtt_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    regions: tuple[Region, ...]  # each with its own Redis
+    clusters: tuple[Cluster, ...]  # transceiver clusters
+    relays: tuple[Relay, ...]  # relay PoPs and the clusters they serve
+    rtt_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # country -> cluster -> measured RTT
 
     def validate(self, path: str) -> None:
         if not self.regions:
