@@ -28,6 +28,7 @@ from controlplane.cluster.redisio import RedisStore
 from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RateLimits, RelayConfig
 from controlplane.datapath.store import MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.node.drain import Drain
 from controlplane.node.http import HttpServer, State, make_app
 from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
 from icegate.errors import StoreError
@@ -92,6 +93,8 @@ class RelayService:
         )
         self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
         self.recovery = Recovery(self.redis, maps)
+        self.drain = Drain(maps)
+        self.sync.adjust = self.drain.adjust
         self.redis.on_restore(self._resync)
         self.redis.on_restore(self.flow_cache.on_restore)
         self.datapath_problem = datapath_problem
@@ -103,7 +106,9 @@ class RelayService:
             )
         )
         port = cfg.http.port if http_port is None else http_port
-        self.http = HttpServer(make_app(self.registry, self.problems, state), cfg.http.address, port)
+        self.http = HttpServer(
+            make_app(self.registry, self.problems, state, self.drain.handle), cfg.http.address, port
+        )
         self.tasks: list[asyncio.Task[None]] = []  # run forever; the daemon watches them
 
     async def _resync(self) -> None:
@@ -117,6 +122,9 @@ class RelayService:
             found.append(f"datapath: {problem}")
         if self.redis.degraded:
             found.append(f"redis: degraded, {self.redis.last_error}")
+        drain = self.drain.problem()
+        if drain:
+            found.append(f"draining: {drain}")
         return found
 
     async def connect(self, timeout_s: float) -> bool:

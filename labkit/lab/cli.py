@@ -159,7 +159,9 @@ def render(info: dict[str, Any]) -> str:
     fleet = info.get("fleet")
     if fleet:
         routed = ", ".join(str(k) for k in fleet["routed"]) or "none"
-        lines.append(f"fleet: {len(fleet['nodes'])} relay nodes, ECMP {fleet['ecmp']} (L4 hash), routed: {routed}")
+        lines.append(
+            f"fleet: {len(fleet['nodes'])} relay nodes, ECMP {fleet['ecmp']} (L4 hash), routed: {routed}"
+        )
         for n in fleet["nodes"]:
             lines.append(
                 f"  node {n['node']} {n['name']}: public {n['public']} (router {n['router_if']}), "

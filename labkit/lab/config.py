@@ -192,7 +192,9 @@ class LabConfig:
             indexes.add(tx.index)
         self._validate_fleet(path, taken)
         seen: set[str] = set(self.fleet_hosts)
-        for i, host in enumerate(self.host_names[len(FIXED_HOSTS) : len(FIXED_HOSTS) + len(self.clients) + len(self.transceivers)]):
+        for i, host in enumerate(
+            self.host_names[len(FIXED_HOSTS) : len(FIXED_HOSTS) + len(self.clients) + len(self.transceivers)]
+        ):
             if host in seen:
                 kind, j = ("clients", i) if i < len(self.clients) else ("transceivers", i - len(self.clients))
                 raise ConfigError(f"{path}.{kind}[{j}].name", f"host name {host!r} is used twice")
@@ -211,7 +213,8 @@ class LabConfig:
             tunnel = self.relay_tunnel(k)
             if ipaddress.ip_address(tunnel) not in self.private_network or tunnel in taken:
                 raise ConfigError(
-                    f"{path}.relays", f"relay node {k}'s tunnel address {tunnel} is taken or outside the network"
+                    f"{path}.relays",
+                    f"relay node {k}'s tunnel address {tunnel} is taken or outside the network",
                 )
             taken.add(tunnel)
 

@@ -24,18 +24,34 @@ and :func:`add_node` (plumb one more node while the lab runs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from icegate import netns
 from icegate.errors import LinkError
 from labkit.lab import kernel
-from labkit.lab.topology import PUBLIC_IF, ROUTER_PUBLIC_IF, plan
+from labkit.lab.config import LabConfig
+from labkit.lab.processes import LabProcess
+from labkit.lab.topology import PUBLIC_IF, ROUTER_PUBLIC_IF, Topology, plan
 
-if TYPE_CHECKING:
-    from labkit.lab.core import Lab
+
+class Lab(Protocol):
+    """What this module needs of :class:`labkit.lab.core.Lab` (which imports this module)."""
+
+    config: LabConfig
+    topology: Topology
+
+    @property
+    def prefix(self) -> str: ...
+    def namespace(self, host: str) -> str: ...
+    def run(self, host: str, argv: Sequence[str], *, check: bool = True, timeout: float = 30) -> str: ...
+    def processes(self) -> list[LabProcess]: ...
+    def save_state(self) -> None: ...
+
 
 GROUP_ID = 1000  # the resilient group; node k's nexthop object is id k
 BUCKETS = 128
@@ -136,17 +152,10 @@ def kill(lab: Lab, node: int) -> None:
         raise LinkError("node 1 is the lab's relay host; kill node 2 or higher")
     host = lab.config.relay_host(node)
     ns = lab.namespace(host)
-    for record in lab.processes():
-        if record.namespace == ns and record.alive:
-            try:
-                os.kill(record.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in kernel.pids_in([ns]):
-        try:
+    pids = [r.pid for r in lab.processes() if r.namespace == ns and r.alive]
+    for pid in [*pids, *kernel.pids_in([ns])]:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     netns.remove(ns)
 
 
