@@ -121,8 +121,8 @@ class Heard:
                 return arrival
         return None
 
-    def gaps(self, longer_than_s: float = 0.06) -> list[tuple[float, float]]:
-        """Silences in the media: ``(wall-clock start, seconds)`` of every pause between two
+    def gaps(self, longer_than_s: float = 0.03) -> list[tuple[float, float]]:
+        """Pauses in the media: ``(wall-clock start, seconds)`` of every wait between two
         frame arrivals longer than ``longer_than_s`` (frames come every 20 ms)."""
         to_wall = time.time() - time.monotonic()
         pairs = zip(self.arrivals, self.arrivals[1:], strict=False)
@@ -328,6 +328,8 @@ async def converse(
             gaps = client.heard.gaps()
             result["max_gap_ms"] = round(max((g for _, g in gaps), default=0.0) * 1000, 1)
             result["gaps"] = [[round(t, 3), round(g * 1000, 1)] for t, g in gaps]
+            last = client.heard.arrivals[-1:]
+            result["heard_until"] = round(last[0] + time.time() - time.monotonic(), 3) if last else None
             result["events"] = client.event_types()
             result["location"] = client.location
             try:

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from controlplane.config import RedisConfig
+from icegate import redisurl
 from icegate.errors import StoreError
 from icegate.schema import CachedFlow, Keys, Registration, RouteKeySet
 
@@ -60,7 +61,7 @@ class RedisStore:
         self.cfg = cfg
         self.keys = Keys(cfg.region)
         # No client-side retries: supervise() is the one place that retries, with backoff.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
+        self._client: aioredis.Redis = redisurl.client(  # plain, TLS, unix or Sentinel (icegate.redisurl)
             cfg.url,
             socket_timeout=cfg.timeout_s,
             socket_connect_timeout=cfg.timeout_s,
@@ -123,7 +124,7 @@ class RedisStore:
 
     @property
     def _safe_url(self) -> str:
-        return self.cfg.url.split("@")[-1]
+        return redisurl.safe(self.cfg.url)
 
     def _failed(self, what: str, exc: BaseException) -> StoreError:
         self.errors_total += 1

@@ -209,7 +209,7 @@ class LabConfig:
             raise ConfigError(f"{path}.relays", f"expected 1..{MAX_RELAYS}, got {self.relays}")
         if self.ecmp not in ("threshold", "resilient"):
             raise ConfigError(f"{path}.ecmp", f"expected threshold or resilient, got {self.ecmp!r}")
-        for k in range(2, self.relays + 1):
+        for k in range(2, (MAX_RELAYS if self.relays > 1 else 1) + 1):  # nodes that may join too
             tunnel = self.relay_tunnel(k)
             if ipaddress.ip_address(tunnel) not in self.private_network or tunnel in taken:
                 raise ConfigError(

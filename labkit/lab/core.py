@@ -27,7 +27,13 @@ from icegate import netns
 from icegate.config import build, merge
 from icegate.errors import LinkError
 from labkit.lab import fleet, kernel
-from labkit.lab.config import DEFAULT_NAME, VETH_NATIVE_XDP_MAX_MTU, LabConfig, load_lab_config
+from labkit.lab.config import (
+    DEFAULT_NAME,
+    MAX_RELAYS,
+    VETH_NATIVE_XDP_MAX_MTU,
+    LabConfig,
+    load_lab_config,
+)
 from labkit.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
 from labkit.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology, plan
 
@@ -398,6 +404,7 @@ class Lab:
     def transceivers(self) -> tuple[TransceiverSettings, ...]:
         cfg = self.config
         priv = cfg.private
+        fleet_size = MAX_RELAYS if cfg.relays > 1 else 1
         return tuple(
             TransceiverSettings(
                 name=t.name,
@@ -412,7 +419,8 @@ class Lab:
                 redis_url=self.redis_url,
                 relay_tunnel=priv.relay_address,
                 vips=self.vips,
-                relay_tunnels=tuple(cfg.relay_tunnel(k) for k in range(1, cfg.relays + 1)),
+                # A fleet may grow while the lab runs (fleet.add_node): every node that may join.
+                relay_tunnels=tuple(cfg.relay_tunnel(k) for k in range(1, fleet_size + 1)),
             )
             for t in cfg.transceivers
         )

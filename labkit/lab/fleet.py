@@ -16,8 +16,8 @@ Node 1 is the lab's ``relay`` host; node k >= 2 is ``relay<k>`` with its own pub
 node runs its own ``icegate relay run`` and shares the lab's Redis; nothing coordinates them.
 
 Node events as the tests and ``bench/fleet_node_loss.py`` drive them: :func:`kill` (SIGKILL
-the control plane and delete the namespace: the veths vanish, the router drops the dead
-next hop at once, like BFD would), :func:`withdraw`/:func:`restore` (the routing layer
+the control plane, withdraw the node's next hop at once as BFD would, delete the namespace:
+its program, maps and links vanish), :func:`withdraw`/:func:`restore` (the routing layer
 stops/starts sending to a node that is alive, e.g. once its ``/readyz`` fails when draining)
 and :func:`add_node` (plumb one more node while the lab runs).
 """
@@ -156,6 +156,10 @@ def kill(lab: Lab, node: int) -> None:
     for pid in [*pids, *kernel.pids_in([ns])]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    # The routing layer notices at once (BFD-like; production adds its detection time). Without
+    # this, deleting the link would take the whole multipath route with it (the kernel drops a
+    # multipath route when one next hop's device goes away) and the VIP would fall back to ARP.
+    withdraw(lab, node)
     netns.remove(ns)
 
 
