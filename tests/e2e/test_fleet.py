@@ -84,7 +84,7 @@ def test_kill_add_drain_nodes_under_calls(lab_name: str, ecmp: str) -> None:
         run.lab.down()
 
     problems = []
-    kill_gaps, drain_gaps, quiet_gaps = [], [], []
+    kill_gaps, add_gaps, drain_gaps, quiet_gaps = [], [], [], []
     for index, result in sorted(results.items()):
         if result.get("error") or result.get("connection_state") != "connected":
             problems.append(f"call {index}: {result.get('error')} ({result.get('connection_state')})")
@@ -94,12 +94,14 @@ def test_kill_add_drain_nodes_under_calls(lab_name: str, ecmp: str) -> None:
                 f"call {index}: no audio after the drain (heard until {result.get('heard_until')})"
             )
         kill_gaps.append(gap_after(result, killed_at))
+        add_gaps.append(gap_after(result, added_at, window_s=3.0))
         drain_gaps.append(gap_after(result, drained_at))
         quiet_gaps.append(gap_after(result, killed_at - 2.0, window_s=1.8))  # before anything happened
     assert not problems, "\n".join(problems)
     say(
         f"ECMP {ecmp}, {CALLS} calls, node {victim} killed carrying {moved}: longest wait between audio "
-        f"frames per call after the kill {kill_gaps} ms {summarize(kill_gaps)}; after the drain "
+        f"frames per call after the kill {kill_gaps} ms {summarize(kill_gaps)}; after the add "
+        f"{summarize(add_gaps)}; after the drain "
         f"{summarize(drain_gaps)}; in the quiet 2 s before the kill {summarize(quiet_gaps)}; "
         f"flows recovered from Redis {recovered}"
     )
