@@ -97,6 +97,14 @@ class FleetRun(Demo):
     def spread(self, nodes: list[int] | None = None) -> dict[int, int]:
         return {k: self.live_flows(k) for k in (nodes or self.nodes)}
 
+    def clients_on(self, node: int, idle_s: float = 1.0) -> set[str]:
+        """``addr:port`` of the clients whose flows on ``node`` carried packets in the last
+        ``idle_s`` (``icegate flows ls --json`` on the node, over its pinned maps)."""
+        path = self.lab.dir / f"{self.host(node)}.yaml"
+        out = self.lab.run(self.host(node), [*self.icegate, "flows", "ls", "--json", "--config", str(path)])
+        rows = json.loads(out) if out.strip() else []
+        return {demo_report.addr_of(r) for r in rows if float(r["idle_s"]) < idle_s}
+
     def recovered(self, node: int) -> int:
         return int(self.metric(node, 'icegate_relay_recoveries_total{result="recovered"}'))
 
@@ -221,6 +229,11 @@ def gap_after(result: dict[str, Any], at: float, window_s: float = 5.0) -> float
     return max(found, default=20.0)
 
 
+def calls_of(results: dict[int, dict[str, Any]], clients: set[str]) -> set[int]:
+    """The calls (indices) one of whose local candidates is in ``clients``."""
+    return {i for i, r in results.items() if any(local in clients for local in r.get("local", []))}
+
+
 def heard_after(result: dict[str, Any], at: float) -> bool:
     """True if the call heard audio after wall time ``at``."""
     until = result.get("heard_until")
@@ -237,4 +250,4 @@ def summarize(gaps_ms: list[float]) -> dict[str, float]:
     }
 
 
-__all__ = ["FleetRun", "LinkError", "gap_after", "heard_after", "summarize"]
+__all__ = ["FleetRun", "LinkError", "calls_of", "gap_after", "heard_after", "summarize"]
