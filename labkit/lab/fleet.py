@@ -130,9 +130,12 @@ def members(lab: Lab) -> list[int]:
 def withdraw(lab: Lab, node: int) -> None:
     """The routing layer stops sending to ``node`` (it stays up): flows rehash to the others."""
     remaining = [k for k in members(lab) if k != node]
+    if not remaining:
+        raise LinkError(f"node {node} is the last one in the route")
     if lab.config.ecmp == "resilient":
-        set_members(lab, remaining)  # only the node's buckets move
-        lab.run("inet", ["ip", "nexthop", "del", "id", str(node)], check=False)
+        # Deleting the next hop takes it out of the group at once and hands only its buckets
+        # to the others (replacing the group's member list would leave them to the upkeep timer).
+        lab.run("inet", ["ip", "nexthop", "del", "id", str(node)])
     else:
         set_members(lab, remaining)
 
