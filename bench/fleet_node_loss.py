@@ -50,6 +50,10 @@ def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> d
                 break
         all_live_s = time.time() - killed_at
         recovered = sum(run.recovered(k) - before[k] for k in survivors)
+        survivors_state = {
+            k: {"readyz": run.node_get(k, "/readyz")[1].strip(), "recoveries": run.recoveries(k)}
+            for k in survivors
+        }
         say(f"{ecmp}: node {victim} killed carrying {spread[victim]} calls; all live again after "
             f"{all_live_s:.2f} s (poll resolution ~0.1 s), {recovered} flows recovered")  # fmt: skip
         results = run.collect()
@@ -71,6 +75,7 @@ def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> d
         "calls_lost": len(lost),
         "flows_recovered": recovered,
         "all_live_again_s": round(all_live_s, 2),
+        "survivors": survivors_state,
         "gap_ms_per_call": gaps,
         "gap": summarize(gaps),
         "calls_moved_off_the_killed_node": sorted(moved),

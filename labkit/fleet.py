@@ -105,6 +105,17 @@ class FleetRun(Demo):
         rows = json.loads(out) if out.strip() else []
         return {demo_report.addr_of(r) for r in rows if float(r["idle_s"]) < idle_s}
 
+    def recoveries(self, node: int) -> dict[str, int]:
+        """``icegate_relay_recoveries_total`` of ``node`` by result (recovered, miss, degraded...)."""
+        status, body = self.node_get(node, "/metrics")
+        prefix = 'icegate_relay_recoveries_total{result="'
+        out = {}
+        for line in body.splitlines() if status == 200 else []:
+            if line.startswith(prefix):
+                result, _, value = line[len(prefix) :].partition('"} ')
+                out[result] = int(float(value))
+        return out
+
     def recovered(self, node: int) -> int:
         return int(self.metric(node, 'icegate_relay_recoveries_total{result="recovered"}'))
 

@@ -14,6 +14,7 @@ starts (its flow-cache write can only be queued). Then:
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 import redis as redis_sync
 
 from icegate import netns
+from icegate.config import load
 from icegate.schema import Keys
 from labkit.lab import Lab, LabConfig
 from labkit.lab.kernel import redis_server_argv
@@ -34,6 +36,8 @@ from tests.integration.test_controlplane_recovery import (
     RelayProcess,
     World,
 )
+from transceiver.config import TransceiverConfig
+from transceiver.registry import Registry
 
 SERVICE = "icgsvc"
 REPLICA_PORT = REDIS_PORT + 1
@@ -173,3 +177,29 @@ def test_primary_fails_over_mid_stream(ha_world: tuple[World, dict[str, object]]
         f"after a flush: lost {after_flush.lost} (longest gap {after_flush.longest_gap} packets at {PPS} pps)"
     )
     assert second.report().echoed > 0
+
+    # A transceiver on the same Sentinel URL registers into the new primary.
+    registered = beat_through_sentinel(dc, f"redis+sentinel://10.70.0.100:{SENTINEL_PORT}/{SERVICE}")
+    assert registered, "the transceiver's registration is not on the new primary"
+
+
+def beat_through_sentinel(dc: str, url: str) -> bool:
+    cfg = load(TransceiverConfig, None, "transceiver", {
+        "cluster": 4, "index": 9, "region": "sentinel", "relays": [{"address": "192.0.2.10"}],
+        "redis_url": url, "tunnel_advertise": "10.70.0.11", "signaling_url": "http://10.70.0.11:8080",
+    })  # fmt: skip
+
+    async def beat() -> None:
+        registry = Registry(cfg, sessions=lambda: 0, on_drain=lambda: None)
+        try:
+            await registry.beat()
+        finally:
+            await registry.stop(deregister=False)
+
+    with netns.entered(dc):
+        asyncio.run(beat())
+        r = redis_sync.Redis(host="10.70.0.100", port=REPLICA_PORT, socket_timeout=1)
+        try:
+            return bool(r.exists(Keys("sentinel").transceiver(4, 9)))
+        finally:
+            r.close()
