@@ -79,6 +79,17 @@ def parse_sentinel(url: str) -> SentinelUrl:
     return SentinelUrl(tuple(sentinels), parts[0], int(parts[1]) if len(parts) == 2 else 0, password)
 
 
+class SentinelPrimary(aioredis.Redis):
+    """The primary's client; closing it closes the connections to the sentinels too."""
+
+    sentinels_of: Sentinel | None = None  # set by client()
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for each in self.sentinels_of.sentinels if self.sentinels_of is not None else ():
+            await each.aclose()
+
+
 def client(url: str, **kwargs: Any) -> aioredis.Redis:
     """An asyncio client for ``url``; ``kwargs`` (timeouts, retry) apply to the data connections,
     and their timeouts to the sentinel connections too."""
@@ -87,7 +98,11 @@ def client(url: str, **kwargs: Any) -> aioredis.Redis:
     spec = parse_sentinel(url)
     timeouts = {k: v for k, v in kwargs.items() if k in ("socket_timeout", "socket_connect_timeout")}
     sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=dict(timeouts), **timeouts)
-    primary: aioredis.Redis = sentinel.master_for(spec.service, db=spec.db, password=spec.password, **kwargs)
+    primary = sentinel.master_for(
+        spec.service, redis_class=SentinelPrimary, db=spec.db, password=spec.password, **kwargs
+    )
+    assert isinstance(primary, SentinelPrimary)
+    primary.sentinels_of = sentinel
     return primary
 
 
