@@ -78,6 +78,7 @@ class ControlPlane:
     sync: ClusterSync | None = None
     flow_cache: FlowCache | None = None
     recovery: Recovery | None = None
+    draining: Callable[[], bool] | None = None  # icegate relay drain (controlplane/node/drain.py)
 
 
 class RelayCollector(Collector):
@@ -186,6 +187,8 @@ class RelayCollector(Collector):
             for result, count in sorted(p.recovery.results.items()):
                 family.add_metric([result], count)
             yield family
+        if p.draining is not None:
+            yield _gauge("draining", "1 once the node drains (icegate relay drain).", float(p.draining()))
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:

@@ -99,7 +99,9 @@ class RelayService:
         self.redis.on_restore(self.flow_cache.on_restore)
         self.datapath_problem = datapath_problem
         self.registry = CollectorRegistry(auto_describe=False)
-        parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery)
+        parts = ControlPlane(
+            self.redis, self.sync, self.flow_cache, self.recovery, lambda: self.drain.draining
+        )
         self.registry.register(
             RelayCollector(
                 maps, counters, cfg.limits, parts, lambda: datapath_problem() is None, datapath_info

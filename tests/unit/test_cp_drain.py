@@ -13,16 +13,23 @@ import urllib.request
 from prometheus_client.registry import CollectorRegistry
 
 from controlplane.cluster.sync import ClusterSync
+from controlplane.config import RelayLimits
 from controlplane.datapath.layout import BackendState
 from controlplane.datapath.store import Flow, MemoryStore
 from controlplane.node.drain import Drain
 from controlplane.node.http import HttpServer, make_app
+from controlplane.node.metrics import ControlPlane, RelayCollector
 from icegate.schema import Keys
 from labkit.support import RedisServer
 from tests.unit.test_cp_sync import reg, region, register, state_of, until, with_sync
 
 KEY_LIVE = (bytes(12) + bytes([100, 64, 1, 2]), 40000, 0)
 KEY_IDLE = (bytes(12) + bytes([100, 64, 1, 3]), 40001, 0)
+
+
+class NoCounters:
+    def counters(self) -> list[tuple[int, int]]:
+        return []
 
 
 def flow(last_seen_ns: int) -> Flow:
@@ -74,8 +81,12 @@ def test_drain_endpoint_post_starts_get_reports() -> None:
     async def main() -> None:
         maps = MemoryStore()
         drain = Drain(maps)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(
+            RelayCollector(maps, NoCounters(), RelayLimits(), ControlPlane(draining=lambda: drain.draining))
+        )
         server = HttpServer(
-            make_app(CollectorRegistry(), lambda: [p for p in [drain.problem()] if p], None, drain.handle),
+            make_app(registry, lambda: [p for p in [drain.problem()] if p], None, drain.handle),
             "127.0.0.1",
             0,
         )
@@ -105,6 +116,7 @@ def test_drain_endpoint_post_starts_get_reports() -> None:
             }  # fmt: skip
             status, body = await loop.run_in_executor(None, fetch, "/readyz")
             assert status == 503 and "draining" in body
+            assert "icegate_relay_draining 1.0" in (await loop.run_in_executor(None, fetch, "/metrics"))[1]
             assert (await loop.run_in_executor(None, fetch, "/v1/drain?idle_s=x"))[0] == 400
         finally:
             await server.stop()
