@@ -43,7 +43,9 @@ def backend_of(reg: Registration) -> Backend:
         address=reg.tunnel_addr,
         port=reg.tunnel_port,
         state=_STATE_OF[reg.state],
-        generation=reg.generation,
+        # The map keeps 32 bits (shared.h); transceivers use milliseconds since the epoch, so
+        # compare what the map can hold, or every sync would rewrite every backend.
+        generation=reg.generation & 0xFFFFFFFF,
     )
 
 
