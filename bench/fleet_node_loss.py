@@ -8,7 +8,10 @@ call carries media, the busiest killable node is SIGKILLed and withdrawn from th
 once (BFD-like detection; add production's detection time). Reported: calls lost, flows
 recovered from Redis by the survivors, how long until every call's flow was live on a survivor,
 and per call the longest wait between two audio frames after the kill (the baseline: the
-same in the quiet seconds before it).
+same in the quiet seconds before it) and the RTP packets it lost (RTCP, both ways). An aiortc
+client's audio jitter buffer (16 packets) holds its output when a packet is missing until it
+overruns, so one lost packet shows as ~300 ms without frames: the lost-packet count × 20 ms is
+the network's share of the gap.
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> d
     quiet = [gap_after(r, killed_at - 2.5, window_s=2.3) for i, r in sorted(results.items()) if i not in lost]
     moved = calls_of(results, moving) - set(lost)
     moved_gaps = [gap_after(results[i], killed_at) for i in sorted(moved)]
+
+    def lost_packets(i: int, way: str) -> int:
+        return int(results[i].get("rtp", {}).get(f"{way}_packets_lost") or 0)
+
+    # RTP packets lost over the whole call (RTCP): the network's share of the gap, 20 ms each.
+    lost_down = [lost_packets(i, "down") for i in sorted(moved)]
+    lost_up = [lost_packets(i, "up") for i in sorted(moved)]
+    lost_elsewhere = [lost_packets(i, "down") for i in sorted(set(results) - moved - set(lost))]
     return {
         "ecmp": ecmp,
         "calls": calls,
@@ -80,6 +91,9 @@ def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> d
         "gap": summarize(gaps),
         "calls_moved_off_the_killed_node": sorted(moved),
         "gap_moved": summarize(moved_gaps),
+        "rtp_lost_down_moved": lost_down,
+        "rtp_lost_up_moved": lost_up,
+        "rtp_lost_down_other_calls": lost_elsewhere,
         "quiet_gap": summarize(quiet),
     }
 
@@ -88,12 +102,15 @@ def table(runs: list[dict[str, Any]]) -> str:
     rows = [
         (r["ecmp"], r["calls"], r["calls_on_killed_node"], r["calls_lost"], r["flows_recovered"],
          r["all_live_again_s"], r["gap_moved"]["max_ms"], r["gap_moved"]["median_ms"], r["gap"]["max_ms"],
-         r["gap"]["median_ms"], r["quiet_gap"]["max_ms"], r["quiet_gap"]["median_ms"])
+         r["gap"]["median_ms"], r["quiet_gap"]["max_ms"], r["quiet_gap"]["median_ms"],
+         f"{max(r['rtp_lost_down_moved'], default=0)} / {max(r['rtp_lost_up_moved'], default=0)}",
+         max(r["rtp_lost_down_other_calls"], default=0))
         for r in runs
     ]  # fmt: skip
     columns = ("ECMP", "calls", "on the killed node", "calls lost", "flows recovered", "all live again s",
                "killed node's calls: max gap ms", "median gap ms", "all calls: max gap ms", "median gap ms",
-               "before the kill: max gap ms", "median gap ms")  # fmt: skip
+               "before the kill: max gap ms", "median gap ms",
+               "killed node's calls: RTP lost down / up, max", "other calls: RTP lost down, max")  # fmt: skip
     return report.markdown_table(columns, rows)
 
 
