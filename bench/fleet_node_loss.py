@@ -10,7 +10,7 @@ recovered from Redis by the survivors, how long until every call's flow was live
 and per call the longest wait between two audio frames after the kill (the baseline: the
 same in the quiet seconds before it) and the RTP packets it lost (RTCP, both ways). An aiortc
 client's audio jitter buffer (16 packets) holds its output when a packet is missing until it
-overruns, so one lost packet shows as ~300 ms without frames: the lost-packet count × 20 ms is
+overruns, so one lost packet shows as ~300 ms without frames: the lost-packet count times 20 ms is
 the network's share of the gap.
 """
 
