@@ -163,6 +163,7 @@ def make_app(kind: AgentKind, *, tone_hz: float = 440.0, tone_ms: int = 300) -> 
                     ev = decode_event(msg.data, TO_AGENT)
                     await agent.on_event(ev)
                     if ev.type is EventType.SESSION_ENDED:
+                        logger.info("session ended reason=%s", ev.get("reason"))
                         break
         except WireError as exc:
             logger.warning("agent protocol error action=close error=%s", exc)
