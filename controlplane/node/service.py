@@ -102,9 +102,13 @@ class RelayService:
         self.redis.on_restore(self.flow_cache.on_restore)
         self.datapath_problem = datapath_problem
         self.registry = CollectorRegistry(auto_describe=False)
-        parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery, self.expiry)
         parts = ControlPlane(
-            self.redis, self.sync, self.flow_cache, self.recovery, lambda: self.drain.draining
+            self.redis,
+            self.sync,
+            self.flow_cache,
+            self.recovery,
+            self.expiry,
+            draining=lambda: self.drain.draining,
         )
         self.registry.register(
             RelayCollector(
