@@ -161,6 +161,7 @@ class SessionManager:
             http=self._http,
             on_turn_latency=self.metrics.turn_latency_seconds.observe,
             on_barge_in=self.metrics.barge_ins.inc,
+            on_agent_unreachable=self.metrics.agent_unreachable.inc,
         )
         session = Session(session_id, pc, bridge)
         self._wire(session)
