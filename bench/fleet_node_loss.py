@@ -27,6 +27,7 @@ from labkit.fleet import FleetRun, calls_of, gap_after, summarize
 from labkit.lab import fleet as routing
 
 NAME = "fleet_node_loss"
+CONFIRMED = 'icegate_relay_packets_total{reason="confirm",verdict="forward"}'  # a flow made from a token
 
 
 def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> dict[str, Any]:
@@ -44,6 +45,7 @@ def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> d
         victim = max((k for k in spread if k != 1), key=lambda k: spread[k])
         survivors = [k for k in run.nodes if k != victim]
         before = {k: run.recovered(k) for k in survivors}
+        confirmed = {k: run.metric(k, CONFIRMED) for k in survivors}
         moving = run.clients_on(victim)
         killed_at = run.kill(victim)
         live: dict[int, int] = {}
@@ -54,7 +56,11 @@ def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> d
         all_live_s = time.time() - killed_at
         recovered = sum(run.recovered(k) - before[k] for k in survivors)
         survivors_state = {
-            k: {"readyz": run.node_get(k, "/readyz")[1].strip(), "recoveries": run.recoveries(k)}
+            k: {
+                "readyz": run.node_get(k, "/readyz")[1].strip(),
+                "recoveries": run.recoveries(k),
+                "recreated_from_token": int(run.metric(k, CONFIRMED) - confirmed[k]),
+            }
             for k in survivors
         }
         say(f"{ecmp}: node {victim} killed carrying {spread[victim]} calls; all live again after "
