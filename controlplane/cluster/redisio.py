@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -283,12 +283,17 @@ class RedisStore:
                 out.append((client, int(port), flow))
         return out
 
-    async def delete_keys(self, names: Iterable[str]) -> int:
-        names = list(names)
-        if not names:
-            return 0
-        async with self._command("DEL") as r:
-            return int(await r.delete(*names))
+    async def shorten_flows(self, names: Sequence[str], ttl_s: int) -> int:
+        """Lower the TTLs of flow records to at most ``ttl_s`` (``EXPIRE … LT``, never raised),
+        pipelined; returns how many records were shortened."""
+        shortened = 0
+        async with self._command("EXPIRE LT flows") as r:
+            for start in range(0, len(names), BATCH):
+                async with r.pipeline(transaction=False) as pipe:
+                    for name in names[start : start + BATCH]:
+                        pipe.expire(name, ttl_s, lt=True)
+                    shortened += sum(1 for ok in await pipe.execute() if ok)
+        return shortened
 
     @staticmethod
     def _decode_flow(record: dict[Any, Any]) -> CachedFlow | None:
