@@ -33,6 +33,7 @@ from icegate.schema import Keys, Registration
 logger = logging.getLogger(__name__)
 
 STALE_AFTER_S = 2.0  # a region whose Redis has not answered for this long is unreachable
+STOP_TIMEOUT_S = 2.0
 
 
 def summarise(catalog: Catalog, region: str, registrations: list[Registration]) -> dict[str, ClusterHealth]:
@@ -67,6 +68,7 @@ class RegionHealth:
         self.errors = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     async def read(self) -> dict[str, ClusterHealth]:
         """One read of the region's registrations; raises StoreError when Redis does not answer."""
@@ -104,32 +106,40 @@ class RegionHealth:
         self.updated = time.monotonic()
 
     async def _poll(self) -> None:
-        while True:
+        while not self._stopping:
             await self.refresh()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             self._wake.clear()
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
+            pubsub = self._redis.pubsub()
             try:
-                pubsub = self._redis.pubsub()
                 await pubsub.subscribe(self.keys.transceiver_events)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._wake.set()
             except (RedisError, OSError):
                 await asyncio.sleep(self.interval_s)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
 
     async def start(self) -> None:
         await self.refresh()
         self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._listen())]
 
     async def stop(self) -> None:
+        """Cancel the loops and close the client; bounded, so a Redis that hangs cannot hold up a stop."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._redis.aclose()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await self._redis.aclose()
 
 
 @dataclass
