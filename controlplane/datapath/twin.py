@@ -242,11 +242,13 @@ class TwinRelay:
             )
 
     def from_backend(self, data: bytes, addr: Any) -> None:
-        result = self.datapath.from_backend(addr[0], data)
+        result = self.datapath.from_backend(addr[0], data, outer_src_port=addr[1])
         if result.data is not None:
             self._to_client(result)
         elif result.stat in _SLOW:
-            self._slow(result, lambda: self.datapath.from_backend(addr[0], data, retry=True))
+            self._slow(
+                result, lambda: self.datapath.from_backend(addr[0], data, retry=True, outer_src_port=addr[1])
+            )
 
     def _to_backend(self, result: SocketResult) -> None:
         host_port = result.addr

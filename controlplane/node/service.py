@@ -31,6 +31,7 @@ from controlplane.datapath.store import MapStore, RateConfig, TunnelEndpoint, Vi
 from controlplane.node.http import HttpServer, State, make_app
 from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
 from icegate.errors import StoreError
+from icegate.inet import addr16
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def rate_config(rate: RateLimits, cpus: int) -> RateConfig:
 def configure_maps(cfg: RelayConfig, maps: MapStore, cpus: int | None = None) -> None:
     """Write VIPs, the tunnel endpoint and rate limits, touching only what differs (restarts are live)."""
     vips = plan_vips(cfg, maps.vips())
-    if sorted(vips, key=lambda v: v.index) != maps.vips():
+    stale_addrs = any(not maps.is_vip_address(addr16(v.address)) for v in vips)
+    if sorted(vips, key=lambda v: v.index) != maps.vips() or stale_addrs:
         maps.set_vips(vips)
     tunnel = TunnelEndpoint(cfg.tunnel.address4, cfg.tunnel.address6, cfg.tunnel.port)
     rate = rate_config(cfg.rate, cpus or cfg.cpus())

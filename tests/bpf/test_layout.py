@@ -69,7 +69,7 @@ def bcc_structs(xdp: XdpRelay) -> dict[str, Any]:
             for _, ftype, *_ in cls._fields_:
                 walk(ftype)
 
-    for name in ("counters", "vips", "backends", "route_keys", "config", "flows", "pending"):
+    for name in ("counters", "vips", "backends", "route_keys", "config", "flows", "pending", "rate_tags"):
         table = xdp.loader.bpf.get_table(name.encode())
         walk(table.Key)
         walk(table.Leaf)

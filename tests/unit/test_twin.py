@@ -214,14 +214,17 @@ def test_updates_are_written_back_to_stores_that_copy() -> None:
     assert not dp.live
     key: FlowKeyT = (inet.addr16(CLIENT[0]), CLIENT[1], 0)
     dp.from_client(*CLIENT, *VIP, check(T11))
-    dp.from_client(*CLIENT, *VIP, DTLS)
-    dp.from_backend("10.70.0.11", returned(DTLS))
+    dp.from_client(*CLIENT, *VIP, check(T11))
+    dp.from_backend("10.70.0.11", returned(check(username=b"cLnT:" + T11.encode())))
     pending = store.get_pending(key)
     assert pending is not None and (pending.packets_in, pending.packets_out) == (2, 1)
     dp.from_backend("10.70.0.11", returned(success(CLIENT)))
-    assert dp.from_client(*CLIENT, *VIP, check(T12)).stat is Stat.FWD_REROUTE
+    assert dp.from_client(*CLIENT, *VIP, DTLS).stat is Stat.FWD_FLOW
+    # another transceiver: the flow moves when it answers (§2.1 r1, §3 r9)
+    assert dp.from_client(*CLIENT, *VIP, check(T12)).stat is Stat.FWD_MOVE_PENDING
+    assert dp.from_backend("10.70.0.12", returned(success(CLIENT))).stat is Stat.FWD_MOVE_CONFIRM
     flow = store.get_flow(key)
-    assert flow is not None and (flow.index, flow.packets_in, flow.packets_out) == (2, 3, 2)
+    assert flow is not None and (flow.index, flow.packets_in, flow.packets_out) == (2, 3, 3)
 
 
 # ---- TwinRelay on loopback ----
