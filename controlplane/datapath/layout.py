@@ -21,12 +21,12 @@ from typing import Any
 
 from icegate.bpf import source_dir
 
+from controlplane.config import MAX_ROLE_IFACES
 from icegate.inet import addr16, from_addr16
 
 # The one limit of shared.h that is not configurable and that this package uses (the
 # configurable ones are RelayLimits in config.py).
 MAX_ROUTE_KEYS = 16
-MAX_ROLE_IFACES = 4  # interfaces per role in struct relay_config
 
 
 class Verdict(IntEnum):

@@ -138,11 +138,15 @@ class TwinRelay:
         on_event: Callable[[FlowEvent], None] | None = None,
         datapath: Datapath | None = None,
         max_slow_tasks: int = MAX_SLOW_TASKS,
+        charge_slow: bool = True,
     ) -> None:
         self.config = config
         self.store = store
         self.datapath = datapath or Datapath(
-            store, on_event=on_event, max_rate_sources=config.limits.max_rate_sources
+            store,
+            on_event=on_event,
+            max_rate_sources=config.limits.max_rate_sources,
+            charge_slow=charge_slow,  # False behind XDP: the program charged every SLOW verdict
         )
         self.on_slow = on_slow
         self.max_slow_tasks = max_slow_tasks

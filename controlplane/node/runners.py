@@ -99,7 +99,9 @@ def xdp_runner(cfg: RelayConfig) -> Runner:
     return XdpRunner(cfg)
 
 
-async def _start_twin(cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, cannot_bind: str) -> TwinRelay:
+async def _start_twin(
+    cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, cannot_bind: str, *, behind_xdp: bool = False
+) -> TwinRelay:
     """The twin's sockets over ``maps``, wired to the hooks: SLOW verdicts go to Redis
     recovery, flow events to the flow cache. Both modes run one (XDP as its slow path)."""
 
@@ -107,7 +109,9 @@ async def _start_twin(cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, ca
         return result.key is not None and await hooks.recover(result.key)
 
     try:
-        return await TwinRelay.start(cfg, maps, on_slow=on_slow, on_event=hooks.record)
+        return await TwinRelay.start(
+            cfg, maps, on_slow=on_slow, on_event=hooks.record, charge_slow=not behind_xdp
+        )
     except OSError as exc:
         raise LinkError(f"{cannot_bind}: {exc}") from exc
 
@@ -153,7 +157,10 @@ class XdpRunner:
         return []
 
     async def start(self, hooks: DatapathHooks) -> None:
-        self.twin = await _start_twin(self.cfg, self.maps, hooks, "slow-path sockets cannot bind")
+        self.twin = await _start_twin(
+            self.cfg, self.maps, hooks, "slow-path sockets cannot bind", behind_xdp=True
+        )
+        self.loader.write_roles()  # before attaching: no window without interface roles
         modes = self.loader.attach()
         self.mode = xdp_mode(modes.values())
         self.detail = ",".join(f"{i}:{m}" for i, m in modes.items())

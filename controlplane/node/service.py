@@ -55,7 +55,18 @@ def rate_config(rate: RateLimits, cpus: int) -> RateConfig:
     source = RateLimits.gcra(rate.new_flows_per_source, rate.source_burst)
     global_ = RateLimits.gcra(rate.new_flows_global, rate.global_burst, cpus)
     slow = RateLimits.gcra(rate.slow_path_pps, rate.slow_path_burst, cpus)
-    return RateConfig(*source, *global_, *slow)
+    # Hash maps shared by every CPU: not scaled.
+    tag = RateLimits.gcra(rate.new_flows_per_token, rate.token_burst)
+    slow_source = RateLimits.gcra(rate.slow_path_per_source_pps, rate.slow_path_source_burst)
+    return RateConfig(
+        *source,
+        *global_,
+        *slow,
+        *tag,
+        *slow_source,
+        pending_timeout_ns=int(rate.pending_timeout_s * 1e9),
+        pending_max_packets=rate.pending_max_packets,
+    )
 
 
 def configure_maps(cfg: RelayConfig, maps: MapStore, cpus: int | None = None) -> None:
@@ -91,6 +102,7 @@ class RelayService:
             clusters=cfg.clusters,
             interval_s=cfg.sync_interval_s,
             dead_grace_s=cfg.dead_grace_s,
+            backend_prefixes=cfg.backend_prefixes,
         )
         self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
         self.recovery = Recovery(self.redis, maps)
