@@ -23,7 +23,7 @@ from controlplane.kernel.libbpf import U32, Addr, PinnedMap, map_specs
 from icegate.errors import RelayNotRunning
 from icegate.inet import addr16, from_addr16
 
-HASH_MAPS = ("flows", "pending", "backends", "vips", "rate_sources", "rate_tags", "rate_slow_sources")
+HASH_MAPS = ("flows", "pending", "backends", "vips", "rate_sources")
 
 
 def flow_key_struct(key: FlowKeyT) -> layout.FlowKey:
