@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from icegate.config import load
 from icegate.logs import setup_logging
+from icegate.secrets import pick_secret
 from transceiver.config import VIP_PORT, TransceiverConfig
 
 logger = logging.getLogger("transceiver.cli")
@@ -85,10 +87,30 @@ def transceiver() -> None:
 @click.option("--tunnel-advertise", metavar="ADDR", help="The tunnel address relays send to.")
 @click.option("--listen", metavar="HOST:PORT", help="Signaling HTTP listen address.")
 @click.option("--agent-url", metavar="ws://HOST:PORT/")
-@click.option("--redis-url")
+@click.option(
+    "--redis-url", envvar="ICEGATE_REDIS_URL", help="Redis URL (or ICEGATE_REDIS_URL, --redis-url-file)."
+)
+@click.option(
+    "--redis-url-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the Redis URL."
+)
 @click.option("--region")
-@click.option("--route-key", metavar="HEX", help="A fixed route key (32 hex digits) when there is no Redis.")
-@click.option("--auth-token", help="Require 'Authorization: Bearer TOKEN' on /v1.")
+@click.option(
+    "--route-key",
+    envvar="ICEGATE_ROUTE_KEY",
+    metavar="HEX",
+    help="A fixed route key (32 hex digits) when there is no Redis (or ICEGATE_ROUTE_KEY, --route-key-file).",
+)
+@click.option(
+    "--route-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the route key."
+)
+@click.option(
+    "--auth-token",
+    envvar="ICEGATE_AUTH_TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on /v1 (or ICEGATE_AUTH_TOKEN, --auth-token-file).",
+)
+@click.option(
+    "--auth-token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the token."
+)
 @click.option("--connect-timeout", type=float, help="Reap sessions not connected after this many seconds.")
 @click.option("--drain-deadline", type=float, help="Seconds a drain waits for live sessions.")
 @click.option("--uvloop/--no-uvloop", "use_uvloop", default=None, help="Default: use uvloop when installed.")
@@ -104,9 +126,12 @@ def run(
     listen: str | None,
     agent_url: str | None,
     redis_url: str | None,
+    redis_url_file: Path | None,
     region: str | None,
     route_key: str | None,
+    route_key_file: Path | None,
     auth_token: str | None,
+    auth_token_file: Path | None,
     connect_timeout: float | None,
     drain_deadline: float | None,
     use_uvloop: bool | None,
@@ -116,6 +141,10 @@ def run(
     """Serve sessions until SIGTERM/SIGINT (or a drain set in Redis) has drained them."""
     from transceiver import service
 
+    _logging(log_json, debug)
+    redis_url = _secret("redis_url", redis_url, redis_url_file, "ICEGATE_REDIS_URL")
+    route_key = _secret("route_key", route_key, route_key_file, "ICEGATE_ROUTE_KEY")
+    auth_token = _secret("auth_token", auth_token, auth_token_file, "ICEGATE_AUTH_TOKEN")
     overrides: dict[str, Any] = {
         "cluster": cluster,
         "index": index,
@@ -144,9 +173,16 @@ def run(
         host, port = split_hostport(listen)
         overrides.update({"signaling_host": host, "signaling_port": port})
     config = load(TransceiverConfig, config_file, "transceiver", overrides)
-    _logging(log_json, debug)
     _loop_policy(use_uvloop)
     asyncio.run(service.run(config))
+
+
+def _secret(name: str, value: str | None, path: Path | None, env: str) -> str | None:
+    """A secret option, its file or its environment variable (icegate.secrets)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return pick_secret(
+        f"transceiver.{name}", value, path, on_command_line=source is ParameterSource.COMMANDLINE, env=env
+    )
 
 
 @click.group(short_help="run a voice agent (echo, tone)")
