@@ -30,9 +30,9 @@ def test_a_secret_file_is_read_without_its_newline(tmp_path: Path, caplog: pytes
     ("text", "problem"), [("", "is empty"), ("\n", "is empty"), ("x" * 5000, "not a secret")]
 )
 def test_a_bad_secret_file_names_the_field(tmp_path: Path, text: str, problem: str) -> None:
-    with pytest.raises(ConfigError, match=f"x.token: .*{problem}"):
+    with pytest.raises(ConfigError, match=rf"x\.token: .*{problem}"):
         read_secret(secret_file(tmp_path, text), "x.token")
-    with pytest.raises(ConfigError, match="x.token: cannot read"):
+    with pytest.raises(ConfigError, match=r"x\.token: cannot read"):
         read_secret(tmp_path / "missing", "x.token")
 
 
@@ -50,7 +50,7 @@ def test_command_line_secrets_are_warned_about_and_files_win_nothing(
         assert not caplog.records  # from the environment: fine
         assert pick_secret("x.token", "v", None, on_command_line=True, env="ICEGATE_X") == "v"
     assert "secret on the command line field=x.token" in caplog.text and "ICEGATE_X" in caplog.text
-    with pytest.raises(ConfigError, match="x.token: give the value or its file, not both"):
+    with pytest.raises(ConfigError, match=r"x\.token: give the value or its file, not both"):
         pick_secret("x.token", "v", secret_file(tmp_path, "w"), on_command_line=True, env="ICEGATE_X")
 
 
