@@ -76,7 +76,8 @@ def test_transceiver_and_agent_log_json_lines(procs: Processes, tmp_path: Path) 
     )
     argv = [*ICEGATE, "transceiver", "run", "--cluster", "1", "--index", "2", "--relay", "192.0.2.10",
             "--route-key-file", str(key_file), "--listen", f"127.0.0.1:{signaling}",
-            "--tunnel", f"127.0.0.1:{tunnel}", "--agent-url", f"ws://127.0.0.1:{agent_port}/", "--log-json"]  # fmt: skip
+            "--tunnel", f"127.0.0.1:{tunnel}", "--agent-url", f"ws://127.0.0.1:{agent_port}/",
+            "--log-json"]  # fmt: skip
     tx = procs.start(argv, cwd=REPO, text=True)
     wait_for(lambda: http_get(f"http://127.0.0.1:{signaling}/readyz")[0] == 200, 15, what="transceiver ready")
     for proc in (tx, agent):
