@@ -166,6 +166,11 @@ class RelayCollector(Collector):
             yield _counter(
                 "sync_changes", "Backend and route-key map changes made by sync.", p.sync.changes_total
             )
+            yield _counter(
+                "sync_refused",
+                "Registrations refused: tunnel address outside backend_prefixes (docs/SECURITY.md).",
+                p.sync.refused_total,
+            )
         if p.flow_cache is not None:
             fc = p.flow_cache
             yield _counter(
