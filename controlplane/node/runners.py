@@ -30,6 +30,7 @@ from controlplane.datapath.store import FlowEvent, FlowKeyT, MapStore, MemorySto
 from controlplane.datapath.twin import TwinRelay
 from controlplane.kernel import libbpf
 from controlplane.kernel.loader import Loader
+from controlplane.node.metrics import ListCounters
 from icegate.errors import ConfigError, IcegateError, LinkError
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,10 @@ class XdpRunner:
     def counters(self) -> Sequence[tuple[int, int]]:
         counters: Sequence[tuple[int, int]] = self.maps.counters()  # type: ignore[attr-defined]
         return counters
+
+    def slow_path(self) -> ListCounters | None:
+        """The slow path's own verdicts (its twin's counters), for /metrics."""
+        return None if self.twin is None else ListCounters(self.twin.datapath.counters)
 
     def problem(self) -> str | None:
         if not self.loader.modes:
