@@ -496,14 +496,15 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, struct packet 
 	__u32 zero = 0;
 	struct counter *counter;
 
-	/* Section 5: every SLOW verdict is charged to its source's bucket (a /64 for IPv6),
-	 * then to the slow-path bucket. */
+	/* Section 5: every SLOW verdict is charged to its source's bucket (a /64 for IPv6;
+	 * not a return without a flow: after a reboot one transceiver sends those for all
+	 * its sessions), then to the slow-path bucket. */
 	if (is_slow(stat) && cfg) {
 		__u64 *tat = rate_slow.lookup(&zero), next, source_next = 0, *source_tat = NULL;
 		__u64 now = pkt->now ? pkt->now : bpf_ktime_get_ns();
 		struct rate_source_key *source = source_bucket_key(&pkt->l3);
 
-		if (cfg->slow_source_interval_ns) {
+		if (cfg->slow_source_interval_ns && stat != STAT_SLOW_RETURN_NO_FLOW) {
 			source_tat = rate_slow_sources.lookup(source);
 			if (!gcra_admit(source_tat ? *source_tat : 0, now, cfg->slow_source_interval_ns,
 					cfg->slow_source_tolerance_ns, &source_next))
@@ -514,7 +515,7 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, struct packet 
 				*tat = next;
 				if (source_tat)
 					*source_tat = source_next;
-				else if (cfg->slow_source_interval_ns)
+				else if (cfg->slow_source_interval_ns && stat != STAT_SLOW_RETURN_NO_FLOW)
 					rate_slow_sources.update(source, &source_next);
 			} else {
 				stat = STAT_DROP_RATE_SLOW_PATH; /* userspace is saturated: shed load here */

@@ -589,14 +589,16 @@ class Datapath:
         return -1 if tat - now > tolerance else tat + interval
 
     def _slow(self, stat: Stat, source16: bytes) -> Stat:
-        """A SLOW verdict, charged to its source's bucket, then the slow-path bucket (§5)."""
+        """A SLOW verdict, charged to its source's bucket (not ``SLOW_RETURN_NO_FLOW``), then
+        the slow-path bucket (§5)."""
         if not self.charge_slow:
             return stat  # XDP charged it before passing the packet up
         rate = self.store.rate_config()
         now = self.clock()
         source = source_bucket(source16)
         source_tat = -1
-        if rate.slow_source_interval_ns:
+        # Not a return without a flow: after a reboot one transceiver sends those for all its sessions.
+        if rate.slow_source_interval_ns and stat is not Stat.SLOW_RETURN_NO_FLOW:
             source_tat = self._gcra(
                 self._slow_sources.get(source, 0),
                 now,

@@ -92,6 +92,8 @@ def buckets() -> list[Case]:
                 at_vip("SLOW_NO_FLOW", C2, VIP4, DTLS),
                 at_vip("SLOW_NO_FLOW", C6, VIP6, DTLS),
                 at_vip("DROP_RATE_SLOW_SOURCE", ("2001:db8:100::99", 40000), VIP6, DTLS),
+                at_tunnel("SLOW_RETURN_NO_FLOW", B11, VIP4, C1, DTLS),
+                at_tunnel("SLOW_RETURN_NO_FLOW", B11, VIP4, C2, DTLS),
             ],
             {"rate": rate(slow_source_interval=HOUR_NS)},
         ),
