@@ -299,13 +299,17 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	r->key.client_port = pkt->l3.sport;
 	r->key.vip_index = vip->index;
 
-	/* §2 r4-r5; a pending entry past config.pending_timeout_ns is gone. */
-	pkt->now = bpf_ktime_get_ns(); /* the timeout and the rate buckets need it */
+	/* §2 r4-r5; a pending entry past config.pending_timeout_ns is gone. A confirmed
+	 * flow's DTLS and RTP need no pending entry (only a check can be part of a move). */
 	r->flow = flows.lookup(&r->key);
 	r->confirmed = r->flow != NULL;
-	pend = pending.lookup(&r->key);
-	if (pend && pending_expired(pend, pkt->now, cfg))
-		pend = NULL;
+	pend = NULL;
+	if (!r->flow || stun.binding_request) {
+		pkt->now = bpf_ktime_get_ns(); /* the timeout and the rate buckets need it */
+		pend = pending.lookup(&r->key);
+		if (pend && pending_expired(pend, pkt->now, cfg))
+			pend = NULL;
+	}
 	if (!r->flow)
 		r->flow = pend;
 	if (r->flow) {

@@ -475,7 +475,8 @@ class Datapath:
         now = self.clock()
         flow = store.get_flow(key)
         confirmed = flow is not None
-        pend = self._pending(key, now)
+        # A confirmed flow's DTLS and RTP need no pending entry (only a check can be part of a move).
+        pend = self._pending(key, now) if flow is None or ufrag is not None else None
         if flow is None:
             flow = pend
         if flow is None:
