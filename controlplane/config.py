@@ -90,7 +90,7 @@ class RateLimits:
     slow_path_burst: int = 5000
     # docs/SECURITY.md. Per token tag: one session's ufrag opens a flow per client
     # candidate address (a few), not thousands from spoofed sources.
-    new_flows_per_token: float = 0.5
+    new_flows_per_token: float = 0.5  # per second, per token tag (one session's ufrag), any source
     token_burst: int = 16
     slow_path_per_source_pps: float = 20.0  # per client address (IPv6: per /64)
     slow_path_source_burst: int = 50
@@ -164,6 +164,22 @@ class FlowCacheConfig:
 
 
 @dataclass(frozen=True)
+class ExpiryConfig:
+    """The relay's flow expiry (controlplane/node/expiry.py, docs/CONTINUITY.md)."""
+
+    idle_s: float = 30.0  # a confirmed flow idle this long is removed (RFC 7675 §5.1's consent window)
+    pending_s: float = 3.0  # a pending flow (a check no transceiver answered) is removed much sooner
+    interval_s: float = 10.0  # how often the maps are swept (a walk costs ~7.5 µs a flow: CONTINUITY.md §4)
+
+    def validate(self, path: str) -> None:
+        for name in ("idle_s", "pending_s", "interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{path}.{name}", f"must be > 0, got {getattr(self, name)}")
+        if self.pending_s > self.idle_s:
+            raise ConfigError(f"{path}.pending_s", f"must not exceed idle_s ({self.idle_s})")
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     address: Address = "127.0.0.1"
     port: Port = 9610
@@ -186,13 +202,14 @@ class RelayConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     sync_interval_s: float = 0.5  # full reconciliation of backends and route keys
     dead_grace_s: float = 600.0  # a dead backend (heartbeat expired) stays in the map this long
+    expiry: ExpiryConfig = field(default_factory=ExpiryConfig)
     # docs/SECURITY.md, DATAPATH.md §1 r8: clients only on public interfaces, Geneve only on
     # private ones (both empty: no roles). Each a subset of `interfaces`, at most 4.
-    public_interfaces: tuple[str, ...] = ()
-    private_interfaces: tuple[str, ...] = ()
+    public_interfaces: tuple[str, ...] = ()  # clients only here (DATAPATH.md §1 r8); subset of interfaces
+    private_interfaces: tuple[str, ...] = ()  # Geneve only here; set both or neither
     # Transceiver (backend) addresses Redis may register: anything else is refused at sync,
     # so a poisoned registration cannot send flows out of the public side. Empty: any.
-    backend_prefixes: tuple[str, ...] = ()
+    backend_prefixes: tuple[str, ...] = ()  # CIDRs a registration's tunnel address must be in; empty: any
 
     def validate(self, path: str) -> None:
         if not NAME_RE.match(self.name):

@@ -3,10 +3,11 @@ environment, never from the command line (docs/SECURITY.md).
 
 A command line is readable by every local user in ``/proc/<pid>/cmdline`` and lands in
 shell histories and process listings; a file (mode 0600) or the environment of a
-service unit is not. The CLIs take ``--<name>-file PATH`` and ``ICEGATE_<NAME>`` for
-each secret; a secret still given as a plain option works, with a warning naming the
-safer ways. This module is the one place that reads them: the value then flows into the
-frozen configuration like any other field.
+service unit is not. The CLIs take ``--<name>-file PATH`` and the CLI's automatic
+``ICEGATE_<COMMAND>_<SUBCOMMAND>_<OPTION>`` variable for each secret; a secret still
+given as a plain option works, with a warning naming the safer ways. This module is the
+one place that reads them: the value then flows into the frozen configuration like any
+other field.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from icegate.cli import Renamed
 from icegate.config import load
 from icegate.logs import setup_logging
 from icegate.secrets import pick_secret
@@ -72,12 +73,19 @@ def transceiver() -> None:
 
 
 @transceiver.command("run")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cluster", type=int)
-@click.option("--index", type=int)
 @click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file, section `transceiver` (docs/CONFIG.md).",
+)
+@click.option("--cluster", type=int, help="The cluster id minted into every ufrag.")
+@click.option("--index", type=int, help="This transceiver's index in its cluster (the Geneve VNI).")
+@click.option(
+    "--vip",
     "--relay",
     "relays",
+    cls=Renamed,
     multiple=True,
     metavar="VIP[:PORT]",
     help="A relay VIP; repeat for a backup (first = primary). Replaces the file's relays.",
@@ -86,27 +94,29 @@ def transceiver() -> None:
 @click.option("--tunnel", "tunnel", metavar="ADDR[:PORT]", help="Bind the Geneve socket here.")
 @click.option("--tunnel-advertise", metavar="ADDR", help="The tunnel address relays send to.")
 @click.option("--listen", metavar="HOST:PORT", help="Signaling HTTP listen address.")
-@click.option("--agent-url", metavar="ws://HOST:PORT/")
+@click.option("--agent-url", metavar="ws://HOST:PORT/", help="The voice agent (icegate agent run).")
 @click.option(
-    "--redis-url", envvar="ICEGATE_REDIS_URL", help="Redis URL (or ICEGATE_REDIS_URL, --redis-url-file)."
+    "--redis-url",
+    help="Redis URL (registration, heartbeat, route keys); better: ICEGATE_TRANSCEIVER_RUN_REDIS_URL "
+    "or --redis-url-file.",
 )
 @click.option(
     "--redis-url-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the Redis URL."
 )
-@click.option("--region")
+@click.option("--region", help="Redis region (key prefix), as the relays'.")
 @click.option(
     "--route-key",
-    envvar="ICEGATE_ROUTE_KEY",
     metavar="HEX",
-    help="A fixed route key (32 hex digits) when there is no Redis (or ICEGATE_ROUTE_KEY, --route-key-file).",
+    help="A fixed route key (32 hex digits) when there is no Redis; better: "
+    "ICEGATE_TRANSCEIVER_RUN_ROUTE_KEY or --route-key-file.",
 )
 @click.option(
     "--route-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the route key."
 )
 @click.option(
     "--auth-token",
-    envvar="ICEGATE_AUTH_TOKEN",
-    help="Require 'Authorization: Bearer TOKEN' on /v1 (or ICEGATE_AUTH_TOKEN, --auth-token-file).",
+    help="Require 'Authorization: Bearer TOKEN' on /v1; better: ICEGATE_TRANSCEIVER_RUN_AUTH_TOKEN or "
+    "--auth-token-file.",
 )
 @click.option(
     "--auth-token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the token."
@@ -142,9 +152,9 @@ def run(
     from transceiver import service
 
     _logging(log_json, debug)
-    redis_url = _secret("redis_url", redis_url, redis_url_file, "ICEGATE_REDIS_URL")
-    route_key = _secret("route_key", route_key, route_key_file, "ICEGATE_ROUTE_KEY")
-    auth_token = _secret("auth_token", auth_token, auth_token_file, "ICEGATE_AUTH_TOKEN")
+    redis_url = _secret("redis_url", redis_url, redis_url_file)
+    route_key = _secret("route_key", route_key, route_key_file)
+    auth_token = _secret("auth_token", auth_token, auth_token_file)
     overrides: dict[str, Any] = {
         "cluster": cluster,
         "index": index,
@@ -177,9 +187,11 @@ def run(
     asyncio.run(service.run(config))
 
 
-def _secret(name: str, value: str | None, path: Path | None, env: str) -> str | None:
-    """A secret option, its file or its environment variable (icegate.secrets)."""
+def _secret(name: str, value: str | None, path: Path | None) -> str | None:
+    """A secret option, its file or its environment variable (icegate.secrets; the variable
+    is the CLI's automatic ``ICEGATE_TRANSCEIVER_RUN_<OPTION>``)."""
     source = click.get_current_context().get_parameter_source(name)
+    env = f"ICEGATE_TRANSCEIVER_RUN_{name.upper()}"
     return pick_secret(
         f"transceiver.{name}", value, path, on_command_line=source is ParameterSource.COMMANDLINE, env=env
     )
@@ -191,10 +203,18 @@ def agent() -> None:
 
 
 @agent.command("run")
-@click.option("--kind", type=click.Choice(["echo", "tone"]), required=True)
-@click.option("--listen", default="127.0.0.1:8090", show_default=True, metavar="HOST:PORT")
-@click.option("--tone-hz", type=float, default=440.0, show_default=True)
-@click.option("--tone-ms", type=int, default=300, show_default=True)
+@click.option(
+    "--kind", type=click.Choice(["echo", "tone"]), required=True, help="Echo the user, or answer with a tone."
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8090",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="WebSocket (GET /) and /metrics address.",
+)
+@click.option("--tone-hz", type=float, default=440.0, show_default=True, help="The tone agent's pitch.")
+@click.option("--tone-ms", type=int, default=300, show_default=True, help="The tone agent's answer length.")
 @log_options
 def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bool, debug: bool) -> None:
     """Serve one kind of agent on ws://HOST:PORT/ until SIGTERM/SIGINT."""

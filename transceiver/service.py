@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from icegate.observe import http_responses
 from transceiver.config import TransceiverConfig
 from transceiver.metrics import TransceiverMetrics
 from transceiver.mux import Addr, TunnelMux, Vip
@@ -89,6 +90,7 @@ class Transceiver:
             cors_origins=cfg.cors_origins,
             admin=cfg.admin_port is None,
         )
+        app.middlewares.append(http_responses(self.metrics.registry, "icegate_transceiver"))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.signaling_host, cfg.signaling_port).start()

@@ -137,15 +137,16 @@ async def _main(cfg: RelayConfig, preload: bool) -> int:
 @click.option("--tunnel-address4", help="This relay's Geneve source address (IPv4).")
 @click.option("--tunnel-address6", help="This relay's Geneve source address (IPv6).")
 @click.option("--cluster", "clusters", multiple=True, type=int, help="Serve only these clusters (repeat).")
-@click.option(
-    "--redis-url", envvar="ICEGATE_REDIS_URL", help="Redis URL (or ICEGATE_REDIS_URL, --redis-url-file)."
-)
+@click.option("--redis-url", help="Redis URL (better: ICEGATE_RELAY_RUN_REDIS_URL or --redis-url-file).")
 @click.option(
     "--redis-url-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the Redis URL."
 )
 @click.option("--region", help="Redis region (key prefix).")
-@click.option("--http-address", help="Address of /metrics, /livez, /readyz.")
-@click.option("--http-port", type=int, help="Port of /metrics, /livez, /readyz.")
+@click.option(
+    "--listen", metavar="HOST:PORT", help="Address of /metrics, /livez, /readyz (the http section)."
+)
+@click.option("--http-address", hidden=True, help="Old name: the host of --listen.")
+@click.option("--http-port", type=int, hidden=True, help="Old name: the port of --listen.")
 @click.option("--bpffs", help="bpffs mount point.")
 @click.option("--preload", is_flag=True, help="Load this relay's cached flows from Redis before attaching.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
@@ -163,6 +164,7 @@ def run(
     redis_url: str | None,
     redis_url_file: Path | None,
     region: str | None,
+    listen: str | None,
     http_address: str | None,
     http_port: int | None,
     bpffs: str | None,
@@ -176,8 +178,15 @@ def run(
         click.get_current_context().get_parameter_source("redis_url") is ParameterSource.COMMANDLINE
     )
     redis_url = pick_secret(
-        "relay.redis.url", redis_url, redis_url_file, on_command_line=on_command_line, env="ICEGATE_REDIS_URL"
+        "relay.redis.url",
+        redis_url,
+        redis_url_file,
+        on_command_line=on_command_line,
+        env="ICEGATE_RELAY_RUN_REDIS_URL",
     )
+    if listen is not None:  # the same HOST:PORT form as transceiver and agent --listen
+        where = _vip_flag(listen)
+        http_address, http_port = where["address"], where.get("port", http_port)
     cfg = build_config(
         config_path,
         {

@@ -65,6 +65,6 @@ def test_transceiver_secret_options(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     missing = runner.invoke(cli, [*base, "--route-key-file", str(tmp_path / "none")])
     assert "transceiver.route_key: cannot read" in missing.output
     # from the environment, the secret reaches the configuration (which then fails on the index)
-    monkeypatch.setenv("ICEGATE_ROUTE_KEY", "zz")
-    from_env = runner.invoke(cli, base)
+    monkeypatch.setenv("ICEGATE_TRANSCEIVER_RUN_ROUTE_KEY", "zz")
+    from_env = runner.invoke(cli, base, auto_envvar_prefix="ICEGATE")
     assert "transceiver.index: expected 0..65535" in from_env.output
