@@ -142,20 +142,6 @@ def make_app(
         headers = {"Location": location, "ETag": session.etag}
         return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
 
-    async def listing(request: web.Request) -> web.StreamResponse:
-        return web.json_response([s.describe() for s in manager.list()])
-
-    async def show(request: web.Request) -> web.StreamResponse:
-        session = manager.get(request.match_info["id"])
-        if session is None:
-            return error(404, "no such session")
-        return web.json_response(session.describe())
-
-    async def delete(request: web.Request) -> web.StreamResponse:
-        if not await manager.close(request.match_info["id"], "completed"):
-            return error(404, "no such session")
-        return web.Response(status=204)
-
     async def patch(request: web.Request) -> web.StreamResponse:
         session = manager.get(request.match_info["id"])
         if session is None or session.outcome is not None:
@@ -193,29 +179,11 @@ def make_app(
             return error(exc.status, exc.reason)
         return web.Response(status=204)
 
-    async def metrics(request: web.Request) -> web.StreamResponse:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def livez(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "alive"})
-
-    async def readyz(request: web.Request) -> web.StreamResponse:
-        ready, detail = readiness()
-        return web.json_response(detail, status=200 if ready else 503)
-
     middlewares: list[Middleware] = [make_cors(cors_origins), guard] if cors_origins else [guard]
     app = web.Application(middlewares=middlewares, client_max_size=max_offer_bytes)
     app.router.add_post("/v1/sessions", create)
-    if admin:
-        app.router.add_get("/v1/sessions", listing)
-    app.router.add_get("/v1/sessions/{id}", show)
-    app.router.add_delete("/v1/sessions/{id}", delete)
     app.router.add_patch("/v1/sessions/{id}", patch)
-    if admin:
-        app.router.add_get("/metrics", metrics)
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/readyz", readyz)
+    _add_shared_routes(app, manager, registry, readiness, admin=admin)
     return app
 
 
@@ -224,6 +192,21 @@ def make_admin_app(
 ) -> web.Application:
     """The operator's listener: the session list, any session by id, /metrics, health.
     No CORS (no page calls it) and no bearer token: it binds where only operators reach."""
+    app = web.Application()
+    _add_shared_routes(app, manager, registry, readiness, admin=True)
+    return app
+
+
+def _add_shared_routes(
+    app: web.Application,
+    manager: SessionManager,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    *,
+    admin: bool,
+) -> None:
+    """GET/DELETE of one session (its id is the capability), health, and with ``admin``
+    the session list and /metrics."""
 
     async def listing(request: web.Request) -> web.StreamResponse:
         return web.json_response([s.describe() for s in manager.list()])
@@ -242,22 +225,21 @@ def make_admin_app(
     async def metrics(request: web.Request) -> web.StreamResponse:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def livez(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "alive"})
+
     async def readyz(request: web.Request) -> web.StreamResponse:
         ready, detail = readiness()
         return web.json_response(detail, status=200 if ready else 503)
 
-    app = web.Application()
-    app.router.add_get("/v1/sessions", listing)
+    if admin:
+        app.router.add_get("/v1/sessions", listing)
     app.router.add_get("/v1/sessions/{id}", show)
     app.router.add_delete("/v1/sessions/{id}", delete)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/livez", _alive)
+    if admin:
+        app.router.add_get("/metrics", metrics)
+    app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
-    return app
-
-
-async def _alive(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"status": "alive"})
 
 
 def open_warnings(auth_token: str | None, cors_origins: Sequence[str], admin_listener: bool) -> list[str]:
