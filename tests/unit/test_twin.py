@@ -358,3 +358,20 @@ def test_broken_slow_hook_does_not_stop_the_twin(caplog: pytest.LogCaptureFixtur
 
     asyncio.run(scenario())
     assert "slow-path hook failed" in caplog.text
+
+
+def test_socket_mode_checks_the_transceivers_geneve_port_and_keeps_pending_flows_to_stun() -> None:
+    """Issue 12 in socket mode: §3 r7 with the port the tunnel socket received from, and a
+    pending flow carries only STUN each way until the success response."""
+    dp = Datapath(make_store())
+    assert dp.from_client(*CLIENT, *VIP, check(T11)).stat is Stat.FWD_NEW_FLOW
+    assert dp.from_client(*CLIENT, *VIP, DTLS).stat is Stat.DROP_PENDING_NOT_STUN
+    wrong_port = dp.from_backend("10.70.0.11", returned(success(CLIENT)), outer_src_port=6082)
+    assert wrong_port.stat is Stat.DROP_RETURN_WRONG_BACKEND
+    assert (
+        dp.from_backend("10.70.0.11", returned(DTLS), outer_src_port=6081).stat is Stat.DROP_PENDING_NOT_STUN
+    )
+    confirmed = dp.from_backend("10.70.0.11", returned(success(CLIENT)), outer_src_port=6081)
+    assert confirmed.stat is Stat.FWD_CONFIRM
+    assert dp.from_client(*CLIENT, *VIP, DTLS).stat is Stat.FWD_FLOW
+    assert dp.from_backend("10.70.0.11", returned(DTLS), outer_src_port=6081).stat is Stat.FWD_RETURN
