@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from icegate.cli import Renamed
 from icegate.config import load
 from icegate.logs import setup_logging
+from icegate.secrets import pick_secret
 from transceiver.config import VIP_PORT, TransceiverConfig
 
 logger = logging.getLogger("transceiver.cli")
@@ -93,10 +95,32 @@ def transceiver() -> None:
 @click.option("--tunnel-advertise", metavar="ADDR", help="The tunnel address relays send to.")
 @click.option("--listen", metavar="HOST:PORT", help="Signaling HTTP listen address.")
 @click.option("--agent-url", metavar="ws://HOST:PORT/", help="The voice agent (icegate agent run).")
-@click.option("--redis-url", help="Redis URL (registration, heartbeat, route keys).")
+@click.option(
+    "--redis-url",
+    help="Redis URL (registration, heartbeat, route keys); better: ICEGATE_TRANSCEIVER_RUN_REDIS_URL "
+    "or --redis-url-file.",
+)
+@click.option(
+    "--redis-url-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the Redis URL."
+)
 @click.option("--region", help="Redis region (key prefix), as the relays'.")
-@click.option("--route-key", metavar="HEX", help="A fixed route key (32 hex digits) when there is no Redis.")
-@click.option("--auth-token", help="Require 'Authorization: Bearer TOKEN' on /v1.")
+@click.option(
+    "--route-key",
+    metavar="HEX",
+    help="A fixed route key (32 hex digits) when there is no Redis; better: "
+    "ICEGATE_TRANSCEIVER_RUN_ROUTE_KEY or --route-key-file.",
+)
+@click.option(
+    "--route-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the route key."
+)
+@click.option(
+    "--auth-token",
+    help="Require 'Authorization: Bearer TOKEN' on /v1; better: ICEGATE_TRANSCEIVER_RUN_AUTH_TOKEN or "
+    "--auth-token-file.",
+)
+@click.option(
+    "--auth-token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the token."
+)
 @click.option("--connect-timeout", type=float, help="Reap sessions not connected after this many seconds.")
 @click.option("--drain-deadline", type=float, help="Seconds a drain waits for live sessions.")
 @click.option("--uvloop/--no-uvloop", "use_uvloop", default=None, help="Default: use uvloop when installed.")
@@ -112,9 +136,12 @@ def run(
     listen: str | None,
     agent_url: str | None,
     redis_url: str | None,
+    redis_url_file: Path | None,
     region: str | None,
     route_key: str | None,
+    route_key_file: Path | None,
     auth_token: str | None,
+    auth_token_file: Path | None,
     connect_timeout: float | None,
     drain_deadline: float | None,
     use_uvloop: bool | None,
@@ -124,6 +151,10 @@ def run(
     """Serve sessions until SIGTERM/SIGINT (or a drain set in Redis) has drained them."""
     from transceiver import service
 
+    _logging(log_json, debug)
+    redis_url = _secret("redis_url", redis_url, redis_url_file)
+    route_key = _secret("route_key", route_key, route_key_file)
+    auth_token = _secret("auth_token", auth_token, auth_token_file)
     overrides: dict[str, Any] = {
         "cluster": cluster,
         "index": index,
@@ -152,9 +183,18 @@ def run(
         host, port = split_hostport(listen)
         overrides.update({"signaling_host": host, "signaling_port": port})
     config = load(TransceiverConfig, config_file, "transceiver", overrides)
-    _logging(log_json, debug)
     _loop_policy(use_uvloop)
     asyncio.run(service.run(config))
+
+
+def _secret(name: str, value: str | None, path: Path | None) -> str | None:
+    """A secret option, its file or its environment variable (icegate.secrets; the variable
+    is the CLI's automatic ``ICEGATE_TRANSCEIVER_RUN_<OPTION>``)."""
+    source = click.get_current_context().get_parameter_source(name)
+    env = f"ICEGATE_TRANSCEIVER_RUN_{name.upper()}"
+    return pick_secret(
+        f"transceiver.{name}", value, path, on_command_line=source is ParameterSource.COMMANDLINE, env=env
+    )
 
 
 @click.group(short_help="run a voice agent (echo, tone)")

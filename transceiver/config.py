@@ -72,6 +72,10 @@ class TransceiverConfig:
     signaling_url: str | None = None  # advertised in the registration; derived when unset
     auth_token: str | None = None
     cors_origins: tuple[str, ...] = ("*",)  # origins whose pages may call signaling; () turns CORS off
+    # docs/SECURITY.md: the session list and /metrics on their own listener (an operator's
+    # network, not the clients'); None keeps them on the signaling port, with a warning.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port | None = None  # session list and /metrics here; None: on the signaling port (warned)
     agent_url: str | None = None  # ws://host:port/ of a voice agent; None: no agent
     redis_url: str | None = None
     # Without Redis (tests, single hosts): a fixed route key, 32 hex digits, and its id.

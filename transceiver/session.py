@@ -152,7 +152,7 @@ class SessionManager:
         if len(self._sessions) >= self.config.max_sessions:
             raise SignalingError(UNAVAILABLE, f"at capacity ({self.config.max_sessions} sessions)")
         offer = prepare_offer(body)
-        session_id = secrets.token_hex(8)
+        session_id = secrets.token_hex(16)  # 128 bits: the Location is the session's capability
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN/TURN server, ever
         bridge = MediaBridge(
             session_id,

@@ -30,6 +30,7 @@ from controlplane.datapath.store import FlowEvent, FlowKeyT, MapStore, MemorySto
 from controlplane.datapath.twin import TwinRelay
 from controlplane.kernel import libbpf
 from controlplane.kernel.loader import Loader
+from controlplane.node.metrics import ListCounters
 from icegate.errors import ConfigError, IcegateError, LinkError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ def xdp_runner(cfg: RelayConfig) -> Runner:
     return XdpRunner(cfg)
 
 
-async def _start_twin(cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, cannot_bind: str) -> TwinRelay:
+async def _start_twin(
+    cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, cannot_bind: str, *, behind_xdp: bool = False
+) -> TwinRelay:
     """The twin's sockets over ``maps``, wired to the hooks: SLOW verdicts go to Redis
     recovery, flow events to the flow cache. Both modes run one (XDP as its slow path)."""
 
@@ -107,7 +110,9 @@ async def _start_twin(cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, ca
         return result.key is not None and await hooks.recover(result.key)
 
     try:
-        return await TwinRelay.start(cfg, maps, on_slow=on_slow, on_event=hooks.record)
+        return await TwinRelay.start(
+            cfg, maps, on_slow=on_slow, on_event=hooks.record, charge_slow=not behind_xdp
+        )
     except OSError as exc:
         raise LinkError(f"{cannot_bind}: {exc}") from exc
 
@@ -138,6 +143,10 @@ class XdpRunner:
         counters: Sequence[tuple[int, int]] = self.maps.counters()  # type: ignore[attr-defined]
         return counters
 
+    def slow_path(self) -> ListCounters | None:
+        """The slow path's own verdicts (its twin's counters), for /metrics."""
+        return None if self.twin is None else ListCounters(self.twin.datapath.counters)
+
     def problem(self) -> str | None:
         if not self.loader.modes:
             return "xdp program not attached"
@@ -153,7 +162,10 @@ class XdpRunner:
         return []
 
     async def start(self, hooks: DatapathHooks) -> None:
-        self.twin = await _start_twin(self.cfg, self.maps, hooks, "slow-path sockets cannot bind")
+        self.twin = await _start_twin(
+            self.cfg, self.maps, hooks, "slow-path sockets cannot bind", behind_xdp=True
+        )
+        self.loader.write_roles()  # before attaching: no window without interface roles
         modes = self.loader.attach()
         self.mode = xdp_mode(modes.values())
         self.detail = ",".join(f"{i}:{m}" for i, m in modes.items())
