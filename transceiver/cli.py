@@ -149,29 +149,52 @@ def run(
     asyncio.run(service.run(config))
 
 
-@click.group(short_help="run a voice agent (echo, tone)")
+@click.group(short_help="run a voice agent (echo, tone, speech, or your own)")
 def agent() -> None:
-    """Built-in voice agents for the transceiver's agent protocol."""
+    """Voice agents for the transceiver's agent protocol (docs/AGENT_PROTOCOL.md)."""
 
 
 @agent.command("run")
-@click.option("--kind", type=click.Choice(["echo", "tone"]), required=True)
+@click.option("--kind", type=click.Choice(["echo", "tone", "speech"]), help="A built-in agent.")
+@click.option("--app", "app_spec", metavar="MODULE:CLASS", help="Serve your own Agent subclass instead.")
 @click.option("--listen", default="127.0.0.1:8090", show_default=True, metavar="HOST:PORT")
 @click.option("--tone-hz", type=float, default=440.0, show_default=True)
 @click.option("--tone-ms", type=int, default=300, show_default=True)
 @log_options
-def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bool, debug: bool) -> None:
-    """Serve one kind of agent on ws://HOST:PORT/ until SIGTERM/SIGINT."""
-    from transceiver import agents
+def agent_run(
+    kind: str | None,
+    app_spec: str | None,
+    listen: str,
+    tone_hz: float,
+    tone_ms: int,
+    log_json: bool,
+    debug: bool,
+) -> None:
+    """Serve an agent on ws://HOST:PORT/ until SIGTERM/SIGINT (one instance per session)."""
+    from transceiver.agent import builtin, sdk
 
+    if (kind is None) == (app_spec is None):
+        raise click.UsageError("give exactly one of --kind and --app")
+    factory: type[sdk.Agent]
+    if app_spec is not None:
+        try:
+            factory = sdk.load_app(app_spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--app") from None
+    elif kind == "echo":
+        factory = builtin.EchoAgent
+    elif kind == "tone":
+        factory = builtin.tone_agent(tone_hz, tone_ms)
+    else:
+        from transceiver.agent import speech
+
+        factory = speech.SpeechAgent
     host, port = split_hostport(listen)
     _logging(log_json, debug)
 
     async def main() -> None:
-        runner = await agents.serve(
-            "echo" if kind == "echo" else "tone", host, port, tone_hz=tone_hz, tone_ms=tone_ms
-        )
-        logger.info("agent listening kind=%s url=ws://%s:%d/", kind, host, port)
+        runner = await sdk.serve(factory, host, port)
+        logger.info("agent listening kind=%s url=ws://%s:%d/", kind or app_spec, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
