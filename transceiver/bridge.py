@@ -116,6 +116,7 @@ class MediaBridge:
         on_turn_latency: Callable[[float], None] | None = None,
         on_barge_in: Callable[[], None] | None = None,
         on_hangup: Callable[[str], None] | None = None,
+        on_count: Callable[[str], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.track = AgentVoiceTrack(self)
@@ -133,6 +134,7 @@ class MediaBridge:
         self._on_turn_latency = on_turn_latency
         self._on_barge_in = on_barge_in
         self._on_hangup = on_hangup
+        self._on_count = on_count
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._to_agent_in = PcmConverter(NATIVE, NATIVE)
@@ -231,6 +233,25 @@ class MediaBridge:
                     await task
         self._tasks.clear()
 
+    def _count(self, reason: str) -> None:
+        """One drop or failure: ``client_bad_event``, ``input_dropped``, ``output_dropped``,
+        ``agent_bad_message``, ``agent_unreachable``, ``agent_lost``."""
+        self.counters[reason] += 1
+        if self._on_count is not None:
+            self._on_count(reason)
+
+    def describe(self) -> dict[str, Any]:
+        """The agent link, for ``GET /v1/sessions/{id}``."""
+        n = self.negotiated
+        return {
+            "state": self.agent_state,
+            "input": None if n is None else {"rate": n.input.rate, "frame_ms": n.input.frame_ms},
+            "output": None if n is None else {"rate": n.output.rate, "frame_ms": n.output.frame_ms},
+            "endpointing": self.endpointer.decision(),
+            "queued_ms": self._queued * FRAME_MS,
+            "counters": dict(self.counters),
+        }
+
     @property
     def agent_speaking(self) -> bool:
         return self._playing is not None or self._queued > 0
@@ -273,7 +294,7 @@ class MediaBridge:
         try:
             ev = decode_event(text, FROM_CLIENT)
         except WireError as exc:
-            self.counters["client_bad_event"] += 1
+            self._count("client_bad_event")
             logger.debug("client event dropped session=%s error=%s", self.session_id, exc)
             return
         if ev.type is EventType.HANGUP:
@@ -312,7 +333,7 @@ class MediaBridge:
                     if isinstance(queued, bytes):
                         del self._outbox[i]
                         self._outbox_frames -= 1
-                        self.counters["input_dropped"] += 1
+                        self._count("input_dropped")
                         break
             self._outbox_frames += 1
         self._outbox.append(item)
@@ -354,7 +375,7 @@ class MediaBridge:
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     self.agent_event(decode_event(msg.data, FROM_AGENT))
         except WireError as exc:
-            self.counters["agent_bad_message"] += 1
+            self._count("agent_bad_message")
             with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
                 await ws.send_str(event(EventType.ERROR, code=ErrorCode.PROTOCOL, message=str(exc)).encode())
             await ws.close(code=WS_CLOSE_PROTOCOL)
@@ -373,7 +394,7 @@ class MediaBridge:
         limit = self.link.max_queued_ms // FRAME_MS
         for frame in self._from_agent_out.push(pcm):
             if self._queued >= limit:
-                self.counters["output_dropped"] += 1
+                self._count("output_dropped")
                 if self._overflowed != self._receiving:
                     self._overflowed = self._receiving
                     self._enqueue(
@@ -443,7 +464,7 @@ class MediaBridge:
         if self._closed or self.agent_state == "failed":
             return
         self.agent_state = "failed"
-        self.counters[f"agent_{code}"] += 1
+        self._count(code)
         logger.warning("agent failed session=%s code=%s reason=%s", self.session_id, code, reason)
         ws, self._ws = self._ws, None
         self._outbox.clear()

@@ -98,4 +98,13 @@ class TransceiverMetrics:
             registry=r,
         )
         self.barge_ins = Counter(f"{PREFIX}_barge_ins", "Agent audio cut because the user spoke.", registry=r)
+        self.agent_drops = Counter(
+            f"{PREFIX}_agent_drops",
+            "Agent link drops and failures by reason (docs/AGENT_PROTOCOL.md §5, §7).",
+            ["reason"],
+            registry=r,
+        )
         r.register(_Snapshot(self.snapshot))
+
+    def count_agent(self, reason: str) -> None:
+        self.agent_drops.labels(reason).inc()

@@ -72,6 +72,7 @@ class Session:
             "ufrags": self.binding.ufrags if self.binding else [],
             "turns": self.bridge.turns,
             "frames_in": self.bridge.frames_in,
+            "agent": self.bridge.describe(),
             "stats": self.stats,
         }
 
@@ -148,6 +149,7 @@ class SessionManager:
             on_turn_latency=self.metrics.turn_latency_seconds.observe,
             on_barge_in=self.metrics.barge_ins.inc,
             on_hangup=lambda reason: self._close_soon(session_id, "completed"),
+            on_count=self.metrics.count_agent,
         )
         session = Session(session_id, pc, bridge)
         self._wire(session)
