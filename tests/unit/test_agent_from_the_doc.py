@@ -22,7 +22,6 @@ from transceiver.bridge import SILENCE, MediaBridge
 from transceiver.client import dominant_frequency, silence, tone
 from transceiver.config import VadConfig
 
-
 LOG: list[dict[str, Any]] = []  # events the agent received
 FRAMES: list[int] = []  # frames of caller audio it received, per call
 
@@ -90,8 +89,10 @@ def test_an_agent_written_from_the_document() -> None:
                 sent.append(json.loads(data))
 
         async with aiohttp.ClientSession() as http:
-            bridge = MediaBridge("doc", VadConfig(threshold_db=-40.0, silence_ms=400),
-                                 agent_url=str(server.make_url("/")).replace("http", "ws"), http=http)  # fmt: skip
+            url = str(server.make_url("/")).replace("http", "ws")
+            bridge = MediaBridge(
+                "doc", VadConfig(threshold_db=-40.0, silence_ms=400), agent_url=url, http=http
+            )
             bridge.events = Channel()
             await bridge.connect_agent()
             try:
