@@ -152,6 +152,7 @@ class MediaBridge:
         self._endpoint_at: float | None = None
         self._hangup_reason: str | None = None
         self._hung_up = False
+        self._last_heard = time.monotonic()  # anything from the agent, pongs included
         self._closed = False
 
     # -- wiring ----------------------------------------------------------------------
@@ -163,9 +164,7 @@ class MediaBridge:
         ws: aiohttp.ClientWebSocketResponse | None = None
         try:
             async with asyncio.timeout(self.link.handshake_timeout_s):
-                ws = await self._http.ws_connect(
-                    self._agent_url, heartbeat=self.link.heartbeat_s, max_msg_size=65536
-                )
+                ws = await self._http.ws_connect(self._agent_url, autoping=False, max_msg_size=65536)
                 await ws.send_str(self._hello().encode())
                 msg = await ws.receive()
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -195,6 +194,7 @@ class MediaBridge:
         self._from_agent_out = PcmConverter(self.negotiated.output, NATIVE)
         self._tasks.append(asyncio.create_task(self._read_agent(ws)))
         self._tasks.append(asyncio.create_task(self._send_agent(ws)))
+        self._tasks.append(asyncio.create_task(self._heartbeat(ws)))
 
     def _hello(self) -> Event:
         return event(
@@ -370,10 +370,13 @@ class MediaBridge:
         fmt = self.negotiated.output
         try:
             async for msg in ws:
+                self._last_heard = time.monotonic()
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     self.agent_frame(check_frame(msg.data, fmt))
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     self.agent_event(decode_event(msg.data, FROM_AGENT))
+                elif msg.type == aiohttp.WSMsgType.PING:
+                    await ws.pong(msg.data)
         except WireError as exc:
             self._count("agent_bad_message")
             with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
@@ -383,10 +386,30 @@ class MediaBridge:
             return
         if self._closed or self._hangup_reason is not None:
             return
-        reason = (
-            f"heartbeat unanswered: {ws.exception()}" if ws.exception() else f"closed (code {ws.close_code})"
-        )
+        reason = f"link lost: {ws.exception()}" if ws.exception() else f"closed (code {ws.close_code})"
         await self._agent_failed(ErrorCode.AGENT_LOST, reason)
+
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Ping after ``heartbeat_s`` without a message from the agent; no answer within half
+        of it: dead (§7). Started after the handshake, which has its own timeout, so an agent
+        that loads a model for a second before its ``accept`` is not taken for dead."""
+        interval = self.link.heartbeat_s
+        while not ws.closed:
+            idle = time.monotonic() - self._last_heard
+            if idle < interval:
+                await asyncio.sleep(interval - idle)
+                continue
+            sent = time.monotonic()
+            try:
+                await ws.ping()
+            except (aiohttp.ClientError, OSError, RuntimeError):
+                return  # the reader sees the link go
+            await asyncio.sleep(interval / 2)
+            if self._last_heard < sent and not ws.closed:
+                await self._agent_failed(
+                    ErrorCode.AGENT_LOST, f"no answer to a ping within {interval / 2:.2f} s"
+                )
+                return
 
     def agent_frame(self, pcm: bytes) -> None:
         if self._receiving is not None and self._receiving == self._muted:
@@ -470,21 +493,22 @@ class MediaBridge:
         self._outbox.clear()
         self._outbox_frames = 0
         self._to_client(event(EventType.ERROR, code=code, message=reason))
-        if ws is not None and not ws.closed:
-            await ws.close()
         # Whatever the agent had queued is dropped: the caller hears the fallback, then the end.
         self._playout.clear()
         self._queued = 0
         self._receiving = self._playing = None
-        if self.link.on_failure != "hangup":
-            return
-        for frame in fallback_frames(self.link.fallback_ms):
-            self._playout.append(frame)
-            self._queued += 1
-        self._playout.append(event(EventType.HANGUP, reason=f"agent failed: {code}"))
-        # The track plays the fallback only once the call is connected: hang up by then anyway.
-        deadline = (self.link.fallback_ms + 300) / 1000
-        asyncio.get_running_loop().call_later(deadline, self._hangup, f"agent failed: {code}")
+        if self.link.on_failure == "hangup":
+            for frame in fallback_frames(self.link.fallback_ms):
+                self._playout.append(frame)
+                self._queued += 1
+            self._playout.append(event(EventType.HANGUP, reason=f"agent failed: {code}"))
+            # The track plays the fallback only once the call is connected: hang up by then anyway.
+            deadline = (self.link.fallback_ms + 300) / 1000
+            asyncio.get_running_loop().call_later(deadline, self._hangup, f"agent failed: {code}")
+        if ws is not None and not ws.closed:
+            # A frozen agent never answers the close handshake: do not wait for it long.
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
+                await asyncio.wait_for(ws.close(), 0.5)
 
     def _hangup(self, reason: str, *, tell_client: bool = True) -> None:
         if self._closed or self._hung_up:

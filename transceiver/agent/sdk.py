@@ -168,6 +168,13 @@ class Agent:
     async def on_error(self, ev: Error) -> None:
         logger.warning("transceiver error code=%s message=%s", ev.code, ev.message)
 
+    async def on_close(self) -> None:
+        """The socket is closing, whatever the reason: release what the session holds."""
+
+    @classmethod
+    def warm_up(cls) -> None:
+        """Called once, on a thread, before the server listens: load models here, not per call."""
+
     # -- actions ------------------------------------------------------------------------
 
     def respond(self, pcm: np.ndarray, rate: int | None = None) -> int:
@@ -287,7 +294,9 @@ def choose(hello: Event, agent: type[Agent]) -> tuple[Negotiated, Negotiated]:
 
 async def run_session(ws: web.WebSocketResponse, factory: Callable[[], Agent]) -> None:
     """Serve one session on an open WebSocket: handshake, then events and audio until either side ends."""
-    agent = factory()
+    # On a thread: constructors load models (seconds on a busy host), and a blocked loop
+    # answers no pings: the transceiver would declare the agent dead (§7).
+    agent = await asyncio.to_thread(factory)
     first = await ws.receive()
     if first.type != WSMsgType.TEXT:
         await ws.close(code=1002, message=b"expected hello")
@@ -329,6 +338,7 @@ async def run_session(ws: web.WebSocketResponse, factory: Callable[[], Agent]) -
         await ws.close(code=1002)
     finally:
         await agent.stop_response()
+        await agent.on_close()
         await ws.close()
 
 
@@ -348,6 +358,9 @@ def make_app(factory: Callable[[], Agent]) -> web.Application:
 
 async def serve(factory: Callable[[], Agent], host: str, port: int) -> web.AppRunner:
     """Start serving; the caller owns the runner (``await runner.cleanup()``)."""
+    warm_up = getattr(factory, "warm_up", None)
+    if callable(warm_up):
+        await asyncio.to_thread(warm_up)
     runner = web.AppRunner(make_app(factory), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

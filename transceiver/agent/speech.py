@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from transceiver.agent.voice import synthesize
 logger = logging.getLogger(__name__)
 
 RATE = 16000  # what the acoustic model was trained on
+POOL_SIZE = 4  # recognisers ready at start (concurrent calls beyond it load their own)
+MAX_POOL = 16  # kept for reuse when calls end
 PREROLL_MS = 200  # fed to the recogniser before the detected onset: the VAD decides late
 # What the agent understands and what it answers (lower case, words the model's dictionary has).
 DIALOGUE: dict[str, str] = {
@@ -98,10 +100,24 @@ class SpeechAgent(Agent):
     voice = "en-us+f2"
     wpm = 130
 
+    # Loading the model takes 0.3-1 s and holds the GIL (the loop answers no pings meanwhile):
+    # recognisers are made before the server listens and reused by later calls.
+    _pool: ClassVar[list[Recognizer]] = []
+
     def __init__(self) -> None:
         super().__init__()
-        self._recognizer = Recognizer(DIALOGUE)
+        self._recognizer = self._pool.pop() if self._pool else Recognizer(DIALOGUE)
         self._recent: deque[np.ndarray] = deque(maxlen=PREROLL_MS // self.frame_ms + 10)
+
+    @classmethod
+    def warm_up(cls) -> None:
+        while len(cls._pool) < POOL_SIZE:
+            cls._pool.append(Recognizer(DIALOGUE))
+
+    async def on_close(self) -> None:
+        self._recognizer.finish()
+        if len(self._pool) < MAX_POOL:
+            self._pool.append(self._recognizer)
 
     async def on_audio(self, samples: np.ndarray) -> None:
         if self._recognizer.active:
