@@ -23,6 +23,8 @@ import time
 from functools import cache
 
 import numpy as np
+from aiortc import RTCPeerConnection
+from aiortc.jitterbuffer import JitterBuffer
 from av import AudioFrame, AudioResampler, CodecContext, Packet
 from av.audio.codeccontext import AudioCodecContext
 
@@ -161,3 +163,23 @@ class PcmConverter:
         self._pending = b""
         if self._resampler is not None:
             self._resampler = AudioResampler(format="s16", layout="mono", rate=self.dst.rate)
+
+
+AIORTC_AUDIO_JITTER_CAPACITY = 16  # packets (aiortc 1.16's RTCRtpReceiver: capacity 16, prefetch 4)
+
+
+def set_receive_prefetch(pc: RTCPeerConnection, packets: int) -> None:
+    """Hold ``packets`` in the audio jitter buffer before the first is decoded (aiortc: 4).
+
+    Every 20 ms packet held delays the caller's voice to the VAD, so the end of a turn
+    and a barge-in are seen that much later (docs/AGENTS.md has the figures). aiortc has
+    no setting for it: its receivers' private buffer is replaced, after
+    ``setRemoteDescription`` created them and before any packet arrived;
+    tests/unit/test_transceiver_audio.py fails if an upgrade moves the attribute."""
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            receiver = transceiver.receiver
+            if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+                raise RuntimeError("aiortc's RTCRtpReceiver has no jitter buffer attribute to set")
+            buffer = JitterBuffer(capacity=AIORTC_AUDIO_JITTER_CAPACITY, prefetch=packets)
+            receiver._RTCRtpReceiver__jitter_buffer = buffer

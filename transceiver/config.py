@@ -93,8 +93,15 @@ class AgentLinkConfig:
     max_queued_ms: int = 4000  # agent audio held for playout; more is dropped and counted
     max_input_queued_ms: int = 1000  # caller audio not yet taken by the agent; older is dropped
     metadata_headers: tuple[str, ...] = ()
+    # The caller's audio held before decoding (aiortc: 4 packets = 80 ms); every packet held
+    # is 20 ms more before an end of turn or a barge-in is seen. 0-8.
+    receive_prefetch_packets: int = 1
 
     def validate(self, path: str) -> None:
+        if not 0 <= self.receive_prefetch_packets <= 8:
+            raise ConfigError(
+                f"{path}.receive_prefetch_packets", f"expected 0..8, got {self.receive_prefetch_packets}"
+            )
         if self.on_failure not in AGENT_FAILURE_ACTIONS:
             raise ConfigError(f"{path}.on_failure", f"expected hangup or continue, got {self.on_failure!r}")
         for name in ("handshake_timeout_s", "heartbeat_s"):

@@ -32,6 +32,7 @@ from aiortc.stats import RTCInboundRtpStreamStats, RTCRemoteInboundRtpStreamStat
 
 from icegate.errors import SignalingError, StoreError
 from transceiver import session_options
+from transceiver.audio import set_receive_prefetch
 from transceiver.bridge import MediaBridge
 from transceiver.config import TransceiverConfig
 from transceiver.iceadapter import MuxBinding, bind_peer_connection
@@ -155,6 +156,7 @@ class SessionManager:
         self._wire(session)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            set_receive_prefetch(pc, self.config.agent.receive_prefetch_packets)
             pc.addTrack(bridge.track)
             session.binding = bind_peer_connection(pc, self.mux, self.vips, self._mint)
             await pc.setLocalDescription(await pc.createAnswer())
