@@ -228,7 +228,9 @@ class Demo:
             def tx_ready(name: str = tx.name, url: str = tx.signaling_url) -> bool:
                 self.alive(name)
                 self.alive(f"agent-{name}")
-                return http_get(lab.namespace(name), f"{url}/readyz")[0] == 200
+                # the agent listens once its models are loaded (the speech agent's take seconds)
+                agent_up = http_get(lab.namespace(name), f"http://127.0.0.1:{AGENT_PORT}/")[0] != 0
+                return agent_up and http_get(lab.namespace(name), f"{url}/readyz")[0] == 200
 
             wait_until(tx_ready, READY_TIMEOUT_S, f"{tx.name}'s /readyz", self.log(tx.name))
         count = len(lab.transceivers())

@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 SILENCE = bytes(FRAME_BYTES)
 FALLBACK_HZ = 425.0  # the ITU-T E.180 "number unobtainable"-style tone: audible, not speech
 WS_CLOSE_PROTOCOL = 1002
+MAX_UNSENT_EVENTS = 32  # held for a client whose data channel is not open yet; oldest dropped
 
 
 def fallback_frames(ms: int, hz: float = FALLBACK_HZ) -> list[bytes]:
@@ -123,7 +124,8 @@ class MediaBridge:
         self.endpointer = Endpointer(vad)
         self.link = link or AgentLinkConfig()
         self.metadata = dict(metadata or {})
-        self.events: EventSink | None = None
+        self._events: EventSink | None = None
+        self._unsent: deque[str] = deque(maxlen=MAX_UNSENT_EVENTS)  # before the data channel opens
         self.frames_in = 0
         self.turns = 0
         self.negotiated: Negotiated | None = None
@@ -254,7 +256,20 @@ class MediaBridge:
 
     @property
     def agent_speaking(self) -> bool:
-        return self._playing is not None or self._queued > 0
+        """The agent is being heard (the fallback tone after a failure is not the agent)."""
+        return self.agent_state != "failed" and (self._playing is not None or self._queued > 0)
+
+    @property
+    def events(self) -> EventSink | None:
+        return self._events
+
+    @events.setter
+    def events(self, channel: EventSink | None) -> None:
+        """The client's ``events`` channel; what was meant for it before it opened is sent now
+        (an agent that fails at connect does so before the client's data channel exists)."""
+        self._events = channel
+        while channel is not None and channel.readyState == "open" and self._unsent:
+            channel.send(self._unsent.popleft())
 
     # -- client -> agent -------------------------------------------------------------
 
@@ -359,9 +374,13 @@ class MediaBridge:
             await self._agent_failed(ErrorCode.AGENT_LOST, f"send: {exc}")
 
     def _to_client(self, ev: Event) -> None:
-        channel = self.events
-        if ev.type in CLIENT_EVENTS and channel is not None and channel.readyState == "open":
+        if ev.type not in CLIENT_EVENTS:
+            return
+        channel = self._events
+        if channel is not None and channel.readyState == "open":
             channel.send(ev.encode())
+        else:
+            self._unsent.append(ev.encode())
 
     # -- agent -> client -------------------------------------------------------------
 

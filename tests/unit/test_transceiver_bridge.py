@@ -428,3 +428,34 @@ def test_speech_agent_recognises_espeak_phrases_and_answers_in_words() -> None:
             assert h.bridge.turns == n
 
     run(speech.SpeechAgent, scenario)
+
+
+def test_a_failure_before_the_data_channel_opens_reaches_the_client_when_it_does() -> None:
+    """The agent fails at connect, before the client's data channel exists; speaking over the
+    fallback tone is no barge-in and does not cancel the hang-up."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{closed.getsockname()[1]}/"
+
+        async def main() -> tuple[list[str], list[str]]:
+            hangups: list[str] = []
+            async with aiohttp.ClientSession() as http:
+                bridge = MediaBridge("s5", VAD, agent_url=url, http=http, on_hangup=hangups.append)
+                await bridge.connect_agent()
+                channel = Channel()
+                bridge.events = channel  # opens after the failure
+                try:
+                    assert channel.types() == ["error"]
+                    for chunk in tone(300.0, 100).reshape(-1, FRAME_SAMPLES):
+                        await bridge.input_frame(chunk.tobytes())
+                        bridge.next_playout_frame()
+                    while not hangups:
+                        bridge.next_playout_frame()
+                        await asyncio.sleep(0.001)
+                finally:
+                    await bridge.close("done")
+                return channel.types(), hangups
+
+        types, hangups = asyncio.run(main())
+    assert types == ["error", "speech_started", "hangup"]  # no barge_in over the fallback
+    assert hangups == ["agent failed: agent_unreachable"]

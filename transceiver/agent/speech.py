@@ -30,7 +30,7 @@ from transceiver.agent.voice import synthesize
 logger = logging.getLogger(__name__)
 
 RATE = 16000  # what the acoustic model was trained on
-POOL_SIZE = 4  # recognisers ready at start (concurrent calls beyond it load their own)
+POOL_SIZE = 2  # recognisers ready at start (concurrent calls beyond it load their own)
 MAX_POOL = 16  # kept for reuse when calls end
 PREROLL_MS = 200  # fed to the recogniser before the detected onset: the VAD decides late
 # What the agent understands and what it answers (lower case, words the model's dictionary has).
