@@ -136,6 +136,22 @@ class FlowCacheConfig:
 
 
 @dataclass(frozen=True)
+class ExpiryConfig:
+    """The relay's flow expiry (controlplane/node/expiry.py, docs/CONTINUITY.md)."""
+
+    idle_s: float = 30.0  # a confirmed flow idle this long is removed (RFC 7675 §5.1's consent window)
+    pending_s: float = 3.0  # a pending flow (a check no transceiver answered) is removed much sooner
+    interval_s: float = 10.0  # how often the maps are swept (a walk costs ~7.5 µs a flow: CONTINUITY.md §4)
+
+    def validate(self, path: str) -> None:
+        for name in ("idle_s", "pending_s", "interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{path}.{name}", f"must be > 0, got {getattr(self, name)}")
+        if self.pending_s > self.idle_s:
+            raise ConfigError(f"{path}.pending_s", f"must not exceed idle_s ({self.idle_s})")
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     address: Address = "127.0.0.1"
     port: Port = 9610
@@ -158,6 +174,7 @@ class RelayConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     sync_interval_s: float = 0.5  # full reconciliation of backends and route keys
     dead_grace_s: float = 600.0  # a dead backend (heartbeat expired) stays in the map this long
+    expiry: ExpiryConfig = field(default_factory=ExpiryConfig)
 
     def validate(self, path: str) -> None:
         if not NAME_RE.match(self.name):

@@ -73,6 +73,9 @@ class Options:
     duration_s: float = 3.0
     lab_name: str = DEFAULT_NAME
     keep: bool = False
+    # Session continuity (docs/CONTINUITY.md): None keeps the product's defaults (30 s each).
+    consent_window_s: float | None = None  # the transceivers' consent window
+    flow_idle_s: float | None = None  # the relay's expiry of idle confirmed flows
 
 
 @dataclass
@@ -191,7 +194,11 @@ class Demo:
         lab, opts = self.lab, self.options
         self.lab.run("dc", [*self.icegate, "token", "init", "--redis-url", lab.redis_url,
                              "--region", lab.config.region])  # fmt: skip
-        self.relay_config = lab.write_relay_config({"mode": opts.mode, "sync_interval_s": 0.5})
+        relay: dict[str, Any] = {"mode": opts.mode, "sync_interval_s": 0.5}
+        if opts.flow_idle_s is not None:
+            idle = opts.flow_idle_s
+            relay["expiry"] = {"idle_s": idle, "pending_s": min(3.0, idle), "interval_s": min(10.0, idle / 4)}
+        self.relay_config = lab.write_relay_config(relay)
         lab.start_process(
             "relay",
             "relay",
@@ -208,6 +215,8 @@ class Demo:
                 "stats_interval_s": 1.0,
                 "drain_deadline_s": 1.0,  # teardown: SIGTERM drains; do not hold live sessions for minutes
             }
+            if opts.consent_window_s is not None:
+                section["consent_window_s"] = opts.consent_window_s
             path = lab.dir / f"{tx.name}.yaml"
             path.write_text(yaml.safe_dump({"transceiver": section}, sort_keys=False))
             lab.start_process(tx.name, tx.name, [*self.icegate, "transceiver", "run", "--config", str(path)])

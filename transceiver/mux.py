@@ -179,6 +179,30 @@ class TunnelMux(asyncio.DatagramProtocol):
         route.held.clear()
         self._holding.discard(route)
 
+    def rekey(self, route: Route, ufrag: str, password: str) -> None:
+        """ICE restart (docs/CONTINUITY.md): ``route`` answers to a new ufrag and password from
+        now on; its flows and receivers stay, so media flows on while the new checks run.
+        Checks under the old ufrag are no longer routed (aioice would refuse them anyway)."""
+        key = ufrag.encode("ascii")
+        if key in self._routes:
+            raise ValueError(f"ufrag {ufrag} is already routed")
+        if self._routes.get(route.ufrag) is route:
+            del self._routes[route.ufrag]
+        route.ufrag = key
+        route.password = password.encode()
+        self._routes[key] = route
+
+    def forget(self, route: Route, client: Addr, vip: Addr) -> bool:
+        """Drop the flow (client, VIP) of ``route`` (the client latched elsewhere): later
+        packets from that address count as ``no_flow`` until an authentic check names it again."""
+        key = (client, vip)
+        flow = self._flows.get(key)
+        if flow is None or flow.route is not route:
+            return False
+        del self._flows[key]
+        route.flows.discard(key)
+        return True
+
     # -- inbound ---------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:

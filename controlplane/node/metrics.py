@@ -23,6 +23,7 @@ from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RelayLimits
 from controlplane.datapath.layout import MAX_ROUTE_KEYS, BackendState, Stat
 from controlplane.datapath.store import MapStore
+from controlplane.node.expiry import Expiry
 
 PREFIX = "icegate_relay"
 
@@ -78,6 +79,7 @@ class ControlPlane:
     sync: ClusterSync | None = None
     flow_cache: FlowCache | None = None
     recovery: Recovery | None = None
+    expiry: Expiry | None = None
 
 
 class RelayCollector(Collector):
@@ -185,6 +187,13 @@ class RelayCollector(Collector):
             )
             for result, count in sorted(p.recovery.results.items()):
                 family.add_metric([result], count)
+            yield family
+        if p.expiry is not None:  # controlplane/node/expiry.py
+            family = CounterMetricFamily(
+                f"{PREFIX}_flows_expired", "Flows removed by the expiry sweep, by state.", labels=["state"]
+            )
+            for state in ("confirmed", "pending"):
+                family.add_metric([state], p.expiry.expired[state])
             yield family
 
 

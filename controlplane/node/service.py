@@ -6,6 +6,7 @@
     RedisStore ──restore hooks──► ClusterSync.reconcile, FlowCache.on_restore
     ClusterSync  (tx-events + periodic scan) ──► maps: backends, route_keys
     FlowCache    (flow events) ──► Redis flow cache, TTLs refreshed
+    Expiry       (sweep) ──► maps: idle flows removed ──EXPIRED──► FlowCache
     Recovery     (slow-path hook, --preload) ◄── Redis flow cache ──► maps: flows
     RelayCollector + HttpServer: /metrics, /livez, /readyz
 
@@ -28,6 +29,7 @@ from controlplane.cluster.redisio import RedisStore
 from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RateLimits, RelayConfig
 from controlplane.datapath.store import MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.node.expiry import Expiry
 from controlplane.node.http import HttpServer, State, make_app
 from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
 from icegate.errors import StoreError
@@ -92,11 +94,12 @@ class RelayService:
         )
         self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
         self.recovery = Recovery(self.redis, maps)
+        self.expiry = Expiry(maps, cfg.expiry, self.flow_cache.record)  # idle flows out, and from Redis
         self.redis.on_restore(self._resync)
         self.redis.on_restore(self.flow_cache.on_restore)
         self.datapath_problem = datapath_problem
         self.registry = CollectorRegistry(auto_describe=False)
-        parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery)
+        parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery, self.expiry)
         self.registry.register(
             RelayCollector(
                 maps, counters, cfg.limits, parts, lambda: datapath_problem() is None, datapath_info
@@ -136,6 +139,7 @@ class RelayService:
             self.tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
         self.tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
         self.tasks.append(asyncio.create_task(self.flow_cache.run(), name="flow-cache"))
+        self.tasks.append(asyncio.create_task(self.expiry.run(), name="flow-expiry"))
         await self.http.start()
 
     async def stop(self) -> None:

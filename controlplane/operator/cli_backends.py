@@ -12,6 +12,8 @@ from controlplane.operator.cli_common import Target, emit, env_of, json_option, 
 from icegate.cli import Group
 from icegate.errors import RelayNotRunning, StoreError
 
+clock_ns = time.monotonic_ns  # CLOCK_MONOTONIC, the flows' last_seen_ns clock (bpf_ktime_get_ns)
+
 
 @click.group(cls=Group, short_help="list and drain transceivers")
 def backends() -> None:
@@ -29,7 +31,10 @@ def backends_ls(ctx: click.Context, target: Target, as_json: bool) -> None:
     try:
         maps = env.open_maps(target)
         in_map = maps.backends()
-        per_backend.update((f.cluster, f.index) for _, f in maps.flows())
+        # Live flows only: one idle past the expiry timeout is a call that ended (the relay's
+        # sweep removes it within expiry.interval_s; counted out here even if none runs).
+        horizon = clock_ns() - int(target.expiry.idle_s * 1e9)
+        per_backend.update((f.cluster, f.index) for _, f in maps.flows() if f.last_seen_ns >= horizon)
     except RelayNotRunning as exc:
         notes.append(f"map view unavailable: {exc}")
     try:

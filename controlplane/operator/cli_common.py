@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from controlplane.cluster.redisio import RedisStore
-from controlplane.config import HttpConfig, RedisConfig, RelayConfig, RelayLimits
+from controlplane.config import ExpiryConfig, HttpConfig, RedisConfig, RelayConfig, RelayLimits
 from controlplane.datapath.store import MapStore
 from controlplane.kernel import libbpf, loader
 from controlplane.kernel.maps import KernelStore
@@ -47,6 +47,7 @@ class Target:
     redis: RedisConfig = field(default_factory=RedisConfig)
     limits: RelayLimits = field(default_factory=RelayLimits)
     http: HttpConfig = field(default_factory=HttpConfig)
+    expiry: ExpiryConfig = field(default_factory=ExpiryConfig)  # what counts as a live flow
 
     @property
     def pin_dir(self) -> Path:
@@ -190,7 +191,7 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         target = Target(name or "")
         if config_path is not None:
             cfg = load(RelayConfig, config_path, "relay")
-            target = Target(cfg.name, cfg.bpffs, cfg.redis, cfg.limits, cfg.http)
+            target = Target(cfg.name, cfg.bpffs, cfg.redis, cfg.limits, cfg.http, cfg.expiry)
         redis = target.redis
         if redis_url or region:
             redis = replace(redis, url=redis_url or redis.url, region=region or redis.region)

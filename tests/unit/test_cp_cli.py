@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from controlplane.config import HttpConfig
 from controlplane.datapath.layout import BackendState, Stat
 from controlplane.datapath.store import Backend, Flow, MemoryStore, Vip
-from controlplane.operator import cli
+from controlplane.operator import cli, cli_backends
 from controlplane.operator.cli import CliEnv, Target
 from icegate import token as tokens
 from icegate.errors import RelayNotRunning
@@ -248,7 +248,7 @@ def region() -> str:
     return f"cli{os.getpid()}x{next(_regions)}"
 
 
-def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
+def test_backends_ls_merges_map_and_redis(redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     name = region()
     keys = Keys(name)
     r = redis_sync.Redis.from_url(redis.url)
@@ -260,7 +260,11 @@ def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
         keys.transceiver(1, 3),
         mapping=Registration(1, 3, "10.70.0.13", 6081, "http://y", "active", 1).encode(),
     )
-    env = env_for(known_maps())
+    maps = known_maps()
+    # An ended call's flow (idle past the expiry timeout, 30 s) is not counted as live.
+    maps.put_flow((addr16("100.64.1.99"), 40009, 0), Flow(1, 2, 15, NOW - 90 * S, NOW - 31 * S))
+    monkeypatch.setattr(cli_backends, "clock_ns", lambda: NOW)
+    env = env_for(maps)
     args = ["ls", "--json", "--redis-url", redis.url, "--region", name]
     rows = json.loads(invoke(cli.backends, args, env).output)
     brief = [

@@ -269,6 +269,7 @@ class Agent:
             case EventType.DATA:
                 await self.on_data(Data(f["payload"]))
             case EventType.HANGUP:
+                logger.info("session ended reason=%s", f["reason"])
                 await self.stop_response()
                 await self.on_hangup(Hangup(f["reason"]))
             case EventType.ERROR:
