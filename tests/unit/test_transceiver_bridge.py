@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from transceiver.agent import builtin, sdk
@@ -459,3 +460,74 @@ def test_a_failure_before_the_data_channel_opens_reaches_the_client_when_it_does
         types, hangups = asyncio.run(main())
     assert types == ["error", "speech_started", "hangup"]  # no barge_in over the fallback
     assert hangups == ["agent failed: agent_unreachable"]
+
+
+def raw_agent(reply: Callable[[dict[str, Any]], Awaitable[str | None]], seen: list[Any]) -> web.Application:
+    """An agent answering ``hello`` with ``reply(hello)`` (None: never answers), recording what it gets."""
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        hello = json.loads((await ws.receive()).data)
+        answer = await reply(hello)
+        if answer is not None:
+            await ws.send_str(answer)
+        async for msg in ws:
+            seen.append(json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else msg.type)
+        seen.append(("closed", ws.close_code))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (
+            '{"type": "accept", "version": 1, "input_rate": 44100, "output_rate": 16000, '
+            '"input_frame_ms": 20, "output_frame_ms": 20}',
+            "accept.input_rate: expected one of",
+        ),
+        ('{"type": "accept", "version": 2}', "accept: missing field 'input_rate'"),
+        ('{"type": "response_started", "response": 1}', "expected accept, got response_started"),
+        (None, "handshake timed out"),
+    ],
+)
+def test_a_failed_handshake_is_reported_to_both_sides(reply: str | None, problem: str) -> None:
+    seen: list[Any] = []
+
+    async def answer(hello: dict[str, Any]) -> str | None:
+        assert hello["version"] == 1 and hello["session"] == "s1"
+        return reply
+
+    async def main() -> Channel:
+        server = TestServer(raw_agent(answer, seen))
+        await server.start_server()
+        channel = Channel()
+        async with aiohttp.ClientSession() as http:
+            url = str(server.make_url("/")).replace("http", "ws")
+            link = AgentLinkConfig(handshake_timeout_s=0.5)
+            bridge = MediaBridge("s1", VAD, agent_url=url, http=http, link=link)
+            bridge.events = channel
+            try:
+                await bridge.connect_agent()
+                assert bridge.agent_state == "failed" and bridge.counters["agent_unreachable"] == 1
+                deadline = time.monotonic() + 3
+                while not seen or seen[-1][0] != "closed":
+                    assert time.monotonic() < deadline, seen
+                    await asyncio.sleep(0.01)
+            finally:
+                await bridge.close("done")
+                await server.close()
+        return channel
+
+    channel = asyncio.run(main())
+    assert channel.sent[0]["type"] == "error" and channel.sent[0]["code"] == "agent_unreachable"
+    assert problem in channel.sent[0]["message"]
+    if reply is not None:  # the agent is told why, and the socket closes with 1002
+        assert (
+            seen[0]["type"] == "error" and seen[0]["code"] == "negotiation" and problem in seen[0]["message"]
+        )
+        assert seen[-1] == ("closed", 1002)
