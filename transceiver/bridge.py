@@ -400,8 +400,9 @@ class MediaBridge:
             self._count("agent_bad_message")
             with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
                 await ws.send_str(event(EventType.ERROR, code=ErrorCode.PROTOCOL, message=str(exc)).encode())
-            await ws.close(code=WS_CLOSE_PROTOCOL)
-            await self._agent_failed(ErrorCode.AGENT_LOST, f"protocol error: {exc}")
+            await self._agent_failed(
+                ErrorCode.AGENT_LOST, f"protocol error: {exc}", close_code=WS_CLOSE_PROTOCOL
+            )
             return
         if self._closed or self._hangup_reason is not None:
             return
@@ -502,7 +503,7 @@ class MediaBridge:
 
     # -- failure and hang-up (§7) --------------------------------------------------------
 
-    async def _agent_failed(self, code: str, reason: str) -> None:
+    async def _agent_failed(self, code: str, reason: str, *, close_code: int = 1000) -> None:
         if self._closed or self.agent_state == "failed":
             return
         self.agent_state = "failed"
@@ -527,7 +528,7 @@ class MediaBridge:
         if ws is not None and not ws.closed:
             # A frozen agent never answers the close handshake: do not wait for it long.
             with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
-                await asyncio.wait_for(ws.close(), 0.5)
+                await asyncio.wait_for(ws.close(code=close_code), 0.5)
 
     def _hangup(self, reason: str, *, tell_client: bool = True) -> None:
         if self._closed or self._hung_up:

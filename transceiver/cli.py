@@ -206,3 +206,30 @@ def agent_run(
                 await runner.cleanup()
 
     asyncio.run(main())
+
+
+@agent.command("check")
+@click.argument("url")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
+)
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+def agent_check(url: str, timeout: float, as_json: bool) -> None:
+    """Put the agent at URL (ws://...) through one call as the transceiver would; exit 1 on a problem."""
+    import json
+
+    from transceiver.agent.check import check
+
+    report = asyncio.run(check(url, timeout=timeout))
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        neg = report.get("negotiated") or {}
+        click.echo(f"agent {url}: {'ok' if report['ok'] else 'PROBLEMS'}")
+        click.echo(f"  negotiated: in {neg.get('input')}, out {neg.get('output')}")
+        click.echo(f"  events: {' '.join(report.get('events', []))}")
+        click.echo(f"  end_of_turn -> first frame: {report.get('first_frame_ms')} ms; "
+                   f"response {report.get('response_ms')} ms of audio")  # fmt: skip
+        for problem in report["problems"]:
+            click.echo(f"  problem: {problem}")
+    raise SystemExit(0 if report["ok"] else 1)

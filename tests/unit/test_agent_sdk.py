@@ -44,3 +44,48 @@ def test_agent_run_needs_exactly_one_of_kind_and_app() -> None:
         assert result.exit_code == 2 and "exactly one of --kind and --app" in result.output
     result = runner.invoke(agent, ["run", "--app", "transceiver.agent.builtin:tone"])
     assert result.exit_code == 2 and "tone is not an Agent subclass" in result.output
+
+
+def test_agent_check_passes_a_good_agent_and_names_a_broken_ones_problem() -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestServer
+
+    from transceiver.agent.check import check
+
+    class WrongSize(sdk.Agent):
+        output_rate = 48000
+
+        async def on_end_of_turn(self, ev: sdk.EndOfTurn) -> None:
+            assert self._link is not None
+            await self._link.ws.send_str(event(EventType.RESPONSE_STARTED, response=1).encode())
+            await self._link.ws.send_bytes(bytes(1000))  # not one 20 ms frame at 48 kHz
+
+    async def main() -> tuple[dict[str, object], dict[str, object]]:
+        reports = []
+        for app in (builtin.tone_agent(500.0, 200), WrongSize):
+            server = TestServer(sdk.make_app(app))
+            await server.start_server()
+            try:
+                reports.append(await check(str(server.make_url("/")).replace("http", "ws"), timeout=3.0))
+            finally:
+                await server.close()
+        return reports[0], reports[1]
+
+    good, broken = asyncio.run(main())
+    assert good["ok"] is True and good["problems"] == []
+    assert good["events"] == [
+        "speech_started",
+        "speech_stopped",
+        "end_of_turn",
+        "response_started",
+        "response_done",
+    ]
+    assert good["response_ms"] == 200
+    assert good["negotiated"] == {
+        "input": {"rate": 16000, "frame_ms": 20},
+        "output": {"rate": 48000, "frame_ms": 20},
+    }
+    assert broken["ok"] is False
+    assert "agent_bad_message: 1" in broken["problems"]
+    assert any("audio frame of 1000 bytes, expected 1920" in p for p in broken["problems"])
