@@ -178,12 +178,13 @@ class MediaBridge:
                     await ws.send_str(
                         event(EventType.ERROR, code=ErrorCode.NEGOTIATION, message=str(exc)).encode()
                     )
-                await ws.close(code=WS_CLOSE_PROTOCOL)
-            await self._agent_failed(ErrorCode.AGENT_UNREACHABLE, f"handshake: {exc}")
+            self._ws = ws  # closed by _agent_failed, after the report
+            await self._agent_failed(
+                ErrorCode.AGENT_UNREACHABLE, f"handshake: {exc}", close_code=WS_CLOSE_PROTOCOL
+            )
             return
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            if ws is not None:
-                await ws.close()
+            self._ws = ws
             reason = "handshake timed out" if isinstance(exc, TimeoutError) else str(exc)
             await self._agent_failed(ErrorCode.AGENT_UNREACHABLE, f"{self._agent_url}: {reason}")
             return
@@ -191,6 +192,7 @@ class MediaBridge:
             await ws.close()
             return
         self._ws = ws
+        self._last_heard = time.monotonic()
         self.agent_state = "connected"
         self._to_agent_in = PcmConverter(NATIVE, self.negotiated.input)
         self._from_agent_out = PcmConverter(self.negotiated.output, NATIVE)
