@@ -40,6 +40,7 @@ import redis as redis_sync
 import yaml
 
 from icegate import netns
+from icegate.cli import Renamed
 from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
 from labkit import demo_report
@@ -354,18 +355,19 @@ class Demo:
         """``verdict/reason`` -> packets, from the relay's ``icegate_relay_packets_total``."""
         return parse_counters(self.relay_metrics())
 
-    def operator_view(self, *command: str) -> Any:
+    def operator_view(self, *command: str, check: bool = True) -> Any:
         """``icegate COMMAND --json --config <relay config>`` in the relay's namespace, as an
         operator would run it: the pinned maps (XDP) or the twin's over its HTTP endpoint."""
         argv = [*self.icegate, *command, "--json", "--config", str(self.relay_config)]
         try:
-            out = self.lab.run("relay", argv)
+            out = self.lab.run("relay", argv, check=check)
             return json.loads(out) if out.strip() else None
         except (LinkError, ValueError) as exc:
             raise DemoError(f"icegate {' '.join(command)} failed: {exc}") from None
 
     def relay_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = self.operator_view("relay", "status") or {}
+        # `relay status` exits 1 when unhealthy; its JSON still says why
+        status: dict[str, Any] = self.operator_view("relay", "status", check=False) or {}
         return status
 
     def relay_flows(self) -> list[dict[str, Any]]:
@@ -467,7 +469,8 @@ def render(summary: dict[str, Any], table: str) -> str:
     type=click.Choice(["echo", "tone", "speech"]),
     default="echo",
     show_default=True,
-    help="speech: clients speak phrases (espeak-ng), the agent recognises and answers (pocketsphinx).",
+    help="The voice agent behind the transceivers; speech: clients speak phrases (espeak-ng), "
+    "the agent recognises and answers (pocketsphinx).",
 )
 @click.option(
     "--mode",
@@ -485,7 +488,15 @@ def render(summary: dict[str, Any], table: str) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (`icegate lab down` removes it).")
-@click.option("--lab-name", default=DEFAULT_NAME, show_default=True, help="Lab name (namespace prefix).")
+@click.option(
+    "--name",
+    "--lab-name",
+    "lab_name",
+    cls=Renamed,
+    default=DEFAULT_NAME,
+    show_default=True,
+    help="Lab name (namespace prefix), as `icegate lab --name`.",
+)
 def demo(
     sessions: int, agent: str, mode: str, duration: float, as_json: bool, keep: bool, lab_name: str
 ) -> None:

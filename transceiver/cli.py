@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from icegate.cli import Renamed
 from icegate.config import load
 from icegate.logs import setup_logging
 from transceiver.config import VIP_PORT, TransceiverConfig
@@ -70,12 +71,19 @@ def transceiver() -> None:
 
 
 @transceiver.command("run")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cluster", type=int)
-@click.option("--index", type=int)
 @click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file, section `transceiver` (docs/CONFIG.md).",
+)
+@click.option("--cluster", type=int, help="The cluster id minted into every ufrag.")
+@click.option("--index", type=int, help="This transceiver's index in its cluster (the Geneve VNI).")
+@click.option(
+    "--vip",
     "--relay",
     "relays",
+    cls=Renamed,
     multiple=True,
     metavar="VIP[:PORT]",
     help="A relay VIP; repeat for a backup (first = primary). Replaces the file's relays.",
@@ -84,9 +92,9 @@ def transceiver() -> None:
 @click.option("--tunnel", "tunnel", metavar="ADDR[:PORT]", help="Bind the Geneve socket here.")
 @click.option("--tunnel-advertise", metavar="ADDR", help="The tunnel address relays send to.")
 @click.option("--listen", metavar="HOST:PORT", help="Signaling HTTP listen address.")
-@click.option("--agent-url", metavar="ws://HOST:PORT/")
-@click.option("--redis-url")
-@click.option("--region")
+@click.option("--agent-url", metavar="ws://HOST:PORT/", help="The voice agent (icegate agent run).")
+@click.option("--redis-url", help="Redis URL (registration, heartbeat, route keys).")
+@click.option("--region", help="Redis region (key prefix), as the relays'.")
 @click.option("--route-key", metavar="HEX", help="A fixed route key (32 hex digits) when there is no Redis.")
 @click.option("--auth-token", help="Require 'Authorization: Bearer TOKEN' on /v1.")
 @click.option("--connect-timeout", type=float, help="Reap sessions not connected after this many seconds.")
@@ -155,11 +163,21 @@ def agent() -> None:
 
 
 @agent.command("run")
-@click.option("--kind", type=click.Choice(["echo", "tone", "speech"]), help="A built-in agent.")
+@click.option(
+    "--kind",
+    type=click.Choice(["echo", "tone", "speech"]),
+    help="A built-in agent: echo the user, answer with a tone, or listen and speak (offline).",
+)
 @click.option("--app", "app_spec", metavar="MODULE:CLASS", help="Serve your own Agent subclass instead.")
-@click.option("--listen", default="127.0.0.1:8090", show_default=True, metavar="HOST:PORT")
-@click.option("--tone-hz", type=float, default=440.0, show_default=True)
-@click.option("--tone-ms", type=int, default=300, show_default=True)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8090",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="WebSocket (GET /) and /metrics address.",
+)
+@click.option("--tone-hz", type=float, default=440.0, show_default=True, help="The tone agent's pitch.")
+@click.option("--tone-ms", type=int, default=300, show_default=True, help="The tone agent's answer length.")
 @log_options
 def agent_run(
     kind: str | None,
@@ -213,15 +231,23 @@ def agent_run(
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
 )
-@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
-def agent_check(url: str, timeout: float, as_json: bool) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+def agent_check(url: str, timeout: float, output: str, as_json: bool) -> None:
     """Put the agent at URL (ws://...) through one call as the transceiver would; exit 1 on a problem."""
     import json
 
     from transceiver.agent.check import check
 
     report = asyncio.run(check(url, timeout=timeout))
-    if as_json:
+    if as_json or output == "json":
         click.echo(json.dumps(report, indent=1))
     else:
         neg = report.get("negotiated") or {}

@@ -46,13 +46,13 @@ class VadConfig:
     positives) or ``silero`` (the Silero model's speech probability >= ``silero_threshold``).
     A session may override any field from its offer (docs/AGENT_PROTOCOL.md §3)."""
 
-    threshold_db: float = -45.0
-    start_ms: int = 60
-    hangover_ms: int = 100
-    silence_ms: int = 500
-    detector: str = "energy"
-    webrtc_mode: int = 2
-    silero_threshold: float = 0.5
+    threshold_db: float = -45.0  # energy detector: a frame at or above this level is voice
+    start_ms: int = 60  # voice this long starts (or resumes) a turn
+    hangover_ms: int = 100  # unvoiced this long: speech_stopped (the turn may resume)
+    silence_ms: int = 500  # unvoiced this much longer: end_of_turn
+    detector: str = "energy"  # energy, webrtc or silero
+    webrtc_mode: int = 2  # webrtc detector: aggressiveness 0-3
+    silero_threshold: float = 0.5  # silero detector: speech probability that counts as voice
 
     def validate(self, path: str) -> None:
         if self.detector not in VAD_DETECTORS:
@@ -78,7 +78,7 @@ AGENT_FAILURE_ACTIONS = ("hangup", "continue")
 
 @dataclass(frozen=True)
 class AgentLinkConfig:
-    """The link to the voice agent (docs/AGENT_PROTOCOL.md §6, §7).
+    """The link to the voice agent (docs/AGENT_PROTOCOL.md §5, §7).
 
     ``heartbeat_s``: WebSocket pings at this interval; an agent that answers none within
     half of it is dead (a frozen process, a lost host). ``on_failure``: when the agent is
@@ -86,16 +86,16 @@ class AgentLinkConfig:
     session; ``continue`` keeps it open without an agent. ``metadata_headers``: request
     headers of the offer passed to the agent in ``hello.metadata`` (only these)."""
 
-    handshake_timeout_s: float = 2.0
-    heartbeat_s: float = 0.4
-    on_failure: str = "hangup"
-    fallback_ms: int = 400
+    handshake_timeout_s: float = 2.0  # connect + hello -> accept, or the agent is unreachable
+    heartbeat_s: float = 0.4  # ping after this long without a message; no answer in half: dead
+    on_failure: str = "hangup"  # hangup (after the fallback tone) or continue without an agent
+    fallback_ms: int = 400  # the tone the caller hears before a hang-up on agent failure
     max_queued_ms: int = 4000  # agent audio held for playout; more is dropped and counted
     max_input_queued_ms: int = 1000  # caller audio not yet taken by the agent; older is dropped
-    metadata_headers: tuple[str, ...] = ()
+    metadata_headers: tuple[str, ...] = ()  # request headers passed to the agent in hello.metadata
     # The caller's audio held before decoding (aiortc: 4 packets = 80 ms); every packet held
     # is 20 ms more before an end of turn or a barge-in is seen. 0-8.
-    receive_prefetch_packets: int = 1
+    receive_prefetch_packets: int = 1  # caller audio held before decoding (aiortc: 4)
 
     def validate(self, path: str) -> None:
         if not 0 <= self.receive_prefetch_packets <= 8:

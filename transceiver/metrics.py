@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from icegate.observe import register_process
+
 PREFIX = "icegate_transceiver"
 OUTCOMES = ("completed", "failed", "reaped", "rejected", "drained", "consent_expired")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -121,7 +123,16 @@ class TransceiverMetrics:
             ["reason"],
             registry=r,
         )
+        self.agent_unreachable = Counter(
+            f"{PREFIX}_agent_unreachable",
+            "Sessions whose voice agent could not be reached or failed the handshake "
+            "(then per agent.on_failure: hang-up after the fallback, or no agent).",
+            registry=r,
+        )
+        register_process(r, "transceiver")
         r.register(_Snapshot(self.snapshot))
 
     def count_agent(self, reason: str) -> None:
         self.agent_drops.labels(reason).inc()
+        if reason == "agent_unreachable":
+            self.agent_unreachable.inc()

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 DEAD_GRACE_S = 600.0
 _STATE_OF = {"active": BackendState.ACTIVE, "draining": BackendState.DRAINING}
+# ``backend_value.generation`` is a __u32 (bpf/shared.h); a registration's generation is
+# its start time in ms (transceiver/registry.py), past 32 bits. Compare what the map can
+# hold, else every reconciliation sees a change and rewrites every backend (issue 16).
+GENERATION_MASK = 0xFFFFFFFF
 
 
 def backend_of(reg: Registration) -> Backend:
@@ -43,7 +47,7 @@ def backend_of(reg: Registration) -> Backend:
         address=reg.tunnel_addr,
         port=reg.tunnel_port,
         state=_STATE_OF[reg.state],
-        generation=reg.generation,
+        generation=reg.generation & GENERATION_MASK,
     )
 
 

@@ -156,8 +156,9 @@ class RelayCollector(Collector):
         p = self.parts
         if p.redis is not None:
             yield _counter("redis_errors", "Redis commands that failed.", p.redis.errors_total)
+            # redis_up, as the transceiver's (issue 16: was redis_degraded, its inverse)
             yield _gauge(
-                "redis_degraded", "1 while Redis is unreachable (degraded mode).", float(p.redis.degraded)
+                "redis_up", "1 while Redis is reachable (0: degraded mode).", float(not p.redis.degraded)
             )
             yield _counter(
                 "redis_restores", "Reconnections to Redis followed by a full sync.", p.redis.restores_total

@@ -33,6 +33,7 @@ from controlplane.node.expiry import Expiry
 from controlplane.node.http import HttpServer, State, make_app
 from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
 from icegate.errors import StoreError
+from icegate.observe import http_responses, register_process
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,11 @@ class RelayService:
                 maps, counters, cfg.limits, parts, lambda: datapath_problem() is None, datapath_info
             )
         )
+        register_process(self.registry, "relay")
         port = cfg.http.port if http_port is None else http_port
-        self.http = HttpServer(make_app(self.registry, self.problems, state), cfg.http.address, port)
+        app = make_app(self.registry, self.problems, state)
+        app.middlewares.append(http_responses(self.registry, "icegate_relay"))
+        self.http = HttpServer(app, cfg.http.address, port)
         self.tasks: list[asyncio.Task[None]] = []  # run forever; the daemon watches them
 
     async def _resync(self) -> None:

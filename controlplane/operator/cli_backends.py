@@ -37,11 +37,15 @@ def backends_ls(ctx: click.Context, target: Target, as_json: bool) -> None:
         per_backend.update((f.cluster, f.index) for _, f in maps.flows() if f.last_seen_ns >= horizon)
     except RelayNotRunning as exc:
         notes.append(f"map view unavailable: {exc}")
-    try:
-        registered = run_redis(target, lambda store: store.registrations())
-    except StoreError as exc:
-        registered = None
-        notes.append(f"redis view unavailable: {exc}")
+    registered = None
+    if not target.redis_given:
+        # issue 16: never query a Redis nobody named (it silently tried localhost)
+        notes.append("redis view skipped: give --config or --redis-url/--region")
+    else:
+        try:
+            registered = run_redis(target, lambda store: store.registrations())
+        except StoreError as exc:
+            notes.append(f"redis view unavailable: {exc}")
     if in_map is None and registered is None:
         raise StoreError("; ".join(notes))
     rows = views.backend_rows(in_map, registered, per_backend, int(time.time() * 1000))

@@ -60,7 +60,7 @@ def up(name: str | None, config_file: Path | None, latency_ms: float | None, as_
 @_common
 @click.option("--keep-logs", is_flag=True, help="Keep process logs in /run/icegate/lab/<name>/.")
 @click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds before SIGKILL.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def down(name: str | None, config_file: Path | None, keep_logs: bool, timeout: float, as_json: bool) -> None:
     """End the lab's processes and remove its namespaces and pins (a missing lab is fine)."""
     the_lab = Lab.load(name, config_path=config_file)
@@ -87,7 +87,7 @@ def down(name: str | None, config_file: Path | None, keep_logs: bool, timeout: f
 
 @lab.command()
 @_common
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def status(name: str | None, config_file: Path | None, as_json: bool) -> None:
     """Hosts, interfaces, addresses, routes, XDP, processes, Redis and netem."""
     info = Lab.load(name, config_path=config_file).status()

@@ -315,6 +315,7 @@ def test_unreachable_agent_is_reported_and_the_call_hangs_up() -> None:
 
         async def scenario(h: Harness) -> None:
             assert h.bridge.agent_state == "failed"
+            assert h.bridge.counters == {"agent_unreachable": 1}  # once, not once per frame
             assert h.channel.sent[0]["type"] == "error" and h.channel.sent[0]["code"] == "agent_unreachable"
             fallback = h.play(20)
             assert all(f != SILENCE for f in fallback)  # the fallback tone (400 ms)

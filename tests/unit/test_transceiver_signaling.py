@@ -192,6 +192,10 @@ def test_health_and_metrics() -> None:
             "icegate_transceiver_turn_latency_seconds_bucket",
             "icegate_transceiver_rtt_seconds_bucket",
             "icegate_transceiver_redis_up 1.0",
+            "icegate_transceiver_agent_unreachable_total 0.0",
+            'icegate_transceiver_http_responses_total{code="200",path="/readyz"} 1.0',
+            'icegate_build_info{component="transceiver"',
+            "process_start_time_seconds",
         ):
             assert name in text, name
 

@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from icegate.errors import WireError
+from icegate.observe import http_responses, register_process
 from transceiver.agent_protocol import (
     FRAME_MS_CHOICES,
     RATES,
@@ -344,16 +346,32 @@ async def run_session(ws: web.WebSocketResponse, factory: Callable[[], Agent]) -
 
 
 def make_app(factory: Callable[[], Agent]) -> web.Application:
-    """An aiohttp application serving ``factory()`` agents on ``GET /`` (WebSocket)."""
+    """An aiohttp application serving ``factory()`` agents on ``GET /`` (WebSocket), and
+    its metrics on ``GET /metrics`` (``icegate_agent_*``, ``process_*``)."""
+    registry = CollectorRegistry(auto_describe=True)
+    register_process(registry, "agent")
+    connections = Gauge(
+        "icegate_agent_connections", "Sessions connected to this agent now.", registry=registry
+    )
+    sessions = Counter("icegate_agent_sessions", "Sessions this agent served.", registry=registry)
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=65536)
         await ws.prepare(request)
-        await run_session(ws, factory)
+        connections.inc()
+        sessions.inc()
+        try:
+            await run_session(ws, factory)
+        finally:
+            connections.dec()
         return ws
 
-    app = web.Application()
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[http_responses(registry, "icegate_agent")])
     app.router.add_get("/", handle)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
