@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from icegate import redisurl
 from icegate.config import Address, Port
 from icegate.errors import ConfigError
 
@@ -114,8 +115,9 @@ class RedisConfig:
     retry_max_s: float = 5.0
 
     def validate(self, path: str) -> None:
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"{path}.url", f"expected redis://, rediss:// or unix://, got {self.url!r}")
+        problem = redisurl.check(self.url)
+        if problem:
+            raise ConfigError(f"{path}.url", problem)
         if not self.region or ":" in self.region:
             raise ConfigError(f"{path}.region", f"must be non-empty without ':', got {self.region!r}")
         if not 0 < self.retry_min_s <= self.retry_max_s:

@@ -21,14 +21,16 @@ import asyncio
 import fractions
 import time
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from aiortc import RTCPeerConnection
-from aiortc.jitterbuffer import JitterBuffer
 from av import AudioFrame, AudioResampler, CodecContext, Packet
 from av.audio.codeccontext import AudioCodecContext
 
 from transceiver.agent_protocol import FRAME_SAMPLES, SAMPLE_RATE, AudioFormat
+
+if TYPE_CHECKING:  # aiortc is heavy to import; agents (the SDK) use this module without it
+    from aiortc import RTCPeerConnection
 
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 BIT_RATE = 32000
@@ -176,6 +178,8 @@ def set_receive_prefetch(pc: RTCPeerConnection, packets: int) -> None:
     no setting for it: its receivers' private buffer is replaced, after
     ``setRemoteDescription`` created them and before any packet arrived;
     tests/unit/test_transceiver_audio.py fails if an upgrade moves the attribute."""
+    from aiortc.jitterbuffer import JitterBuffer
+
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "audio":
             receiver = transceiver.receiver

@@ -211,12 +211,12 @@ def agent_run(
     _logging(log_json, debug)
 
     async def main() -> None:
-        runner = await sdk.serve(factory, host, port)
-        logger.info("agent listening kind=%s url=ws://%s:%d/", kind or app_spec, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT):  # before warm_up: a stop while loading is clean
             loop.add_signal_handler(signum, stop.set)
+        runner = await sdk.serve(factory, host, port)
+        logger.info("agent listening kind=%s url=ws://%s:%d/", kind or app_spec, host, port)
         try:
             await stop.wait()
         finally:

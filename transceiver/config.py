@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from icegate import redisurl
 from icegate.config import Address, Port
 from icegate.errors import ConfigError
 from icegate.geneve import GENEVE_PORT
@@ -173,6 +174,8 @@ class TransceiverConfig:
             raise ConfigError(f"{path}.route_key_id", f"expected 0..{MAX_KEY_ID}, got {self.route_key_id}")
         if self.redis_url is None and self.route_key is None:
             raise ConfigError(f"{path}.redis_url", "either redis_url or route_key is required")
+        if self.redis_url is not None and (problem := redisurl.check(self.redis_url)):
+            raise ConfigError(f"{path}.redis_url", problem)
         for i, network in enumerate(self.relay_sources):
             try:
                 ipaddress.ip_network(network, strict=False)

@@ -10,6 +10,7 @@ Inbound, per datagram on the tunnel port::
        whose MESSAGE-INTEGRITY verifies with that route's ICE password  else "bad_integrity"
        (learns the flow (client, VIP) -> route, relay)
     -> anything else: the route of flow (client, VIP)             else "no_flow"
+       (with relay_sources set, its returns follow this relay: "relay_moved")
     -> that route's receiver for the VIP                           "delivered"
 
 The inner UDP checksum is not verified: on veth the kernel leaves it to offload, so a
@@ -238,6 +239,8 @@ class TunnelMux(asyncio.DatagramProtocol):
                 self.counters["in", "no_flow"] += 1
                 return
             route = flow.route
+            if self.relay_sources:
+                self._follow(flow, (str(addr[0]), self.vips[vip].tunnel_port))
         receiver = route.receivers.get(vip)
         if receiver is None:
             self.counters["in", "not_vip"] += 1
@@ -273,6 +276,16 @@ class TunnelMux(asyncio.DatagramProtocol):
         route.flows.add(key)
         if route.held:
             self._flush(route, key)
+
+    def _follow(self, flow: _Flow, relay: Addr) -> None:
+        """Returns follow the fleet node that carries the client now (docs/SCALING.md): after a
+        node is lost or added, ECMP hashes the client to another relay, whose packets are the
+        first sign of it; a consent check (seconds away) would move it too, but the audio in
+        between would go to a dead node. Only with ``relay_sources``: the sender is a relay
+        (checked above), and a relay forwards only packets of flows it verified."""
+        if flow.relay != relay:
+            flow.relay = relay
+            self.counters["in", "relay_moved"] += 1
 
     # -- outbound --------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class ControlPlane:
     flow_cache: FlowCache | None = None
     recovery: Recovery | None = None
     expiry: Expiry | None = None
+    draining: Callable[[], bool] | None = None  # icegate relay drain (controlplane/node/drain.py)
 
 
 class RelayCollector(Collector):
@@ -196,6 +197,8 @@ class RelayCollector(Collector):
             for state in ("confirmed", "pending"):
                 family.add_metric([state], p.expiry.expired[state])
             yield family
+        if p.draining is not None:
+            yield _gauge("draining", "1 once the node drains (icegate relay drain).", float(p.draining()))
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:

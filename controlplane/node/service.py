@@ -29,6 +29,7 @@ from controlplane.cluster.redisio import RedisStore
 from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RateLimits, RelayConfig
 from controlplane.datapath.store import MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.node.drain import Drain
 from controlplane.node.expiry import Expiry
 from controlplane.node.http import HttpServer, State, make_app
 from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
@@ -96,11 +97,20 @@ class RelayService:
         self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
         self.recovery = Recovery(self.redis, maps)
         self.expiry = Expiry(maps, cfg.expiry, self.flow_cache.record)  # idle flows out, and from Redis
+        self.drain = Drain(maps)
+        self.sync.adjust = self.drain.adjust
         self.redis.on_restore(self._resync)
         self.redis.on_restore(self.flow_cache.on_restore)
         self.datapath_problem = datapath_problem
         self.registry = CollectorRegistry(auto_describe=False)
-        parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery, self.expiry)
+        parts = ControlPlane(
+            self.redis,
+            self.sync,
+            self.flow_cache,
+            self.recovery,
+            self.expiry,
+            draining=lambda: self.drain.draining,
+        )
         self.registry.register(
             RelayCollector(
                 maps, counters, cfg.limits, parts, lambda: datapath_problem() is None, datapath_info
@@ -108,7 +118,7 @@ class RelayService:
         )
         register_process(self.registry, "relay")
         port = cfg.http.port if http_port is None else http_port
-        app = make_app(self.registry, self.problems, state)
+        app = make_app(self.registry, self.problems, state, self.drain.handle)
         app.middlewares.append(http_responses(self.registry, "icegate_relay"))
         self.http = HttpServer(app, cfg.http.address, port)
         self.tasks: list[asyncio.Task[None]] = []  # run forever; the daemon watches them
@@ -124,6 +134,9 @@ class RelayService:
             found.append(f"datapath: {problem}")
         if self.redis.degraded:
             found.append(f"redis: degraded, {self.redis.last_error}")
+        drain = self.drain.problem()
+        if drain:
+            found.append(f"draining: {drain}")
         return found
 
     async def connect(self, timeout_s: float) -> bool:
