@@ -197,15 +197,18 @@ def _secret(name: str, value: str | None, path: Path | None) -> str | None:
     )
 
 
-@click.group(short_help="run a voice agent (echo, tone)")
+@click.group(short_help="run a voice agent (echo, tone, speech, or your own)")
 def agent() -> None:
-    """Built-in voice agents for the transceiver's agent protocol."""
+    """Voice agents for the transceiver's agent protocol (docs/AGENT_PROTOCOL.md)."""
 
 
 @agent.command("run")
 @click.option(
-    "--kind", type=click.Choice(["echo", "tone"]), required=True, help="Echo the user, or answer with a tone."
+    "--kind",
+    type=click.Choice(["echo", "tone", "speech"]),
+    help="A built-in agent: echo the user, answer with a tone, or listen and speak (offline).",
 )
+@click.option("--app", "app_spec", metavar="MODULE:CLASS", help="Serve your own Agent subclass instead.")
 @click.option(
     "--listen",
     default="127.0.0.1:8090",
@@ -216,22 +219,44 @@ def agent() -> None:
 @click.option("--tone-hz", type=float, default=440.0, show_default=True, help="The tone agent's pitch.")
 @click.option("--tone-ms", type=int, default=300, show_default=True, help="The tone agent's answer length.")
 @log_options
-def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bool, debug: bool) -> None:
-    """Serve one kind of agent on ws://HOST:PORT/ until SIGTERM/SIGINT."""
-    from transceiver import agents
+def agent_run(
+    kind: str | None,
+    app_spec: str | None,
+    listen: str,
+    tone_hz: float,
+    tone_ms: int,
+    log_json: bool,
+    debug: bool,
+) -> None:
+    """Serve an agent on ws://HOST:PORT/ until SIGTERM/SIGINT (one instance per session)."""
+    from transceiver.agent import builtin, sdk
 
+    if (kind is None) == (app_spec is None):
+        raise click.UsageError("give exactly one of --kind and --app")
+    factory: type[sdk.Agent]
+    if app_spec is not None:
+        try:
+            factory = sdk.load_app(app_spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--app") from None
+    elif kind == "echo":
+        factory = builtin.EchoAgent
+    elif kind == "tone":
+        factory = builtin.tone_agent(tone_hz, tone_ms)
+    else:
+        from transceiver.agent import speech
+
+        factory = speech.SpeechAgent
     host, port = split_hostport(listen)
     _logging(log_json, debug)
 
     async def main() -> None:
-        runner = await agents.serve(
-            "echo" if kind == "echo" else "tone", host, port, tone_hz=tone_hz, tone_ms=tone_ms
-        )
-        logger.info("agent listening kind=%s url=ws://%s:%d/", kind, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT):  # before warm_up: a stop while loading is clean
             loop.add_signal_handler(signum, stop.set)
+        runner = await sdk.serve(factory, host, port)
+        logger.info("agent listening kind=%s url=ws://%s:%d/", kind or app_spec, host, port)
         try:
             await stop.wait()
         finally:
@@ -239,3 +264,38 @@ def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bo
                 await runner.cleanup()
 
     asyncio.run(main())
+
+
+@agent.command("check")
+@click.argument("url")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+def agent_check(url: str, timeout: float, output: str, as_json: bool) -> None:
+    """Put the agent at URL (ws://...) through one call as the transceiver would; exit 1 on a problem."""
+    import json
+
+    from transceiver.agent.check import check
+
+    report = asyncio.run(check(url, timeout=timeout))
+    if as_json or output == "json":
+        click.echo(json.dumps(report, indent=1))
+    else:
+        neg = report.get("negotiated") or {}
+        click.echo(f"agent {url}: {'ok' if report['ok'] else 'PROBLEMS'}")
+        click.echo(f"  negotiated: in {neg.get('input')}, out {neg.get('output')}")
+        click.echo(f"  events: {' '.join(report.get('events', []))}")
+        click.echo(f"  end_of_turn -> first frame: {report.get('first_frame_ms')} ms; "
+                   f"response {report.get('response_ms')} ms of audio")  # fmt: skip
+        for problem in report["problems"]:
+            click.echo(f"  problem: {problem}")
+    raise SystemExit(0 if report["ok"] else 1)

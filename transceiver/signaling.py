@@ -133,7 +133,7 @@ def make_app(
             return error(413, f"the offer exceeds {max_offer_bytes} bytes")
         body = await request.read()
         try:
-            session, answer = await manager.create(body)
+            session, answer = await manager.create(body, request.query, request.headers)
         except SignalingError as exc:
             if exc.status == 503:
                 return error(503, exc.reason, **{"Retry-After": str(RETRY_AFTER_S)})

@@ -20,7 +20,7 @@ def test_lists_the_benchmarks() -> None:
     listing = json.loads(icegate("bench", "--json").stdout)
     names = [b["name"] for b in listing]
     assert names == sorted(names) and {"flow_restore", "sessions", "twin_micro", "xdp_micro"} <= set(names)
-    assert {"fleet_node_loss", "fleet_sim"} <= set(names)
+    assert {"fleet_node_loss", "fleet_sim", "agent_latency", "vad"} <= set(names)
     assert all(b["what"] for b in listing)
     rows = {line.split()[0]: line for line in icegate("bench").stdout.splitlines()}
     assert "Nanoseconds per packet" in rows["xdp_micro"] and len(rows) == len(names)
@@ -39,5 +39,6 @@ def test_runs_one_by_name_and_passes_its_arguments(tmp_path: Path) -> None:
 def test_an_unknown_name_lists_the_known_ones() -> None:
     refused = icegate("bench", "nosuch")
     assert (
-        refused.returncode == 2 and "not one of fleet_node_loss, fleet_sim, flow_restore, " in refused.stderr
+        refused.returncode == 2
+        and "not one of agent_latency, fleet_node_loss, fleet_sim, flow_restore, " in refused.stderr
     )
