@@ -12,13 +12,14 @@
 
 #include "forward.h"
 #include "maps.h"
+#include "nexthop.h"
 #include "parsing.h"
 #include "ratelimit.h"
 #include "token.h"
 
 struct packet {
 	struct ip_udp l3;           /* the IP/UDP headers as received */
-	struct bpf_fib_lookup fib;  /* next hop, valid once next_hop() returned CONTINUE */
+	struct nexthop_work *nh;    /* per-CPU scratch; nh->fib is the next hop once cached_next_hop() returned CONTINUE */
 	__u32 frame_len;            /* bytes as received: what the counters count */
 	__u64 now;                  /* bpf_ktime_get_ns(), read only where a map needs it */
 };
@@ -32,6 +33,44 @@ static __always_inline const __u8 *tunnel_source(const struct relay_config *cfg,
 						 const struct backend_value *be)
 {
 	return be->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6;
+}
+
+/* DATAPATH.md section 6 through the next-hop cache (nexthop.h): bpf_fib_lookup only on a
+ * miss or a stale entry. Here rather than in nexthop.h because bcc rewrites map calls in
+ * the main file only. */
+static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *pkt, const __u8 *src,
+					     const __u8 *dst, __u32 tot_len)
+{
+	struct nexthop_work *w = pkt->nh;
+	struct nexthop_value *hop;
+	__u32 zero = 0, generation = 0, which, stat;
+	__u32 *current_generation = nexthop_generation.lookup(&zero);
+	__u64 now, *count;
+
+	if (!pkt->now)
+		pkt->now = bpf_ktime_get_ns();
+	now = pkt->now;
+	if (current_generation)
+		generation = *current_generation;
+	__builtin_memcpy(w->key.addr, dst, 16);
+	w->key.ifindex = ctx->ingress_ifindex;
+	hop = nexthops.lookup(&w->key);
+	if (hop && nexthop_usable(hop, generation, tot_len, now)) {
+		nexthop_to_fib(hop, &w->fib);
+		stat = CONTINUE;
+		which = NEXTHOP_STAT_HIT;
+	} else {
+		which = hop ? NEXTHOP_STAT_STALE : NEXTHOP_STAT_MISS;
+		stat = next_hop(ctx, addr_family(dst), src, dst, tot_len, &w->fib);
+		if (stat == CONTINUE) {
+			nexthop_from_fib(&w->value, &w->fib, hop, generation, tot_len, now);
+			nexthops.update(&w->key, &w->value); /* best effort: a failed update costs a lookup */
+		}
+	}
+	count = nexthop_stats.lookup(&which);
+	if (count)
+		*count += 1;
+	return stat;
 }
 
 /* §1 r6: our Geneve endpoint, config.tunnel_addr4|6 : config.tunnel_port. */
@@ -262,8 +301,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	if (!r.be)
 		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
 	/* §2 r10 and §2.1 r3 */
-	stat = next_hop(ctx, r.be->family, tunnel_source(cfg, r.be), r.be->addr,
-			outer_len(r.be) + pkt->l3.ip_len, &pkt->fib);
+	stat = cached_next_hop(ctx, pkt, tunnel_source(cfg, r.be), r.be->addr, outer_len(r.be) + pkt->l3.ip_len);
 	if (stat != CONTINUE)
 		return stat;
 	/* §2 r11 and §2.1 r4 */
@@ -273,7 +311,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 		if (!scratch || packet_sum(ctx, pkt->l3.ip_off, pkt->l3.ip_len, scratch->bytes, &inner_sum))
 			return STAT_DROP_INTERNAL;
 	}
-	stat = encapsulate(ctx, &pkt->l3, pkt->frame_len, &r.backend, r.be, cfg, &pkt->fib, inner_sum);
+	stat = encapsulate(ctx, &pkt->l3, pkt->frame_len, &r.backend, r.be, cfg, &pkt->nh->fib, inner_sum);
 	if (stat != CONTINUE)
 		return stat;
 	return commit_route(pkt, cfg, &r);
@@ -330,17 +368,16 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	if (!be || !addr_eq(be->addr, pkt->l3.src))
 		return STAT_DROP_RETURN_WRONG_BACKEND;
 	/* §3 r8 */
-	stat = next_hop(ctx, inner.family, inner.src, inner.dst, inner.ip_len, &pkt->fib);
+	stat = cached_next_hop(ctx, pkt, inner.src, inner.dst, inner.ip_len);
 	if (stat != CONTINUE)
 		return stat;
 	/* §3 r9: the transceiver's Binding success response confirms a pending flow. */
 	confirm = !confirmed && kind == PACKET_STUN &&
 		  stun_is_binding_success(data, data_end, inner.payload_off, payload_len(&inner));
-	stat = decapsulate(ctx, &inner, pkt->frame_len, &pkt->fib);
+	stat = decapsulate(ctx, &inner, pkt->frame_len, &pkt->nh->fib);
 	if (stat != CONTINUE)
 		return stat;
-	pkt->now = bpf_ktime_get_ns();
-	if (confirm) {
+	if (confirm) { /* pkt->now: set by cached_next_hop() */
 		/* Updated in place, then copied into flows (a map value may be the source of an
 		 * update), then removed from pending. */
 		flow->last_seen_ns = pkt->now;
@@ -395,10 +432,10 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, const struct p
 		counter->bytes += pkt->frame_len;
 	}
 	/* The verdict of each stat is its row in STAT_TABLE (shared.h). */
-	if (STAT_IS(STAT_FORWARD_MASK, stat)) {
-		if (pkt->fib.ifindex == ctx->ingress_ifindex)
+	if (STAT_IS(STAT_FORWARD_MASK, stat) && pkt->nh) {
+		if (pkt->nh->fib.ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
-		return bpf_redirect(pkt->fib.ifindex, 0);
+		return bpf_redirect(pkt->nh->fib.ifindex, 0);
 	}
 	if (STAT_IS(STAT_DROP_MASK, stat))
 		return XDP_DROP;
@@ -419,7 +456,8 @@ int xdp_relay(struct xdp_md *ctx)
 
 	pkt.frame_len = data_end - data;
 	cfg = config.lookup(&zero);
-	if (!cfg) {
+	pkt.nh = nexthop_scratch.lookup(&zero);
+	if (!cfg || !pkt.nh) {
 		stat = STAT_PASS_NOT_RELAY; /* cannot happen (array of one): fail open */
 		goto out;
 	}
