@@ -35,6 +35,7 @@ from labkit.lab.kernel import set_offloads
 C_SOURCE = Path(__file__).parents[1] / "c" / "udpbench.c"
 KEY = bytes(range(16))
 GEN_IP, RELAY_PUB, TUNNEL_IP, SINK_IP = "198.18.0.2", "198.18.0.1", "10.70.0.1", "10.70.0.11"
+SINK_IP2 = "10.70.0.12"  # a second transceiver address on the sink (B3 checks routing)
 VIP, VIP_PORT, SINK_PORT, BASE_PORT = "192.0.2.10", 3478, 6081, 20000
 MACS = {
     "cli0": "02:00:00:00:b1:02",
@@ -107,6 +108,7 @@ class BenchLab:
         netns.address(relay, "lo", f"{VIP}/32")
         netns.run(relay, ["ip", "link", "set", "lo", "up"])
         netns.address(sink, "tx0", f"{SINK_IP}/24")
+        netns.address(sink, "tx0", f"{SINK_IP2}/24")
         netns.route(gen, f"{VIP}/32", gateway=RELAY_PUB)
         netns.route(gen, "10.70.0.0/24", gateway=RELAY_PUB)
         netns.route(sink, "198.18.0.0/24", gateway=TUNNEL_IP)
@@ -114,6 +116,7 @@ class BenchLab:
         netns.neighbour(gen, "cli0", RELAY_PUB, MACS["pub0"])
         netns.neighbour(relay, "pub0", GEN_IP, MACS["cli0"])
         netns.neighbour(relay, "priv0", SINK_IP, MACS["tx0"])
+        netns.neighbour(relay, "priv0", SINK_IP2, MACS["tx0"])
         netns.neighbour(sink, "tx0", TUNNEL_IP, MACS["priv0"])
         set_offloads(gen, [("cli0", True)])
         set_offloads(sink, [("tx0", True)])
@@ -126,12 +129,23 @@ class BenchLab:
 
     # ---- the C tools ----
     def gen(
-        self, dst: str, dport: int, pps: float, seconds: float, size: int, prefix: str, nports: int = 64
+        self,
+        dst: str,
+        dport: int,
+        pps: float,
+        seconds: float,
+        size: int,
+        prefix: str,
+        nports: int = 64,
+        source: tuple[str, str, int] | None = None,
     ) -> GenResult:
-        argv = [str(self.udpbench), "gen", GEN_IP, str(BASE_PORT), str(nports), dst, str(dport)]
+        """``udpbench gen`` from ``source`` = (namespace, address, first port), by default
+        the generator's namespace and ports."""
+        ns, src, base = source or (self.gen_ns, GEN_IP, BASE_PORT)
+        argv = [str(self.udpbench), "gen", src, str(base), str(nports), dst, str(dport)]
         argv += [str(pps), str(seconds), str(size), prefix]
         out = subprocess.run(
-            netns.command(self.gen_ns, argv),
+            netns.command(ns, argv),
             check=True,
             capture_output=True,
             text=True,
@@ -141,13 +155,15 @@ class BenchLab:
         return GenResult(**json.loads(out.strip().splitlines()[-1]))
 
     @contextlib.contextmanager
-    def sink(self, seconds: float, stampoff: int = -1, port: int = SINK_PORT) -> Iterator[dict[str, Any]]:
-        """A sink counting what reaches SINK_IP:port; the dict fills in when the block ends
-        (the sink stops 1 s after the last packet)."""
-        argv = [str(self.udpbench), "sink", SINK_IP, str(port), str(seconds), str(stampoff)]
-        proc = netns.spawn(
-            self.sink_ns, argv, stdout=subprocess.PIPE, text=True, preexec_fn=pinned(RELAY_CPU)
-        )
+    def sink(
+        self, seconds: float, stampoff: int = -1, at: tuple[str, str, int] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """A sink counting what reaches ``at`` = (namespace, address, port), by default the
+        transceiver's SINK_IP:SINK_PORT; the dict fills in when the block ends (the sink
+        stops 1 s after the last packet)."""
+        ns, addr, port = at or (self.sink_ns, SINK_IP, SINK_PORT)
+        argv = [str(self.udpbench), "sink", addr, str(port), str(seconds), str(stampoff)]
+        proc = netns.spawn(ns, argv, stdout=subprocess.PIPE, text=True, preexec_fn=pinned(RELAY_CPU))
         result: dict[str, Any] = {}
         try:
             assert proc.stdout is not None
@@ -218,6 +234,7 @@ def xdp_relay(lab: BenchLab, nports: int = 64) -> Iterator[Target]:
         store.set_config(TunnelEndpoint(TUNNEL_IP, None, 6081), RateConfig())
         store.set_route_keys({0: KEY})
         store.put_backend(Backend(1, 1, SINK_IP, SINK_PORT, BackendState.ACTIVE, 1))
+        store.put_backend(Backend(1, 2, SINK_IP2, SINK_PORT, BackendState.ACTIVE, 1))
         store.put_flows(client_flows(nports))
         prefix_len = len(DTLS_PREFIX) // 2
         yield Target(

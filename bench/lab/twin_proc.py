@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import signal
 
-from bench.lab.netlab import BASE_PORT, GEN_IP, KEY, SINK_IP, SINK_PORT, TUNNEL_IP, VIP, VIP_PORT
+from bench.lab.netlab import BASE_PORT, GEN_IP, KEY, SINK_IP, SINK_IP2, SINK_PORT, TUNNEL_IP, VIP, VIP_PORT
 from controlplane.config import RelayConfig, TunnelConfig, VipConfig
 from controlplane.datapath import twin
 from controlplane.datapath.layout import BackendState
@@ -25,6 +25,7 @@ async def serve(ports: int) -> None:
     store.set_config(TunnelEndpoint(TUNNEL_IP, None, 6081), RateConfig())
     store.set_route_keys({0: KEY})
     store.put_backend(Backend(1, 1, SINK_IP, SINK_PORT, BackendState.ACTIVE, 1))
+    store.put_backend(Backend(1, 2, SINK_IP2, SINK_PORT, BackendState.ACTIVE, 1))
     for i in range(ports):
         store.put_flow((inet.addr16(GEN_IP), BASE_PORT + i, 0), Flow(1, 1, 0, 0, 0))
     config = RelayConfig(
