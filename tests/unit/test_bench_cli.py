@@ -18,10 +18,21 @@ def icegate(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_lists_the_benchmarks() -> None:
     listing = json.loads(icegate("bench", "--json").stdout)
-    assert [b["name"] for b in listing] == ["flow_restore", "sessions", "twin_micro", "xdp_micro"]
+    assert [b["name"] for b in listing] == [
+        "b1_cpu",
+        "b2_latency",
+        "b3_first_packets",
+        "b7_flow_table",
+        "flow_restore",
+        "plots",
+        "profile_xdp",
+        "sessions",
+        "twin_micro",
+        "xdp_micro",
+    ]
     assert all(b["what"] for b in listing)
     rows = {line.split()[0]: line for line in icegate("bench").stdout.splitlines()}
-    assert "Nanoseconds per packet" in rows["xdp_micro"] and len(rows) == 4
+    assert "Nanoseconds per packet" in rows["xdp_micro"] and len(rows) == 10
 
 
 def test_runs_one_by_name_and_passes_its_arguments(tmp_path: Path) -> None:
@@ -38,5 +49,6 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
     refused = icegate("bench", "nosuch")
     assert (
         refused.returncode == 2
-        and "not one of flow_restore, sessions, twin_micro, xdp_micro" in refused.stderr
+        and "not one of b1_cpu, b2_latency, b3_first_packets" in refused.stderr
+        and "twin_micro, xdp_micro" in refused.stderr
     )
