@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,16 @@ def b1(data: dict[str, Any], out: Path) -> Path:
 def profile(data: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     rows = data["rows"]
-    for path_name in ("flow hit", "return", "drop"):
-        pts = sorted(
-            (r["offered_pps"], r["ns_per_pkt"]) for r in rows if r["path"] == path_name and r["ns_per_pkt"]
-        )
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=path_name)
+    for cache, style in ((True, "-"), (False, ":")):
+        for path_name in ("flow hit", "return", "drop"):
+            by_rate: dict[int, list[float]] = {}
+            for r in rows:
+                if r["path"] == path_name and r.get("nexthop_cache", True) == cache and r["ns_per_pkt"]:
+                    by_rate.setdefault(r["offered_pps"], []).append(r["ns_per_pkt"])
+            pts = sorted((rate, statistics.median(v)) for rate, v in by_rate.items())
+            if pts:
+                label = path_name + ("" if cache else " (no next-hop cache)")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
     ax.axhline(200, color="grey", linestyle="--", linewidth=1, label="target 200 ns (flow hit)")
     ax.set_xscale("log")
     ax.set_xlabel("offered load (pps)")

@@ -9,12 +9,16 @@ run_cnt, read before and after) gives the ns per packet *in place*, caches as th
 traffic leaves them. Paths: a flow hit (DTLS from the client to the VIP: Geneve out), a
 return (Geneve from the transceiver: decapsulated to the client), a drop (junk at the
 VIP: DROP_NOT_WEBRTC). Low rates show the cold-cache cost that BPF_PROG_TEST_RUN hides.
+Each path and rate is measured with the next-hop cache (bpf/nexthop.h) and without it
+(``-DNEXTHOP_CACHE=0``: bpf_fib_lookup for every packet), in alternating rounds; the
+table gives the median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -67,34 +71,46 @@ def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float
 
 def table(rows: list[dict[str, Any]]) -> str:
     rates = sorted({r["offered_pps"] for r in rows})
-    paths = ["flow hit", "return", "drop"]
     out = []
-    for path in paths:
-        cells = []
-        for rate in rates:
-            match = [r for r in rows if r["path"] == path and r["offered_pps"] == rate]
-            cells.append(f"{match[0]['ns_per_pkt']:.0f}" if match and match[0]["ns_per_pkt"] else "-")
-        out.append((path, *cells))
-    return report.markdown_table(("path \\ offered pps", *(f"{r:,}" for r in rates)), out)
+    for cache in (True, False):
+        for path in ("flow hit", "return", "drop"):
+            cells = []
+            for rate in rates:
+                costs = [
+                    r["ns_per_pkt"]
+                    for r in rows
+                    if r["path"] == path
+                    and r["offered_pps"] == rate
+                    and r["nexthop_cache"] == cache
+                    and r["ns_per_pkt"]
+                ]
+                cells.append(f"{statistics.median(costs):.0f}" if costs else "-")
+            out.append((path, "cache" if cache else "no cache (before)", *cells))
+    return report.markdown_table(("path", "next hop", *(f"{r:,} pps" for r in rates)), out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one rate, 1 s (smoke)")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
-    rates, seconds = (QUICK_RATES, 1.0) if args.quick else (RATES, args.seconds)
+    rates, seconds, rounds = (QUICK_RATES, 1.0, 1) if args.quick else (RATES, args.seconds, args.rounds)
     lab = nl.BenchLab(f"ppx{os.getpid() % 1000}-")
     rows = []
     try:
         lab.build()
-        with nl.bpf_stats_enabled(), nl.xdp_relay(lab) as target:
-            for rate in rates:
-                for path in ("flow hit", "return", "drop"):
-                    row = one(lab, target, path, rate, seconds)
-                    print(row, flush=True)
-                    rows.append(row)
+        with nl.bpf_stats_enabled():
+            for rnd in range(rounds):
+                for cache in (True, False):
+                    with nl.xdp_relay(lab, nexthop_cache=cache) as target:
+                        for rate in rates:
+                            for path in ("flow hit", "return", "drop"):
+                                row = one(lab, target, path, rate, seconds)
+                                row.update(nexthop_cache=cache, round=rnd)
+                                print(row, flush=True)
+                                rows.append(row)
     finally:
         lab.remove()
     text = table(rows)

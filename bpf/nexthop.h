@@ -21,6 +21,9 @@
 #include "forward.h"
 #include "shared.h"
 
+#ifndef NEXTHOP_CACHE
+#define NEXTHOP_CACHE 1 /* 0: every packet asks bpf_fib_lookup, as before the cache (benchmarks) */
+#endif
 #ifndef NEXTHOP_MAX_AGE_NS
 #define NEXTHOP_MAX_AGE_NS 1000000000ULL /* 1 s */
 #endif

@@ -47,6 +47,8 @@ static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *
 	__u32 *current_generation = nexthop_generation.lookup(&zero);
 	__u64 now, *count;
 
+	if (!NEXTHOP_CACHE) /* compiled out: the benchmarks' "before" (bench/lab/netlab.py) */
+		return next_hop(ctx, addr_family(dst), src, dst, tot_len, &w->fib);
 	if (!pkt->now)
 		pkt->now = bpf_ktime_get_ns();
 	now = pkt->now;

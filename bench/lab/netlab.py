@@ -222,9 +222,18 @@ def client_flows(nports: int) -> list[tuple[tuple[bytes, int, int], Flow]]:
     return [((inet.addr16(GEN_IP), BASE_PORT + i, 0), Flow(1, 1, 0, 0, 0)) for i in range(nports)]
 
 
+class UncachedLoader(Loader):
+    """The production loader with the next-hop cache compiled out (``-DNEXTHOP_CACHE=0``):
+    every packet asks ``bpf_fib_lookup``, as before bpf/nexthop.h. For before/after figures."""
+
+    def cflags(self) -> list[str]:
+        return [*super().cflags(), "-DNEXTHOP_CACHE=0"]
+
+
 @contextlib.contextmanager
-def xdp_relay(lab: BenchLab, nports: int = 64) -> Iterator[Target]:
-    loader = Loader(relay_config(f"{lab.prefix}xdp"))
+def xdp_relay(lab: BenchLab, nports: int = 64, nexthop_cache: bool = True) -> Iterator[Target]:
+    config = relay_config(f"{lab.prefix}xdp")
+    loader = Loader(config) if nexthop_cache else UncachedLoader(config)
     loader.load()
     try:
         with netns.entered(lab.relay_ns):
