@@ -60,7 +60,7 @@ def fill(xdp: XdpRelay, start: int, count: int) -> None:
 
 
 def memlock(xdp: XdpRelay, name: str) -> int:
-    fd = xdp.store.maps[name].fd  # type: ignore[attr-defined]
+    fd = xdp.store.maps[name].fd
     for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
         if line.startswith("memlock:"):
             return int(line.split()[1])

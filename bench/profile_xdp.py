@@ -44,17 +44,18 @@ def return_prefix(size: int) -> str:
 
 def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float) -> dict[str, Any]:
     assert target.prog_id is not None
+    at: tuple[str, str, int] | None = None
+    source: tuple[str, str, int] | None = None
+    dst, dport, prefix, nports = nl.VIP, nl.VIP_PORT, nl.DTLS_PREFIX, 64
     if path == "return":
         at = (lab.gen_ns, nl.GEN_IP, nl.BASE_PORT)
         source = (lab.sink_ns, nl.SINK_IP, RETURN_SOURCE_PORT)
-        args = (nl.TUNNEL_IP, 6081, pps, seconds, SIZE, return_prefix(SIZE), 1, source)
+        dst, dport, prefix, nports = nl.TUNNEL_IP, nl.SINK_PORT, return_prefix(SIZE), 1
     elif path == "drop":
-        at, args = None, (nl.VIP, nl.VIP_PORT, pps, seconds, SIZE, "63", 64, None)
-    else:
-        at, args = None, (nl.VIP, nl.VIP_PORT, pps, seconds, SIZE, nl.DTLS_PREFIX, 64, None)
+        prefix = "63"  # first byte 99: no RFC 7983 class, DROP_NOT_WEBRTC
     with lab.sink(seconds + 5, -1, at) as received:
         t0, n0 = nl.bpf_stats(target.prog_id)
-        sent = lab.gen(*args)  # type: ignore[arg-type]
+        sent = lab.gen(dst, dport, pps, seconds, SIZE, prefix, nports, source)
         t1, n1 = nl.bpf_stats(target.prog_id)
     runs = n1 - n0
     return {
