@@ -23,7 +23,16 @@ HELPERS = {"__init__", "report", "plain_answerer"}  # modules of bench/ that are
 # `icegate bench all`: DESIGN §9's benchmarks that exist, then the plots; each with the
 # arguments of its smoke form for `--quick` (which writes to a temporary folder, so the
 # committed results stay those of the last full run).
-ALL = ("xdp_micro", "profile_xdp", "b1_cpu", "b2_latency", "b3_first_packets", "b7_flow_table", "plots")
+ALL = (
+    "xdp_micro",
+    "profile_xdp",
+    "b1_cpu",
+    "b2_latency",
+    "b3_first_packets",
+    "b7_flow_table",
+    "b10_floods",
+    "plots",
+)
 QUICK_ARGS = {"xdp_micro": ["--runs", "2000"], "plots": []}
 
 

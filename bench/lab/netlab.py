@@ -205,6 +205,7 @@ class Target:
     stampoff: int  # payload offset of the 8-byte send time at the sink
     cpu_s: Any = None  # () -> float: the relay process's CPU seconds so far
     prog_id: int | None = None  # the XDP program (bpf_stats)
+    store: Any = None  # the XDP relay's KernelStore (counters, flows)
 
 
 def relay_config(name: str) -> RelayConfig:
@@ -247,7 +248,13 @@ def xdp_relay(lab: BenchLab, nports: int = 64, nexthop_cache: bool = True) -> It
         store.put_flows(client_flows(nports))
         prefix_len = len(DTLS_PREFIX) // 2
         yield Target(
-            "xdp", VIP, VIP_PORT, DTLS_PREFIX, GENEVE_INNER + prefix_len + 8, prog_id=loader_prog_id(loader)
+            "xdp",
+            VIP,
+            VIP_PORT,
+            DTLS_PREFIX,
+            GENEVE_INNER + prefix_len + 8,
+            prog_id=loader_prog_id(loader),
+            store=store,
         )
     finally:
         with netns.entered(lab.relay_ns):

@@ -53,5 +53,8 @@ def test_bench_all_quick(tmp_path: Path) -> None:
     assert [r["size"] for r in b7["rows"]] == [16, 10_000] and all(
         r["bytes_per_flow"] > 0 for r in b7["rows"]
     )
+    b10 = results["b10_floods"]
+    assert {r["flood"] for r in b10["rows"]} == {"junk", "forged token"}
+    assert all("flows_before" in r and "flows_after" in r for r in b10["rows"])
     for png in ("b1_cpu.png", "b2_latency.png", "profile_xdp.png"):
         assert (tmp_path / "img" / png).stat().st_size > 1000, png

@@ -19,6 +19,7 @@ def icegate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_lists_the_benchmarks() -> None:
     listing = json.loads(icegate("bench", "--json").stdout)
     assert [b["name"] for b in listing] == [
+        "b10_floods",
         "b1_cpu",
         "b2_latency",
         "b3_first_packets",
@@ -32,7 +33,7 @@ def test_lists_the_benchmarks() -> None:
     ]
     assert all(b["what"] for b in listing)
     rows = {line.split()[0]: line for line in icegate("bench").stdout.splitlines()}
-    assert "Nanoseconds per packet" in rows["xdp_micro"] and len(rows) == 10
+    assert "Nanoseconds per packet" in rows["xdp_micro"] and len(rows) == 11
 
 
 def test_runs_one_by_name_and_passes_its_arguments(tmp_path: Path) -> None:
@@ -49,6 +50,6 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
     refused = icegate("bench", "nosuch")
     assert (
         refused.returncode == 2
-        and "not one of b1_cpu, b2_latency, b3_first_packets" in refused.stderr
+        and "not one of b10_floods, b1_cpu, b2_latency, b3_first_packets" in refused.stderr
         and "twin_micro, xdp_micro" in refused.stderr
     )
