@@ -108,7 +108,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             ceiling[key] = max(ceiling.get(key, 0), cell["pps"])
         else:
             ceiling.setdefault(key, 0)
-    return {"cells": list(cells.values()), "max_loss_free_pps": ceiling}
+    # The generator's ceiling on this machine is often below the offered load (on veth the
+    # receiving side's softirq work runs on the sender's CPU): the highest rate it reached
+    # in a run with < 0.1 % loss is the figure that does not depend on keeping up.
+    achieved: dict[str, float] = {}
+    for r in rows:
+        key = f"{r['peer']}|{r['size']}"
+        if r["loss"] is not None and r["loss"] < MAX_LOSS:
+            achieved[key] = max(achieved.get(key, 0.0), r["gen_pps"])
+    return {
+        "cells": list(cells.values()),
+        "max_loss_free_pps": ceiling,
+        "max_loss_free_achieved_pps": achieved,
+    }
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -143,11 +155,13 @@ def table(summary: dict[str, Any]) -> str:
         ),
         rows,
     )
+    achieved = summary.get("max_loss_free_achieved_pps", {})
     ceil = [
-        (k.split("|")[0], k.split("|")[1], str(v)) for k, v in sorted(summary["max_loss_free_pps"].items())
+        (k.split("|")[0], k.split("|")[1], str(v), f"{achieved.get(k, 0):,.0f}")
+        for k, v in sorted(summary["max_loss_free_pps"].items())
     ]
-    out += "\nHighest offered load with < 0.1 % loss (and the generator keeping up):\n\n"
-    out += report.markdown_table(("relay", "payload B", "pps"), ceil)
+    out += "\nHighest loss-free (<0.1 %) load: offered (generator kept up) and reached by the generator:\n\n"
+    out += report.markdown_table(("relay", "payload B", "offered pps", "reached pps"), ceil)
     return out
 
 
@@ -171,3 +185,16 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def retable(results: Path = report.RESULTS) -> None:
+    """Rebuild the summary and the table of the last results (after a change to either)."""
+    import json
+
+    data = json.loads((results / f"{NAME}.json").read_text())
+    summary = summarize(data["rows"])
+    path = results / f"{NAME}.md"
+    head = path.read_text().split("\n\n", 2)[:2]
+    data["summary"] = summary
+    (results / f"{NAME}.json").write_text(json.dumps(data, indent=1) + "\n")
+    path.write_text("\n\n".join(head) + "\n\n" + table(summary))
