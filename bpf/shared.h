@@ -212,6 +212,7 @@ struct relay_config {
 enum flow_event_kind {
 	FLOW_EVENT_CREATED = 1,  /* pending flow confirmed */
 	FLOW_EVENT_REROUTED = 2, /* ICE restart moved a flow to another transceiver */
+	FLOW_EVENT_EXPIRED = 3,  /* idle past the timeout: the control plane's expiry removed it */
 };
 
 struct flow_event {

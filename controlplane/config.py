@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from icegate import redisurl
 from icegate.config import Address, Port
 from icegate.errors import ConfigError
 
@@ -116,8 +117,9 @@ class RedisConfig:
     retry_max_s: float = 5.0
 
     def validate(self, path: str) -> None:
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"{path}.url", f"expected redis://, rediss:// or unix://, got {self.url!r}")
+        problem = redisurl.check(self.url)
+        if problem:
+            raise ConfigError(f"{path}.url", problem)
         if not self.region or ":" in self.region:
             raise ConfigError(f"{path}.region", f"must be non-empty without ':', got {self.region!r}")
         if not 0 < self.retry_min_s <= self.retry_max_s:
@@ -135,6 +137,22 @@ class FlowCacheConfig:
             raise ConfigError(
                 f"{path}.refresh_s", f"must be > 0 and < ttl_s ({self.ttl_s}), got {self.refresh_s}"
             )
+
+
+@dataclass(frozen=True)
+class ExpiryConfig:
+    """The relay's flow expiry (controlplane/node/expiry.py, docs/CONTINUITY.md)."""
+
+    idle_s: float = 30.0  # a confirmed flow idle this long is removed (RFC 7675 §5.1's consent window)
+    pending_s: float = 3.0  # a pending flow (a check no transceiver answered) is removed much sooner
+    interval_s: float = 10.0  # how often the maps are swept (a walk costs ~7.5 µs a flow: CONTINUITY.md §4)
+
+    def validate(self, path: str) -> None:
+        for name in ("idle_s", "pending_s", "interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{path}.{name}", f"must be > 0, got {getattr(self, name)}")
+        if self.pending_s > self.idle_s:
+            raise ConfigError(f"{path}.pending_s", f"must not exceed idle_s ({self.idle_s})")
 
 
 @dataclass(frozen=True)
@@ -160,6 +178,7 @@ class RelayConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     sync_interval_s: float = 0.5  # full reconciliation of backends and route keys
     dead_grace_s: float = 600.0  # a dead backend (heartbeat expired) stays in the map this long
+    expiry: ExpiryConfig = field(default_factory=ExpiryConfig)
 
     def validate(self, path: str) -> None:
         if not NAME_RE.match(self.name):

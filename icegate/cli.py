@@ -5,8 +5,11 @@ The root knows no command: every component registers its own in the
 ``module:attribute`` of a click command or group. Commands are imported on first use,
 so that ``icegate flows ls`` does not pay for importing aiortc, and the root imports
 nothing above :mod:`icegate` (the product's components and the ``labkit`` tooling plug
-in from above). Listings take ``--json``; errors from the :mod:`icegate.errors` tree
-print as one line and exit 1.
+in from above). Listings take ``-o table|wide|json``; errors from the :mod:`icegate.errors`
+tree and click's own print as one line on stderr, ``icegate: <what>``, and exit 1 (usage
+errors 2). Options also come from ``ICEGATE_*`` variables (:data:`ENV_PREFIX`). Shell
+completion: ``eval "$(_ICEGATE_COMPLETE=bash_source icegate)"`` (``zsh_source``,
+``fish_source``; docs/DEPLOYMENT.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,19 @@ ENTRY_POINT_GROUP = "icegate.commands"
 def commands() -> dict[str, EntryPoint]:
     """command name -> its entry point, for every installed distribution that offers one."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class Renamed(click.Option):
+    """An option whose first name is the current one; the other names are old ones that
+    keep working but are not shown in ``--help`` (one flag name per concept, issue 16)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        names = self.opts
+        self.opts = names[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = names
 
 
 class Group(click.Group):
@@ -91,5 +107,25 @@ def cli(verbose: int) -> None:
     )
 
 
-def main() -> None:
-    cli()
+ENV_PREFIX = "ICEGATE"
+"""Every option can come from the environment: ``ICEGATE_<COMMAND>_<SUBCOMMAND>_<OPTION>``,
+e.g. ``ICEGATE_RELAY_RUN_CONFIG`` or ``ICEGATE_TRANSCEIVER_RUN_AUTH_TOKEN`` (secrets need
+not be in argv, where ``ps`` shows them); an option given on the command line wins."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script. One error style for every failure, on stderr: ``icegate:
+    <what>``, exit 1 (2 for a usage error, with the command to ask for help)."""
+    try:
+        code = cli.main(argv, prog_name="icegate", auto_envvar_prefix=ENV_PREFIX, standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"icegate: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"icegate: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("icegate: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

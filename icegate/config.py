@@ -11,6 +11,7 @@ configuration files or environment variables.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import types
 import typing
@@ -99,6 +100,12 @@ def _convert_annotated(value: Any, base: Any, marks: tuple[Any, ...], path: str)
     return _convert(value, base, path)
 
 
+def nearest(name: str, known: typing.Iterable[str]) -> str:
+    """``did you mean 'x'?`` for a misspelling of a known name, else the list of them."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(known))}"
+
+
 def build(cls: type[T], data: Mapping[str, Any], path: str) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ConfigError."""
     if not dataclasses.is_dataclass(cls):  # pragma: no cover - a programming error
@@ -107,7 +114,7 @@ def build(cls: type[T], data: Mapping[str, Any], path: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
-        raise ConfigError(f"{path}.{unknown[0]}", f"unknown field (known: {', '.join(sorted(fields))})")
+        raise ConfigError(f"{path}.{unknown[0]}", f"unknown field ({nearest(unknown[0], fields)})")
     kwargs = {}
     for name, field in fields.items():
         field_path = f"{path}.{name}"
@@ -161,3 +168,58 @@ def load(
             raise ConfigError(section, f"expected a mapping in {path}")
         data = dict(section_data)
     return build(cls, merge(data, overrides or {}), section)
+
+
+def _nested(hint: Any) -> tuple[type | None, bool]:
+    """The dataclass a field holds (itself, or as a list's items, or optional), and
+    whether it is a list of them; ``(None, False)`` for a plain value."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return _nested(args[0])
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _nested(inner[0]) if len(inner) == 1 else (None, False)
+    if origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type):
+        return args[0], True
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint, False
+    return None, False
+
+
+def problems(cls: type, data: Any, path: str) -> list[ConfigError]:
+    """Every problem :func:`build` would raise, not only the first: unknown fields (with the
+    nearest known name), missing ones, bad values at any depth, then the ``validate``
+    rules of each object whose fields are all valid. ``icegate config check`` reports these."""
+    if not isinstance(data, Mapping):
+        return [ConfigError(path, f"expected a mapping, got {type(data).__name__}")]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    found: list[ConfigError] = []
+    for key in sorted(set(map(str, data)) - set(fields)):
+        found.append(ConfigError(f"{path}.{key}", f"unknown field ({nearest(key, fields)})"))
+    for name, field in fields.items():
+        field_path = f"{path}.{name}"
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                found.append(ConfigError(field_path, "required field is missing"))
+            continue
+        inner, many = _nested(hints[name])
+        value = data[name]
+        if inner is not None and value is not None:
+            if many and isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    found += problems(inner, item, f"{field_path}[{i}]")
+                continue
+            if not many:
+                found += problems(inner, value, field_path)
+                continue
+        try:
+            _convert(value, hints[name], field_path)
+        except ConfigError as exc:
+            found.append(exc)
+    if not found:
+        try:
+            build(cls, data, path)
+        except ConfigError as exc:
+            found.append(exc)
+    return found

@@ -40,6 +40,7 @@ import redis as redis_sync
 import yaml
 
 from icegate import netns
+from icegate.cli import Renamed
 from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
 from labkit import demo_report
@@ -64,6 +65,9 @@ class Options:
     duration_s: float = 3.0
     lab_name: str = DEFAULT_NAME
     keep: bool = False
+    # Session continuity (docs/CONTINUITY.md): None keeps the product's defaults (30 s each).
+    consent_window_s: float | None = None  # the transceivers' consent window
+    flow_idle_s: float | None = None  # the relay's expiry of idle confirmed flows
 
 
 @dataclass
@@ -182,7 +186,11 @@ class Demo:
         lab, opts = self.lab, self.options
         self.lab.run("dc", [*self.icegate, "token", "init", "--redis-url", lab.redis_url,
                              "--region", lab.config.region])  # fmt: skip
-        self.relay_config = lab.write_relay_config({"mode": opts.mode, "sync_interval_s": 0.5})
+        relay: dict[str, Any] = {"mode": opts.mode, "sync_interval_s": 0.5}
+        if opts.flow_idle_s is not None:
+            idle = opts.flow_idle_s
+            relay["expiry"] = {"idle_s": idle, "pending_s": min(3.0, idle), "interval_s": min(10.0, idle / 4)}
+        self.relay_config = lab.write_relay_config(relay)
         lab.start_process(
             "relay",
             "relay",
@@ -199,6 +207,8 @@ class Demo:
                 "stats_interval_s": 1.0,
                 "drain_deadline_s": 1.0,  # teardown: SIGTERM drains; do not hold live sessions for minutes
             }
+            if opts.consent_window_s is not None:
+                section["consent_window_s"] = opts.consent_window_s
             path = lab.dir / f"{tx.name}.yaml"
             path.write_text(yaml.safe_dump({"transceiver": section}, sort_keys=False))
             lab.start_process(tx.name, tx.name, [*self.icegate, "transceiver", "run", "--config", str(path)])
@@ -331,18 +341,19 @@ class Demo:
         """``verdict/reason`` -> packets, from the relay's ``icegate_relay_packets_total``."""
         return parse_counters(self.relay_metrics())
 
-    def operator_view(self, *command: str) -> Any:
+    def operator_view(self, *command: str, check: bool = True) -> Any:
         """``icegate COMMAND --json --config <relay config>`` in the relay's namespace, as an
         operator would run it: the pinned maps (XDP) or the twin's over its HTTP endpoint."""
         argv = [*self.icegate, *command, "--json", "--config", str(self.relay_config)]
         try:
-            out = self.lab.run("relay", argv)
+            out = self.lab.run("relay", argv, check=check)
             return json.loads(out) if out.strip() else None
         except (LinkError, ValueError) as exc:
             raise DemoError(f"icegate {' '.join(command)} failed: {exc}") from None
 
     def relay_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = self.operator_view("relay", "status") or {}
+        # `relay status` exits 1 when unhealthy; its JSON still says why
+        status: dict[str, Any] = self.operator_view("relay", "status", check=False) or {}
         return status
 
     def relay_flows(self) -> list[dict[str, Any]]:
@@ -436,7 +447,13 @@ def render(summary: dict[str, Any], table: str) -> str:
     show_default=True,
     help="Concurrent voice sessions (spread over both client hosts).",
 )
-@click.option("--agent", type=click.Choice(["echo", "tone"]), default="echo", show_default=True)
+@click.option(
+    "--agent",
+    type=click.Choice(["echo", "tone"]),
+    default="echo",
+    show_default=True,
+    help="The voice agent behind the transceivers.",
+)
 @click.option(
     "--mode",
     type=click.Choice(["auto", "xdp", "userspace"]),
@@ -453,7 +470,15 @@ def render(summary: dict[str, Any], table: str) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (`icegate lab down` removes it).")
-@click.option("--lab-name", default=DEFAULT_NAME, show_default=True, help="Lab name (namespace prefix).")
+@click.option(
+    "--name",
+    "--lab-name",
+    "lab_name",
+    cls=Renamed,
+    default=DEFAULT_NAME,
+    show_default=True,
+    help="Lab name (namespace prefix), as `icegate lab --name`.",
+)
 def demo(
     sessions: int, agent: str, mode: str, duration: float, as_json: bool, keep: bool, lab_name: str
 ) -> None:

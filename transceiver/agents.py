@@ -25,8 +25,10 @@ from typing import Literal
 
 import numpy as np
 from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from icegate.errors import WireError
+from icegate.observe import http_responses, register_process
 from transceiver.agent_protocol import (
     FRAME_BYTES,
     FRAME_SAMPLES,
@@ -148,13 +150,22 @@ class ToneAgent(Agent):
 
 
 def make_app(kind: AgentKind, *, tone_hz: float = 440.0, tone_ms: int = 300) -> web.Application:
-    """An aiohttp application serving agents of ``kind`` on ``GET /`` (WebSocket)."""
+    """An aiohttp application serving agents of ``kind`` on ``GET /`` (WebSocket), and
+    its metrics on ``GET /metrics`` (``icegate_agent_*``, ``process_*``)."""
     tone = tone_frames(tone_hz, tone_ms)
+    registry = CollectorRegistry(auto_describe=True)
+    register_process(registry, "agent")
+    connections = Gauge(
+        "icegate_agent_connections", "Sessions connected to this agent now.", registry=registry
+    )
+    sessions = Counter("icegate_agent_sessions", "Sessions this agent served.", registry=registry)
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=FRAME_BYTES * 4)
         await ws.prepare(request)
         agent: Agent = EchoAgent(ws) if kind == "echo" else ToneAgent(ws, tone)
+        connections.inc()
+        sessions.inc()
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
@@ -163,17 +174,23 @@ def make_app(kind: AgentKind, *, tone_hz: float = 440.0, tone_ms: int = 300) -> 
                     ev = decode_event(msg.data, TO_AGENT)
                     await agent.on_event(ev)
                     if ev.type is EventType.SESSION_ENDED:
+                        logger.info("session ended reason=%s", ev.get("reason"))
                         break
         except WireError as exc:
             logger.warning("agent protocol error action=close error=%s", exc)
             await ws.close(code=1003, message=str(exc).encode()[:120])
         finally:
+            connections.dec()
             await agent.stop_response()
             await ws.close()
         return ws
 
-    app = web.Application()
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[http_responses(registry, "icegate_agent")])
     app.router.add_get("/", handle)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

@@ -90,6 +90,7 @@ class MediaBridge:
         http: aiohttp.ClientSession | None = None,
         on_turn_latency: Callable[[float], None] | None = None,
         on_barge_in: Callable[[], None] | None = None,
+        on_agent_unreachable: Callable[[], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.track = AgentVoiceTrack(self)
@@ -101,6 +102,7 @@ class MediaBridge:
         self._http = http
         self._on_turn_latency = on_turn_latency
         self._on_barge_in = on_barge_in
+        self._on_agent_unreachable = on_agent_unreachable
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._playout: deque[bytes | Event] = deque()
@@ -132,6 +134,8 @@ class MediaBridge:
             logger.warning(
                 "agent unreachable session=%s url=%s error=%s", self.session_id, self._agent_url, exc
             )
+            if self._on_agent_unreachable is not None:
+                self._on_agent_unreachable()
             if self._ws is not None:
                 await self._ws.close()
                 self._ws = None

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from icegate.cli import Renamed
 from icegate.config import load
 from icegate.logs import setup_logging
 from transceiver.config import VIP_PORT, TransceiverConfig
@@ -70,12 +71,19 @@ def transceiver() -> None:
 
 
 @transceiver.command("run")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cluster", type=int)
-@click.option("--index", type=int)
 @click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file, section `transceiver` (docs/CONFIG.md).",
+)
+@click.option("--cluster", type=int, help="The cluster id minted into every ufrag.")
+@click.option("--index", type=int, help="This transceiver's index in its cluster (the Geneve VNI).")
+@click.option(
+    "--vip",
     "--relay",
     "relays",
+    cls=Renamed,
     multiple=True,
     metavar="VIP[:PORT]",
     help="A relay VIP; repeat for a backup (first = primary). Replaces the file's relays.",
@@ -84,9 +92,9 @@ def transceiver() -> None:
 @click.option("--tunnel", "tunnel", metavar="ADDR[:PORT]", help="Bind the Geneve socket here.")
 @click.option("--tunnel-advertise", metavar="ADDR", help="The tunnel address relays send to.")
 @click.option("--listen", metavar="HOST:PORT", help="Signaling HTTP listen address.")
-@click.option("--agent-url", metavar="ws://HOST:PORT/")
-@click.option("--redis-url")
-@click.option("--region")
+@click.option("--agent-url", metavar="ws://HOST:PORT/", help="The voice agent (icegate agent run).")
+@click.option("--redis-url", help="Redis URL (registration, heartbeat, route keys).")
+@click.option("--region", help="Redis region (key prefix), as the relays'.")
 @click.option("--route-key", metavar="HEX", help="A fixed route key (32 hex digits) when there is no Redis.")
 @click.option("--auth-token", help="Require 'Authorization: Bearer TOKEN' on /v1.")
 @click.option("--connect-timeout", type=float, help="Reap sessions not connected after this many seconds.")
@@ -155,10 +163,18 @@ def agent() -> None:
 
 
 @agent.command("run")
-@click.option("--kind", type=click.Choice(["echo", "tone"]), required=True)
-@click.option("--listen", default="127.0.0.1:8090", show_default=True, metavar="HOST:PORT")
-@click.option("--tone-hz", type=float, default=440.0, show_default=True)
-@click.option("--tone-ms", type=int, default=300, show_default=True)
+@click.option(
+    "--kind", type=click.Choice(["echo", "tone"]), required=True, help="Echo the user, or answer with a tone."
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8090",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="WebSocket (GET /) and /metrics address.",
+)
+@click.option("--tone-hz", type=float, default=440.0, show_default=True, help="The tone agent's pitch.")
+@click.option("--tone-ms", type=int, default=300, show_default=True, help="The tone agent's answer length.")
 @log_options
 def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bool, debug: bool) -> None:
     """Serve one kind of agent on ws://HOST:PORT/ until SIGTERM/SIGINT."""

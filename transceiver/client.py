@@ -121,6 +121,13 @@ class Heard:
                 return arrival
         return None
 
+    def gaps(self, longer_than_s: float = 0.03) -> list[tuple[float, float]]:
+        """Pauses in the media: ``(wall-clock start, seconds)`` of every wait between two
+        frame arrivals longer than ``longer_than_s`` (frames come every 20 ms)."""
+        to_wall = time.time() - time.monotonic()
+        pairs = zip(self.arrivals, self.arrivals[1:], strict=False)
+        return [(a + to_wall, b - a) for a, b in pairs if b - a > longer_than_s]
+
     def between(self, start: float, end: float) -> np.ndarray:
         """The PCM of the frames that arrived in ``[start, end]``."""
         chosen = [f for f, t in zip(self.frames, self.arrivals, strict=True) if start <= t <= end]
@@ -318,6 +325,11 @@ async def converse(
             result["connection_state"] = client.pc.connectionState
             result["frames_sent"] = client.mic.frames_sent
             result["frames_received"] = len(client.heard.frames)
+            gaps = client.heard.gaps()
+            result["max_gap_ms"] = round(max((g for _, g in gaps), default=0.0) * 1000, 1)
+            result["gaps"] = [[round(t, 3), round(g * 1000, 1)] for t, g in gaps]
+            last = client.heard.arrivals[-1:]
+            result["heard_until"] = round(last[0] + time.time() - time.monotonic(), 3) if last else None
             result["events"] = client.event_types()
             result["location"] = client.location
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from icegate import redisurl
 from icegate.config import Address, Port
 from icegate.errors import ConfigError
 from icegate.geneve import GENEVE_PORT
@@ -85,6 +86,9 @@ class TransceiverConfig:
     max_offer_bytes: int = 65536
     hold_packets: int = 16  # per session: packets held for a client the mux has not heard from yet
     hold_ms: int = 2000
+    # RFC 7675 §5.1: a session whose client answers no consent check for this long ends
+    # (outcome consent_expired); 30 s is the RFC's value (docs/CONTINUITY.md).
+    consent_window_s: float = 30.0
     vad: VadConfig = field(default_factory=VadConfig)
 
     def validate(self, path: str) -> None:
@@ -108,6 +112,8 @@ class TransceiverConfig:
             raise ConfigError(f"{path}.route_key_id", f"expected 0..{MAX_KEY_ID}, got {self.route_key_id}")
         if self.redis_url is None and self.route_key is None:
             raise ConfigError(f"{path}.redis_url", "either redis_url or route_key is required")
+        if self.redis_url is not None and (problem := redisurl.check(self.redis_url)):
+            raise ConfigError(f"{path}.redis_url", problem)
         for i, network in enumerate(self.relay_sources):
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -124,7 +130,7 @@ class TransceiverConfig:
             raise ConfigError(f"{path}.agent_url", f"expected a ws:// or wss:// URL, got {self.agent_url}")
         if not 0 < self.heartbeat_interval_s < self.heartbeat_ttl_s:
             raise ConfigError(f"{path}.heartbeat_ttl_s", "must exceed heartbeat_interval_s (> 0)")
-        for name in ("connect_timeout_s", "drain_deadline_s", "stats_interval_s"):
+        for name in ("connect_timeout_s", "drain_deadline_s", "stats_interval_s", "consent_window_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}", "must be positive")
         for name in ("max_sessions", "max_offer_bytes", "hold_packets", "hold_ms"):

@@ -25,25 +25,36 @@ Internals relied on (re-check when upgrading): ``RTCIceTransport._connection``;
 ``_local_candidates_start``, ``_local_candidates_end``; ``StunProtocol.receiver``,
 ``local_candidate``, ``connection_made``/``connection_lost``; aiortc creating ICE
 transports in ``setRemoteDescription`` and gathering in ``setLocalDescription``.
-``tests/unit/test_transceiver_iceadapter.py`` pins each of these.
+ICE restart (:func:`restart_connection`) also sets ``Connection._local_password``,
+``remote_username``, ``remote_password`` and ``_remote_candidates_end`` after connect;
+aioice reads the credentials afresh on every check and response.
+``tests/unit/test_transceiver_iceadapter.py`` and ``test_transceiver_continuity.py`` pin
+each of these.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aioice import Candidate, Connection
 from aioice.candidate import candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol, validate_username
+from aioice.ice import StunProtocol, validate_password, validate_username
+from aioice.utils import random_string
 from aiortc import RTCIceTransport, RTCPeerConnection
 
 from transceiver.mux import Addr, Route, TunnelMux, Vip
 
 COMPONENT = 1  # aiortc multiplexes RTP and RTCP on one component
 MAX_LOCAL_PREF = 65535
+
+
+class RequestWatcher(Protocol):
+    """Told of every binding request a :class:`MuxProtocol` handed to aioice."""
+
+    def request_seen(self, protocol: StunProtocol, data: bytes, addr: Addr) -> None: ...
 
 
 class MuxTransport(asyncio.DatagramTransport):
@@ -85,11 +96,17 @@ class MuxProtocol(StunProtocol):
     (aioice would otherwise try to parse each as STUN and catch the ValueError).
     """
 
+    watcher: RequestWatcher | None = None
+
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         if isinstance(data, bytes) and data and data[0] > 3:
             self.receiver.data_received(data, COMPONENT)
             return
         super().datagram_received(data, addr)
+        # A binding request (type 0x0001, RFC 8489 §5), answered by aioice just now: the
+        # watcher (transceiver.continuity) decides whether it is worth a latching check.
+        if self.watcher is not None and isinstance(data, bytes) and data[:2] == b"\x00\x01":
+            self.watcher.request_seen(self, data, (addr[0], addr[1]))
 
 
 def relay_candidate(vip: Vip, rank: int) -> Candidate:
@@ -142,6 +159,7 @@ class MuxBinding:
 
     mux: TunnelMux
     routes: list[Route]
+    connections: list[Connection] = field(default_factory=list)  # routes[i] binds connections[i]
 
     @property
     def ufrags(self) -> list[str]:
@@ -171,4 +189,30 @@ def bind_peer_connection(
         for route in routes:
             mux.close_route(route)
         raise
-    return MuxBinding(mux, routes)
+    return MuxBinding(mux, routes, [t._connection for t in transports])
+
+
+def restart_connection(
+    connection: Connection, route: Route, mux: TunnelMux, ufrag: str, remote_ufrag: str, remote_pwd: str
+) -> str:
+    """ICE restart (RFC 8445 §9) on a connected aioice connection, which has none of its own.
+
+    The connection takes the fresh route token ``ufrag`` and a fresh password (returned)
+    as its local credentials and the client's new ones as remote; the mux routes the new
+    ufrag to the same route (same receivers, same flows). Everything above ICE (DTLS,
+    SRTP, SCTP data channels) is untouched, and media keeps flowing on the nominated pair
+    while the client's checks under the new credentials run: aioice answers them, learns
+    and nominates a new address if the client has one (RFC 8445 §7.3.1.4, §7.3.1.5), and
+    :mod:`transceiver.continuity` latches onto it.
+    """
+    validate_username(ufrag)
+    validate_username(remote_ufrag)
+    validate_password(remote_pwd)
+    password = random_string(22)  # RFC 8445 §5.3: at least 128 bits (22 of 62 characters: 131)
+    mux.rekey(route, ufrag, password)
+    connection._local_username = ufrag
+    connection._local_password = password
+    connection.remote_username = remote_ufrag
+    connection.remote_password = remote_pwd
+    connection._remote_candidates_end = False  # a new ICE session: candidates may trickle again
+    return password

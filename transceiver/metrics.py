@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from icegate.observe import register_process
+
 PREFIX = "icegate_transceiver"
-OUTCOMES = ("completed", "failed", "reaped", "rejected", "drained")
+OUTCOMES = ("completed", "failed", "reaped", "rejected", "drained", "consent_expired")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 JITTER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -98,4 +100,27 @@ class TransceiverMetrics:
             registry=r,
         )
         self.barge_ins = Counter(f"{PREFIX}_barge_ins", "Agent audio cut because the user spoke.", registry=r)
+        # Session continuity (transceiver/continuity.py, docs/CONTINUITY.md).
+        self.latches = Counter(
+            f"{PREFIX}_latches", "Outbound paths moved to a client address proven by a check.", registry=r
+        )
+        self.latch_seconds = Histogram(
+            f"{PREFIX}_latch_seconds",
+            "First authentic check from a new client address to media moved there.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ice_restarts = Counter(f"{PREFIX}_ice_restarts", "ICE restarts over WHIP PATCH.", registry=r)
+        self.latch_checks = Counter(
+            f"{PREFIX}_latch_checks",
+            "Checks from a new client address, by result (moved, failed, busy, unauthenticated).",
+            ["result"],
+            registry=r,
+        )
+        self.agent_unreachable = Counter(
+            f"{PREFIX}_agent_unreachable",
+            "Sessions whose voice agent could not be reached (they go on without one).",
+            registry=r,
+        )
+        register_process(r, "transceiver")
         r.register(_Snapshot(self.snapshot))

@@ -10,6 +10,7 @@ Inbound, per datagram on the tunnel port::
        whose MESSAGE-INTEGRITY verifies with that route's ICE password  else "bad_integrity"
        (learns the flow (client, VIP) -> route, relay)
     -> anything else: the route of flow (client, VIP)             else "no_flow"
+       (with relay_sources set, its returns follow this relay: "relay_moved")
     -> that route's receiver for the VIP                           "delivered"
 
 The inner UDP checksum is not verified: on veth the kernel leaves it to offload, so a
@@ -179,6 +180,30 @@ class TunnelMux(asyncio.DatagramProtocol):
         route.held.clear()
         self._holding.discard(route)
 
+    def rekey(self, route: Route, ufrag: str, password: str) -> None:
+        """ICE restart (docs/CONTINUITY.md): ``route`` answers to a new ufrag and password from
+        now on; its flows and receivers stay, so media flows on while the new checks run.
+        Checks under the old ufrag are no longer routed (aioice would refuse them anyway)."""
+        key = ufrag.encode("ascii")
+        if key in self._routes:
+            raise ValueError(f"ufrag {ufrag} is already routed")
+        if self._routes.get(route.ufrag) is route:
+            del self._routes[route.ufrag]
+        route.ufrag = key
+        route.password = password.encode()
+        self._routes[key] = route
+
+    def forget(self, route: Route, client: Addr, vip: Addr) -> bool:
+        """Drop the flow (client, VIP) of ``route`` (the client latched elsewhere): later
+        packets from that address count as ``no_flow`` until an authentic check names it again."""
+        key = (client, vip)
+        flow = self._flows.get(key)
+        if flow is None or flow.route is not route:
+            return False
+        del self._flows[key]
+        route.flows.discard(key)
+        return True
+
     # -- inbound ---------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
@@ -214,6 +239,8 @@ class TunnelMux(asyncio.DatagramProtocol):
                 self.counters["in", "no_flow"] += 1
                 return
             route = flow.route
+            if self.relay_sources:
+                self._follow(flow, (str(addr[0]), self.vips[vip].tunnel_port))
         receiver = route.receivers.get(vip)
         if receiver is None:
             self.counters["in", "not_vip"] += 1
@@ -249,6 +276,16 @@ class TunnelMux(asyncio.DatagramProtocol):
         route.flows.add(key)
         if route.held:
             self._flush(route, key)
+
+    def _follow(self, flow: _Flow, relay: Addr) -> None:
+        """Returns follow the fleet node that carries the client now (docs/SCALING.md): after a
+        node is lost or added, ECMP hashes the client to another relay, whose packets are the
+        first sign of it; a consent check (seconds away) would move it too, but the audio in
+        between would go to a dead node. Only with ``relay_sources``: the sender is a relay
+        (checked above), and a relay forwards only packets of flows it verified."""
+        if flow.relay != relay:
+            flow.relay = relay
+            self.counters["in", "relay_moved"] += 1
 
     # -- outbound --------------------------------------------------------------------
 

@@ -38,6 +38,9 @@ def _usable_candidate(line: str) -> bool:
     return transport == "udp" and not address.endswith(".local")
 
 
+usable_candidate = _usable_candidate  # the same rule for candidates trickled over PATCH (session.py)
+
+
 def prepare_offer(body: bytes) -> Offer:
     try:
         text = body.decode("utf-8")

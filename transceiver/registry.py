@@ -29,7 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from icegate import token
+from icegate import redisurl, token
 from icegate.errors import StoreError
 from icegate.schema import Keys, Registration, RouteKeySet
 from transceiver.config import TransceiverConfig
@@ -82,7 +82,7 @@ class Registry:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         if config.redis_url is not None:
-            self._redis = aioredis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            self._redis = redisurl.client(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
             self._script = self._redis.register_script(_HEARTBEAT)
 
     # -- route tokens ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from icegate.observe import http_responses
 from transceiver.config import TransceiverConfig
 from transceiver.metrics import TransceiverMetrics
 from transceiver.mux import Addr, TunnelMux, Vip
@@ -86,6 +87,7 @@ class Transceiver:
             max_offer_bytes=cfg.max_offer_bytes,
             cors_origins=cfg.cors_origins,
         )
+        app.middlewares.append(http_responses(self.metrics.registry, "icegate_transceiver"))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.signaling_host, cfg.signaling_port).start()

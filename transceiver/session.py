@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aioice import Candidate, Connection
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
@@ -33,10 +35,12 @@ from aiortc.stats import RTCInboundRtpStreamStats, RTCRemoteInboundRtpStreamStat
 from icegate.errors import SignalingError, StoreError
 from transceiver.bridge import MediaBridge
 from transceiver.config import TransceiverConfig
-from transceiver.iceadapter import MuxBinding, bind_peer_connection
+from transceiver.continuity import Continuity, Latch
+from transceiver.iceadapter import MuxBinding, MuxProtocol, bind_peer_connection, restart_connection
 from transceiver.metrics import TransceiverMetrics
 from transceiver.mux import TunnelMux, Vip
-from transceiver.offer import prepare_offer
+from transceiver.offer import prepare_offer, usable_candidate
+from transceiver.sdpfrag import SdpFrag
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +61,27 @@ class Session:
     outcome: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Session continuity (transceiver/continuity.py, docs/CONTINUITY.md): one per ICE
+    # connection; the entity tag of the ICE session (RFC 9725 §4.3), new on each restart.
+    continuity: list[Continuity] = field(default_factory=list)
+    etag: str = field(default_factory=lambda: f'"{secrets.token_hex(8)}"')
+    ice_restarts: int = 0
 
     @property
     def state(self) -> str:
         return "ended" if self.outcome else self.pc.connectionState
+
+    def remote_ufrag(self) -> str | None:
+        """The client's current ICE ufrag (a PATCH with another one is an ICE restart)."""
+        if self.binding is None or not self.binding.connections:
+            return None
+        return self.binding.connections[0].remote_username
+
+    def mids(self) -> list[str]:
+        """The media sections of the answer, by ``a=mid``."""
+        answer = self.pc.localDescription
+        sdp = answer.sdp if answer is not None else ""
+        return [line[6:].strip() for line in sdp.splitlines() if line.startswith("a=mid:")]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -72,6 +93,8 @@ class Session:
             "turns": self.bridge.turns,
             "frames_in": self.bridge.frames_in,
             "stats": self.stats,
+            "ice_restarts": self.ice_restarts,
+            "latches": [latch.describe() for c in self.continuity for latch in c.latches],
         }
 
 
@@ -138,6 +161,7 @@ class SessionManager:
             http=self._http,
             on_turn_latency=self.metrics.turn_latency_seconds.observe,
             on_barge_in=self.metrics.barge_ins.inc,
+            on_agent_unreachable=self.metrics.agent_unreachable.inc,
         )
         session = Session(session_id, pc, bridge)
         self._wire(session)
@@ -145,6 +169,7 @@ class SessionManager:
             await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
             pc.addTrack(bridge.track)
             session.binding = bind_peer_connection(pc, self.mux, self.vips, self._mint)
+            self._continue(session)
             await pc.setLocalDescription(await pc.createAnswer())
         except SignalingError:
             await self._abandon(session)
@@ -164,6 +189,87 @@ class SessionManager:
         session.tasks.append(asyncio.create_task(self._watch(session)))
         session.tasks.append(asyncio.create_task(session.bridge.connect_agent()))
         return session, pc.localDescription.sdp
+
+    def _continue(self, session: Session) -> None:
+        """Latching and consent freshness for each of the session's ICE connections."""
+        assert session.binding is not None
+        binding = session.binding
+        for connection, route in zip(binding.connections, binding.routes, strict=True):
+            continuity = Continuity(
+                connection,
+                route,
+                self.mux,
+                consent_window_s=self.config.consent_window_s,
+                on_expired=functools.partial(self._close_soon, session.id, "consent_expired"),
+                on_latch=self._latched,
+                on_latch_check=self._latch_checked,
+            )
+            for protocol in connection._protocols:
+                if isinstance(protocol, MuxProtocol):
+                    protocol.watcher = continuity
+            session.continuity.append(continuity)
+
+    def _latch_checked(self, result: str) -> None:
+        self.metrics.latch_checks.labels(result).inc()
+
+    def _latched(self, latch: Latch) -> None:
+        self.metrics.latches.inc()
+        self.metrics.latch_seconds.observe(latch.moved - latch.first_check)
+
+    # -- ICE restart and trickle over WHIP PATCH (RFC 9725 §4.3) -----------------------
+
+    async def restart_ice(self, session: Session, frag: SdpFrag) -> tuple[str, str, Sequence[str]]:
+        """Restart ICE on ``session`` with the client's new credentials in ``frag``; return
+        the new local ufrag (a fresh route token for this same transceiver), password and
+        candidates. Raise :class:`SignalingError` when the session cannot restart."""
+        binding = session.binding
+        if session.outcome is not None or binding is None:
+            raise SignalingError(404, "no such session")
+        if len(binding.connections) != 1:
+            raise SignalingError(422, "ICE restart needs one ICE transport (BUNDLE)")
+        if self.draining:  # relays refuse new flows to a draining transceiver (DATAPATH.md §2 r8)
+            raise SignalingError(UNAVAILABLE, "draining: no ICE restart here, start a new session")
+        assert frag.ufrag is not None and frag.pwd is not None
+        try:
+            ufrag = self._mint()
+        except StoreError as exc:
+            raise SignalingError(UNAVAILABLE, f"cannot mint a route token: {exc}") from exc
+        connection, route = binding.connections[0], binding.routes[0]
+        try:
+            password = restart_connection(connection, route, self.mux, ufrag, frag.ufrag, frag.pwd)
+        except ValueError as exc:
+            raise SignalingError(400, f"cannot restart ICE: {exc}") from exc
+        await self._add_candidates(connection, frag)
+        session.ice_restarts += 1
+        session.etag = f'"{secrets.token_hex(8)}"'
+        self.metrics.ice_restarts.inc()
+        logger.info("ice restart id=%s ufrag=%s", session.id, ufrag)
+        return ufrag, password, [f"candidate:{c.to_sdp()}" for c in connection._local_candidates]
+
+    async def trickle(self, session: Session, frag: SdpFrag) -> None:
+        """Trickled client candidates (RFC 8838) for the current ICE session."""
+        binding = session.binding
+        if session.outcome is not None or binding is None:
+            raise SignalingError(404, "no such session")
+        for connection in binding.connections:
+            await self._add_candidates(connection, frag)
+
+    @staticmethod
+    async def _add_candidates(connection: Connection, frag: SdpFrag) -> None:
+        candidates = []
+        for _, line in frag.candidates:
+            if not usable_candidate(f"a=candidate:{line}"):
+                continue  # mDNS or not UDP: as in offers (offer.py)
+            try:
+                candidates.append(Candidate.from_sdp(line))
+            except (ValueError, IndexError) as exc:
+                raise SignalingError(400, f"bad candidate {line!r}: {exc}") from exc
+        if connection._remote_candidates_end:
+            return  # after end-of-candidates (in the offer or an earlier PATCH): ignored, RFC 8838 §14
+        for candidate in candidates:
+            await connection.add_remote_candidate(candidate)
+        if frag.end_of_candidates:
+            await connection.add_remote_candidate(None)
 
     def _wire(self, session: Session) -> None:
         pc = session.pc
@@ -188,6 +294,8 @@ class SessionManager:
                     "session connected id=%s setup_ms=%.1f", session.id, session.connected_after * 1e3
                 )
                 session.tasks.append(asyncio.create_task(self._sample_stats(session)))
+                for continuity in session.continuity:
+                    continuity.start()
             elif state in ("failed", "closed") and session.outcome is None:
                 ended = state == "closed" and session.connected_after is not None
                 outcome = "completed" if ended else "failed"
@@ -252,6 +360,8 @@ class SessionManager:
 
     async def _teardown(self, session: Session) -> None:
         current = asyncio.current_task()
+        for continuity in session.continuity:
+            await continuity.close()
         for task in session.tasks:
             if task is not current:
                 task.cancel()

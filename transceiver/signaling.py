@@ -5,6 +5,8 @@ POST     /v1/sessions           ``application/sdp`` offer -> 201, ``Location``, 
 GET      /v1/sessions           JSON list of live sessions
 GET      /v1/sessions/{id}      JSON of one session (404 if unknown)
 DELETE   /v1/sessions/{id}      end it -> 204 (404 if unknown)
+PATCH    /v1/sessions/{id}      ``application/trickle-ice-sdpfrag``: ICE restart -> 200 + fragment,
+                                trickled candidates -> 204 (RFC 9725 §4.3, docs/CONTINUITY.md)
 GET      /metrics               Prometheus exposition
 GET      /livez                 200 while the process runs (no dependency checks)
 GET      /readyz                200 ready or degraded (Redis down, still serving), 503 not ready
@@ -36,13 +38,14 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from icegate.errors import SignalingError
+from transceiver import sdpfrag
 from transceiver.session import SessionManager
 
 SDP = "application/sdp"
 RETRY_AFTER_S = 5
-CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type"
-CORS_EXPOSE = "Location, Retry-After"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS, PATCH"
+CORS_HEADERS = "Authorization, Content-Type, If-Match"
+CORS_EXPOSE = "Location, Retry-After, ETag"
 CORS_MAX_AGE_S = 600
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
@@ -127,7 +130,8 @@ def make_app(
                 return error(503, exc.reason, **{"Retry-After": str(RETRY_AFTER_S)})
             return error(exc.status, exc.reason)
         location = f"/v1/sessions/{session.id}"
-        return web.Response(status=201, text=answer, content_type=SDP, headers={"Location": location})
+        headers = {"Location": location, "ETag": session.etag}
+        return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
 
     async def listing(request: web.Request) -> web.StreamResponse:
         return web.json_response([s.describe() for s in manager.list()])
@@ -141,6 +145,43 @@ def make_app(
     async def delete(request: web.Request) -> web.StreamResponse:
         if not await manager.close(request.match_info["id"], "completed"):
             return error(404, "no such session")
+        return web.Response(status=204)
+
+    async def patch(request: web.Request) -> web.StreamResponse:
+        session = manager.get(request.match_info["id"])
+        if session is None or session.outcome is not None:
+            return error(404, "no such session")
+        if request.content_type != sdpfrag.CONTENT_TYPE:
+            got = request.content_type or "none"
+            return error(415, f"expected Content-Type {sdpfrag.CONTENT_TYPE}, got {got}")
+        # RFC 9725 §4.3: the client names the ICE session it means with If-Match (its ETag,
+        # or "*" for an ICE restart); another entity tag is a stale ICE session.
+        match = request.headers.get("If-Match")
+        if match is None:
+            return error(428, "If-Match is required (the session's ETag, or * for an ICE restart)")
+        if match.strip() != "*" and session.etag not in (t.strip() for t in match.split(",")):
+            return error(412, "If-Match does not name the current ICE session")
+        try:
+            frag = sdpfrag.parse(await request.read())
+        except ValueError as exc:
+            return error(400, str(exc))
+        try:
+            if frag.ufrag is not None and frag.ufrag != session.remote_ufrag():
+                assert frag.pwd is not None
+                ufrag, pwd, candidates = await manager.restart_ice(session, frag)
+                mids = session.mids() or frag.mids
+                body = sdpfrag.write(ufrag, pwd, mids, candidates)
+                return web.Response(
+                    status=200,
+                    text=body,
+                    content_type=sdpfrag.CONTENT_TYPE,
+                    headers={"ETag": session.etag},
+                )
+            await manager.trickle(session, frag)
+        except SignalingError as exc:  # RFC 9725 §4.3: a refused restart leaves the session up
+            if exc.status == 503:
+                return error(503, exc.reason, **{"Retry-After": str(RETRY_AFTER_S)})
+            return error(exc.status, exc.reason)
         return web.Response(status=204)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
@@ -160,6 +201,7 @@ def make_app(
     app.router.add_get("/v1/sessions", listing)
     app.router.add_get("/v1/sessions/{id}", show)
     app.router.add_delete("/v1/sessions/{id}", delete)
+    app.router.add_patch("/v1/sessions/{id}", patch)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

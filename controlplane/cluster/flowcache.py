@@ -3,9 +3,14 @@
 Flow events (``CREATED`` when the transceiver confirms a flow, ``REROUTED`` on an ICE
 restart; from the kernel ring buffer or the userspace twin) become
 :class:`~icegate.schema.CachedFlow` records under ``Keys.flow(vip, port, client, port)``
-with TTL ``flow_cache.ttl_s``. :meth:`FlowCache.record` never blocks: it queues the
-write (one entry per flow, the newest event wins, at most ``queue_max`` flows) and a
-writer task sends the queue as pipelined batches.
+with TTL ``flow_cache.ttl_s``; ``EXPIRED`` (the control plane's expiry sweep,
+``controlplane/node/expiry.py``) shortens the record's TTL to :meth:`FlowCache.removal_ttl_s`
+(two refresh intervals) instead of deleting it: a call that moved to another relay node
+(ECMP change) went idle *here*, but the node now carrying it refreshes the TTL within
+``refresh_s`` and keeps the record; a call that really ended is gone from Redis soon after.
+:meth:`FlowCache.record` never blocks: it queues the write (one entry per flow, the newest
+event wins, at most ``queue_max`` flows) and a writer task sends the queue as pipelined
+batches.
 
 Every ``refresh_s`` the TTLs of flows that carried packets in the last ``idle_s``
 (``last_seen_ns``, CLOCK_MONOTONIC like ``bpf_ktime_get_ns``) are refreshed in one
@@ -25,6 +30,7 @@ from collections.abc import Callable
 
 from controlplane.cluster.redisio import FlowAddr, RedisStore
 from controlplane.config import FlowCacheConfig
+from controlplane.datapath.layout import FlowEventKind
 from controlplane.datapath.store import Flow, FlowEvent, FlowKeyT, MapStore, Vip
 from icegate.errors import StoreError
 from icegate.inet import from_addr16
@@ -83,6 +89,7 @@ class FlowCache:
         self.refreshes_total = 0  # TTLs refreshed
         self.dropped_total = 0  # events dropped from a full queue (recovered by a re-publish)
         self.republishes_total = 0
+        self.removals_total = 0  # records shortened for expired flows
 
     @property
     def queued(self) -> int:
@@ -105,6 +112,12 @@ class FlowCache:
             raise RuntimeError("FlowCache.run() has not started")
         self._loop.call_soon_threadsafe(self.record, update)
 
+    @property
+    def removal_ttl_s(self) -> int:
+        """TTL left to the record of a flow that expired here: long enough that any node
+        still carrying the flow refreshes it first (``touch_flows`` raises it again)."""
+        return int(2 * self.cfg.refresh_s) + 1
+
     # ---- conversions ----
     def _cached(self, cluster: int, index: int, token_tag: int, created_ns: int) -> CachedFlow:
         age_s = max(0, self._clock_ns() - created_ns) / 1e9
@@ -117,14 +130,19 @@ class FlowCache:
             return 0
         batch, self._queue = self._queue, {}
         items: list[tuple[FlowAddr, CachedFlow]] = []
+        gone: list[str] = []  # EXPIRED (controlplane/node/expiry.py): the record goes soon
         for update in batch.values():
             addr = self.vips.addr(update.key)
             if addr is None:
                 log.warning("flow event for unknown vip_index=%d dropped", update.key[2])
                 continue
+            if update.kind is FlowEventKind.EXPIRED:
+                gone.append(self.redis.flow_key(addr))
+                continue
             items.append((addr, self._cached(update.cluster, update.index, update.token_tag, update.ts_ns)))
         try:
             await self.redis.put_flows(items, self.cfg.ttl_s)
+            self.removals_total += await self.redis.shorten_flows(gone, self.removal_ttl_s)
         except StoreError:
             for key, update in batch.items():
                 self._queue.setdefault(key, update)

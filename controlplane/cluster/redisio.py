@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from controlplane.config import RedisConfig
+from icegate import redisurl
 from icegate.errors import StoreError
 from icegate.schema import CachedFlow, Keys, Registration, RouteKeySet
 
@@ -60,7 +61,7 @@ class RedisStore:
         self.cfg = cfg
         self.keys = Keys(cfg.region)
         # No client-side retries: supervise() is the one place that retries, with backoff.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
+        self._client: aioredis.Redis = redisurl.client(  # plain, TLS, unix or Sentinel (icegate.redisurl)
             cfg.url,
             socket_timeout=cfg.timeout_s,
             socket_connect_timeout=cfg.timeout_s,
@@ -123,7 +124,7 @@ class RedisStore:
 
     @property
     def _safe_url(self) -> str:
-        return self.cfg.url.split("@")[-1]
+        return redisurl.safe(self.cfg.url)
 
     def _failed(self, what: str, exc: BaseException) -> StoreError:
         self.errors_total += 1
@@ -282,12 +283,17 @@ class RedisStore:
                 out.append((client, int(port), flow))
         return out
 
-    async def delete_keys(self, names: Iterable[str]) -> int:
-        names = list(names)
-        if not names:
-            return 0
-        async with self._command("DEL") as r:
-            return int(await r.delete(*names))
+    async def shorten_flows(self, names: Sequence[str], ttl_s: int) -> int:
+        """Lower the TTLs of flow records to at most ``ttl_s`` (``EXPIRE … LT``, never raised),
+        pipelined; returns how many records were shortened."""
+        shortened = 0
+        async with self._command("EXPIRE LT flows") as r:
+            for start in range(0, len(names), BATCH):
+                async with r.pipeline(transaction=False) as pipe:
+                    for name in names[start : start + BATCH]:
+                        pipe.expire(name, ttl_s, lt=True)
+                    shortened += sum(1 for ok in await pipe.execute() if ok)
+        return shortened
 
     @staticmethod
     def _decode_flow(record: dict[Any, Any]) -> CachedFlow | None:

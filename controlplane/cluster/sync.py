@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 DEAD_GRACE_S = 600.0
 _STATE_OF = {"active": BackendState.ACTIVE, "draining": BackendState.DRAINING}
+# ``backend_value.generation`` is a __u32 (bpf/shared.h); a registration's generation is
+# its start time in ms (transceiver/registry.py), past 32 bits. Compare what the map can
+# hold, else every reconciliation sees a change and rewrites every backend (issue 16).
+GENERATION_MASK = 0xFFFFFFFF
 
 
 def backend_of(reg: Registration) -> Backend:
@@ -43,8 +47,12 @@ def backend_of(reg: Registration) -> Backend:
         address=reg.tunnel_addr,
         port=reg.tunnel_port,
         state=_STATE_OF[reg.state],
-        generation=reg.generation,
+        generation=reg.generation & GENERATION_MASK,
     )
+
+
+def _same(backend: Backend) -> Backend:
+    return backend
 
 
 @dataclass
@@ -62,11 +70,13 @@ def plan_backends(
     now: float,
     grace_s: float,
     clusters: tuple[int, ...] = (),
+    adjust: Callable[[Backend], Backend] | None = None,
 ) -> BackendPlan:
-    """Compare registrations with the map. Updates ``dead_since`` (when each backend was seen dead)."""
+    """Compare registrations with the map. Updates ``dead_since`` (when each backend was seen dead).
+    ``adjust`` rewrites each wanted backend (a draining node holds them all draining)."""
     plan = BackendPlan()
     wanted = {
-        key: backend_of(reg)
+        key: (adjust or _same)(backend_of(reg))
         for key, reg in registered.items()
         if (not clusters or key[0] in clusters) and 0 <= key[0] <= 0xFFFF and 0 <= key[1] <= 0xFFFF
     }
@@ -125,6 +135,7 @@ class ClusterSync:
         self.syncs_total = 0
         self.changes_total = 0
         self.failures_total = 0
+        self.adjust: Callable[[Backend], Backend] | None = None  # see plan_backends
 
     def lag_s(self) -> float:
         """Seconds since the maps were last known equal to Redis (inf before the first sync)."""
@@ -141,6 +152,7 @@ class ClusterSync:
             self._clock(),
             self.dead_grace_s,
             self.clusters,
+            self.adjust,
         )
         changes = self._apply(plan)
         if key_set is not None:
@@ -172,7 +184,7 @@ class ClusterSync:
             )
         else:
             self._dead_since.pop((cluster, index), None)
-            wanted = backend_of(reg)
+            wanted = (self.adjust or _same)(backend_of(reg))
             plan = BackendPlan(put=[wanted] if wanted != current else [])
         return self._apply(plan) > 0
 

@@ -143,6 +143,7 @@ class BackendState(IntEnum):
 class FlowEventKind(IntEnum):
     CREATED = 1
     REROUTED = 2
+    EXPIRED = 3  # written by the control plane's expiry sweep (controlplane/node/expiry.py)
 
 
 # ---- structs. Field names and order exactly as in shared.h; padding explicit. ----

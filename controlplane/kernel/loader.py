@@ -339,10 +339,21 @@ def attachments(prog_id: int | None = None) -> list[tuple[str, int, XdpAttachmen
     return found
 
 
+def _this_namespace() -> str:
+    """The calling thread's namespace as ``relay status`` names it: its ``/run/netns``
+    name, ``host`` for init's, else its inode (issue 16: run inside the relay's
+    namespace, status printed ``netns: -``)."""
+    ident = netns.identity()
+    with contextlib.suppress(OSError):
+        if ident == netns.identity("/proc/1/ns/net"):
+            return "host"
+    return netns.name_of(ident) or f"net:[{ident[1]}]"
+
+
 def status(pin_dir: Path) -> dict[str, Any]:
     """The relay's program, where it is attached (in the namespace :meth:`Loader.attach`
     recorded, else this one) and the fill level of its hash maps:
-    ``{"program", "netns", "attached", "maps"}``; ``netns`` is None for this namespace."""
+    ``{"program", "netns", "attached", "maps"}``; ``netns`` names the namespace attached in."""
     if not pin_dir.is_dir():
         raise RelayNotRunning(f"relay {pin_dir.name!r} is not running: nothing pinned at {pin_dir}")
     pid = pinned_prog_id(pin_dir)
@@ -353,7 +364,7 @@ def status(pin_dir: Path) -> dict[str, Any]:
         capacity = store.capacity()
     return {
         "program": {"id": pid, "pinned": str(pin_dir / libbpf.PROG_PIN)} if pid is not None else None,
-        "netns": where,
+        "netns": where or _this_namespace(),
         "attached": [
             {"interface": n, "ifindex": i, "mode": a.mode, "prog_id": a.prog_id} for n, i, a in attached
         ],

@@ -137,8 +137,11 @@ async def _main(cfg: RelayConfig, preload: bool) -> int:
 @click.option("--cluster", "clusters", multiple=True, type=int, help="Serve only these clusters (repeat).")
 @click.option("--redis-url", help="Redis URL.")
 @click.option("--region", help="Redis region (key prefix).")
-@click.option("--http-address", help="Address of /metrics, /livez, /readyz.")
-@click.option("--http-port", type=int, help="Port of /metrics, /livez, /readyz.")
+@click.option(
+    "--listen", metavar="HOST:PORT", help="Address of /metrics, /livez, /readyz (the http section)."
+)
+@click.option("--http-address", hidden=True, help="Old name: the host of --listen.")
+@click.option("--http-port", type=int, hidden=True, help="Old name: the port of --listen.")
 @click.option("--bpffs", help="bpffs mount point.")
 @click.option("--preload", is_flag=True, help="Load this relay's cached flows from Redis before attaching.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
@@ -155,6 +158,7 @@ def run(
     clusters: tuple[int, ...],
     redis_url: str | None,
     region: str | None,
+    listen: str | None,
     http_address: str | None,
     http_port: int | None,
     bpffs: str | None,
@@ -163,6 +167,9 @@ def run(
     debug: bool,
 ) -> None:
     """Run the relay: datapath, Redis sync, flow cache, slow path, /metrics."""
+    if listen is not None:  # the same HOST:PORT form as transceiver and agent --listen
+        where = _vip_flag(listen)
+        http_address, http_port = where["address"], where.get("port", http_port)
     cfg = build_config(
         config_path,
         {

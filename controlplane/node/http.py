@@ -6,6 +6,7 @@ probe that fails on a Redis outage would restart a relay that is forwarding fine
 names each problem, one per line (``redis: ...``, ``datapath: ...``).
 ``/v1/state`` (the userspace twin only) serves its in-process maps as JSON for the
 operator CLI (:mod:`controlplane.node.snapshot`); route keys never leave the process.
+``/v1/drain`` (``POST`` starts a drain, ``GET`` reports it; :mod:`controlplane.node.drain`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ snapshot_path = "/v1/state"
 
 Problems = Callable[[], list[str]]
 State = Callable[[], dict[str, Any]]
+DrainHandler = Callable[[bool, float], dict[str, Any]]  # (start?, idle seconds) -> report
+drain_path = "/v1/drain"
 
 
-def make_app(registry: CollectorRegistry, problems: Problems, state: State | None = None) -> web.Application:
+def make_app(
+    registry: CollectorRegistry,
+    problems: Problems,
+    state: State | None = None,
+    drain: DrainHandler | None = None,
+) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -43,12 +51,25 @@ def make_app(registry: CollectorRegistry, problems: Problems, state: State | Non
         assert state is not None
         return web.json_response(state())
 
+    async def drain_json(request: web.Request) -> web.Response:
+        assert drain is not None
+        try:
+            idle_s = float(request.query.get("idle_s", "5"))
+        except ValueError:
+            return web.Response(status=400, text="idle_s: expected seconds\n")
+        if not 0 < idle_s <= 3600:
+            return web.Response(status=400, text="idle_s: expected 0 < seconds <= 3600\n")
+        return web.json_response(drain(request.method == "POST", idle_s))
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     if state is not None:
         app.router.add_get(snapshot_path, state_json)
+    if drain is not None:  # the endpoint listens on loopback by default (HttpConfig.address)
+        app.router.add_get(drain_path, drain_json)
+        app.router.add_post(drain_path, drain_json)
     return app
 
 

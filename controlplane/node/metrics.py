@@ -23,6 +23,7 @@ from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RelayLimits
 from controlplane.datapath.layout import MAX_ROUTE_KEYS, BackendState, Stat
 from controlplane.datapath.store import MapStore
+from controlplane.node.expiry import Expiry
 
 PREFIX = "icegate_relay"
 
@@ -78,6 +79,8 @@ class ControlPlane:
     sync: ClusterSync | None = None
     flow_cache: FlowCache | None = None
     recovery: Recovery | None = None
+    expiry: Expiry | None = None
+    draining: Callable[[], bool] | None = None  # icegate relay drain (controlplane/node/drain.py)
 
 
 class RelayCollector(Collector):
@@ -154,8 +157,9 @@ class RelayCollector(Collector):
         p = self.parts
         if p.redis is not None:
             yield _counter("redis_errors", "Redis commands that failed.", p.redis.errors_total)
+            # redis_up, as the transceiver's (issue 16: was redis_degraded, its inverse)
             yield _gauge(
-                "redis_degraded", "1 while Redis is unreachable (degraded mode).", float(p.redis.degraded)
+                "redis_up", "1 while Redis is reachable (0: degraded mode).", float(not p.redis.degraded)
             )
             yield _counter(
                 "redis_restores", "Reconnections to Redis followed by a full sync.", p.redis.restores_total
@@ -186,6 +190,15 @@ class RelayCollector(Collector):
             for result, count in sorted(p.recovery.results.items()):
                 family.add_metric([result], count)
             yield family
+        if p.expiry is not None:  # controlplane/node/expiry.py
+            family = CounterMetricFamily(
+                f"{PREFIX}_flows_expired", "Flows removed by the expiry sweep, by state.", labels=["state"]
+            )
+            for state in ("confirmed", "pending"):
+                family.add_metric([state], p.expiry.expired[state])
+            yield family
+        if p.draining is not None:
+            yield _gauge("draining", "1 once the node drains (icegate relay drain).", float(p.draining()))
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:

@@ -6,6 +6,7 @@
     RedisStore ──restore hooks──► ClusterSync.reconcile, FlowCache.on_restore
     ClusterSync  (tx-events + periodic scan) ──► maps: backends, route_keys
     FlowCache    (flow events) ──► Redis flow cache, TTLs refreshed
+    Expiry       (sweep) ──► maps: idle flows removed ──EXPIRED──► FlowCache
     Recovery     (slow-path hook, --preload) ◄── Redis flow cache ──► maps: flows
     RelayCollector + HttpServer: /metrics, /livez, /readyz
 
@@ -28,9 +29,12 @@ from controlplane.cluster.redisio import RedisStore
 from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RateLimits, RelayConfig
 from controlplane.datapath.store import MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.node.drain import Drain
+from controlplane.node.expiry import Expiry
 from controlplane.node.http import HttpServer, State, make_app
 from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
 from icegate.errors import StoreError
+from icegate.observe import http_responses, register_process
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +96,31 @@ class RelayService:
         )
         self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
         self.recovery = Recovery(self.redis, maps)
+        self.expiry = Expiry(maps, cfg.expiry, self.flow_cache.record)  # idle flows out, and from Redis
+        self.drain = Drain(maps)
+        self.sync.adjust = self.drain.adjust
         self.redis.on_restore(self._resync)
         self.redis.on_restore(self.flow_cache.on_restore)
         self.datapath_problem = datapath_problem
         self.registry = CollectorRegistry(auto_describe=False)
-        parts = ControlPlane(self.redis, self.sync, self.flow_cache, self.recovery)
+        parts = ControlPlane(
+            self.redis,
+            self.sync,
+            self.flow_cache,
+            self.recovery,
+            self.expiry,
+            draining=lambda: self.drain.draining,
+        )
         self.registry.register(
             RelayCollector(
                 maps, counters, cfg.limits, parts, lambda: datapath_problem() is None, datapath_info
             )
         )
+        register_process(self.registry, "relay")
         port = cfg.http.port if http_port is None else http_port
-        self.http = HttpServer(make_app(self.registry, self.problems, state), cfg.http.address, port)
+        app = make_app(self.registry, self.problems, state, self.drain.handle)
+        app.middlewares.append(http_responses(self.registry, "icegate_relay"))
+        self.http = HttpServer(app, cfg.http.address, port)
         self.tasks: list[asyncio.Task[None]] = []  # run forever; the daemon watches them
 
     async def _resync(self) -> None:
@@ -117,6 +134,9 @@ class RelayService:
             found.append(f"datapath: {problem}")
         if self.redis.degraded:
             found.append(f"redis: degraded, {self.redis.last_error}")
+        drain = self.drain.problem()
+        if drain:
+            found.append(f"draining: {drain}")
         return found
 
     async def connect(self, timeout_s: float) -> bool:
@@ -136,6 +156,7 @@ class RelayService:
             self.tasks.append(asyncio.create_task(self.redis.supervise(), name="redis-supervise"))
         self.tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
         self.tasks.append(asyncio.create_task(self.flow_cache.run(), name="flow-cache"))
+        self.tasks.append(asyncio.create_task(self.expiry.run(), name="flow-expiry"))
         await self.http.start()
 
     async def stop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from controlplane.operator.cli_backends import backends
 from controlplane.operator.cli_common import CliEnv, RelayAccess, Target, limit_capacities, readiness
+from controlplane.operator.cli_drain import relay_drain
 from controlplane.operator.cli_flows import flows
 from controlplane.operator.cli_relay import relay
 from controlplane.operator.cli_stats import stats
@@ -26,6 +27,7 @@ __all__ = [
     "limit_capacities",
     "readiness",
     "relay",
+    "relay_drain",
     "stats",
     "token",
 ]

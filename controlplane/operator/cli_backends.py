@@ -12,6 +12,8 @@ from controlplane.operator.cli_common import Target, emit, env_of, json_option, 
 from icegate.cli import Group
 from icegate.errors import RelayNotRunning, StoreError
 
+clock_ns = time.monotonic_ns  # CLOCK_MONOTONIC, the flows' last_seen_ns clock (bpf_ktime_get_ns)
+
 
 @click.group(cls=Group, short_help="list and drain transceivers")
 def backends() -> None:
@@ -29,14 +31,21 @@ def backends_ls(ctx: click.Context, target: Target, as_json: bool) -> None:
     try:
         maps = env.open_maps(target)
         in_map = maps.backends()
-        per_backend.update((f.cluster, f.index) for _, f in maps.flows())
+        # Live flows only: one idle past the expiry timeout is a call that ended (the relay's
+        # sweep removes it within expiry.interval_s; counted out here even if none runs).
+        horizon = clock_ns() - int(target.expiry.idle_s * 1e9)
+        per_backend.update((f.cluster, f.index) for _, f in maps.flows() if f.last_seen_ns >= horizon)
     except RelayNotRunning as exc:
         notes.append(f"map view unavailable: {exc}")
-    try:
-        registered = run_redis(target, lambda store: store.registrations())
-    except StoreError as exc:
-        registered = None
-        notes.append(f"redis view unavailable: {exc}")
+    registered = None
+    if not target.redis_given:
+        # issue 16: never query a Redis nobody named (it silently tried localhost)
+        notes.append("redis view skipped: give --config or --redis-url/--region")
+    else:
+        try:
+            registered = run_redis(target, lambda store: store.registrations())
+        except StoreError as exc:
+            notes.append(f"redis view unavailable: {exc}")
     if in_map is None and registered is None:
         raise StoreError("; ".join(notes))
     rows = views.backend_rows(in_map, registered, per_backend, int(time.time() * 1000))

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from controlplane.cluster.redisio import RedisStore
-from controlplane.config import HttpConfig, RedisConfig, RelayConfig, RelayLimits
+from controlplane.config import ExpiryConfig, HttpConfig, RedisConfig, RelayConfig, RelayLimits
 from controlplane.datapath.store import MapStore
 from controlplane.kernel import libbpf, loader
 from controlplane.kernel.maps import KernelStore
@@ -33,7 +33,7 @@ from controlplane.node.runners import xdp_mode
 from controlplane.node.snapshot import SnapshotStore
 from controlplane.operator import views
 from icegate.config import load
-from icegate.errors import DependencyError, ReadOnlyState, RelayNotRunning
+from icegate.errors import DependencyError, LinkError, ReadOnlyState, RelayNotRunning
 
 T = TypeVar("T")
 
@@ -47,6 +47,9 @@ class Target:
     redis: RedisConfig = field(default_factory=RedisConfig)
     limits: RelayLimits = field(default_factory=RelayLimits)
     http: HttpConfig = field(default_factory=HttpConfig)
+    expiry: ExpiryConfig = field(default_factory=ExpiryConfig)  # what counts as a live flow
+    # Redis came from --config, --redis-url or --region (not the built-in localhost default)
+    redis_given: bool = False
 
     @property
     def pin_dir(self) -> Path:
@@ -140,6 +143,19 @@ def readiness(http: HttpConfig, timeout_s: float = 0.5) -> str:
         return "not running"
 
 
+def relay_readiness(target: Target) -> str:
+    """:func:`readiness` from the namespace the relay's program was attached in, where its
+    ``http`` address is (issue 16: from the host, ``relay status`` said "not running"
+    while the relay served in its own namespace)."""
+    if target.name and target.pin_dir.is_dir():
+        try:
+            with loader.attach_namespace(target.pin_dir):
+                return readiness(target.http)
+        except (OSError, LinkError):
+            pass
+    return readiness(target.http)
+
+
 @dataclass
 class CliEnv:
     """The CLI's side effects. Tests pass their own through ``CliRunner.invoke(obj=...)``."""
@@ -149,7 +165,7 @@ class CliEnv:
     relay_info: Callable[[Target], dict[str, Any]] = lambda t: relay_access(t).info()
     capacities: Callable[[Target], dict[str, int]] = lambda t: relay_access(t).capacities()
     detach: Callable[[Target], list[str]] = lambda t: relay_access(t).detach()
-    control_plane: Callable[[Target], str] = lambda t: readiness(t.http)
+    control_plane: Callable[[Target], str] = relay_readiness
     clock_ns: Callable[[], int] = time.monotonic_ns
     sleep: Callable[[float], None] = time.sleep
 
@@ -190,12 +206,13 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         target = Target(name or "")
         if config_path is not None:
             cfg = load(RelayConfig, config_path, "relay")
-            target = Target(cfg.name, cfg.bpffs, cfg.redis, cfg.limits, cfg.http)
+            target = Target(cfg.name, cfg.bpffs, cfg.redis, cfg.limits, cfg.http, cfg.expiry)
         redis = target.redis
         if redis_url or region:
             redis = replace(redis, url=redis_url or redis.url, region=region or redis.region)
             redis.validate("--redis-url")
-        target = replace(target, bpffs=bpffs or target.bpffs, redis=redis)
+        given = config_path is not None or bool(redis_url or region)
+        target = replace(target, bpffs=bpffs or target.bpffs, redis=redis, redis_given=given)
         if name:
             target = replace(target, name=name)
         if not target.name:
@@ -206,8 +223,30 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+OUTPUT_KEY = "icegate.output"
+
+
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+    """``-o table|wide|json`` (``--json`` is ``-o json``) and ``--no-headers`` -> the
+    ``as_json`` keyword argument; :func:`emit` reads the rest (kubectl's conventions)."""
+
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "wide", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format: a table, a table with every column, or JSON.",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+    @click.option("--no-headers", is_flag=True, help="Print tables without their header line.")
+    @functools.wraps(func)
+    def wrapper(output: str, as_json: bool, no_headers: bool, **kwargs: Any) -> Any:
+        output = "json" if as_json else output
+        click.get_current_context().meta[OUTPUT_KEY] = (output, no_headers)
+        return func(as_json=output == "json", **kwargs)
+
+    return wrapper
 
 
 def run_redis(target: Target, work: Callable[[RedisStore], Awaitable[T]]) -> T:
@@ -221,10 +260,24 @@ def run_redis(target: Target, work: Callable[[RedisStore], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def emit(rows: Any, as_json: bool, columns: dict[str, Any] | None = None, empty: str = "") -> None:
+def emit(
+    rows: Any,
+    as_json: bool,
+    columns: dict[str, Any] | None = None,
+    empty: str = "",
+    wide: dict[str, Any] | None = None,
+) -> None:
+    """Print ``rows`` as ``-o`` asks: JSON, a table (``wide``: plus the ``wide`` columns)."""
+    ctx = click.get_current_context(silent=True)
+    output, no_headers = ctx.meta.get(OUTPUT_KEY, ("table", False)) if ctx else ("table", False)
     if as_json:
         click.echo(views.dump_json(rows))
     elif columns is not None:
-        click.echo(views.table(rows, columns) if rows else empty)
+        if output == "wide" and wide:
+            columns = {**columns, **wide}
+        if rows:
+            click.echo(views.table(rows, columns, headers=not no_headers))
+        elif empty and not no_headers:
+            click.echo(empty)
     else:
         click.echo(rows)

@@ -45,7 +45,7 @@ def flows_ls(
     rows = views.flow_rows(
         items, state, maps.vips(), env.clock_ns(), backend=wanted, client=_client_arg(client)
     )
-    emit(rows, as_json, views.FLOW_COLUMNS, empty=f"no {state} flows")
+    emit(rows, as_json, views.FLOW_COLUMNS, empty=f"no {state} flows", wide=views.FLOW_WIDE)
 
 
 @flows.command("show")

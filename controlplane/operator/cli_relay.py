@@ -37,7 +37,10 @@ def relay() -> None:
 @json_option
 @click.pass_context
 def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
-    """Program, attach points, map fill levels and degraded state."""
+    """Program, attach points, map fill levels and degraded state.
+
+    Exits 1 when the relay is unhealthy: its program attached nowhere, or its control
+    plane not ready (degraded, or unreachable from the relay's namespace)."""
     env = env_of(ctx)
     info = env.relay_info(target)
     maps = env.open_maps(target)
@@ -50,9 +53,10 @@ def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
         "maps": {name: {"entries": n, "capacity": capacity[name]} for name, n in fill.items()},
         "control_plane": env.control_plane(target),
     }
+    status["healthy"] = status["control_plane"] == "ready" and status.get("mode") != "detached"
     if as_json:
         click.echo(views.dump_json(status))
-        return
+        ctx.exit(0 if status["healthy"] else 1)
     for key, value in status.items():
         if key == "maps":
             click.echo("maps:")
@@ -67,6 +71,7 @@ def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
             click.echo(f"{key}: {_pairs(value)}")
         else:
             click.echo(f"{key}: {'-' if value is None else value}")
+    ctx.exit(0 if status["healthy"] else 1)
 
 
 def _pairs(item: dict[str, Any]) -> str:

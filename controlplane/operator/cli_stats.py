@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import click
 
 from controlplane.operator import views
-from controlplane.operator.cli_common import Target, env_of, json_option, target_options
+from controlplane.operator.cli_common import Target, emit, env_of, json_option, target_options
 
 
 @click.command(cls=click.Command, short_help="live relay counters with rates")
@@ -46,4 +46,4 @@ def _print_stats(rows: list[views.Row], as_json: bool, interval: float | None, s
         return
     if sample > 1:
         click.echo()
-    click.echo(views.table(rows, views.STAT_COLUMNS) if rows else "no packets counted")
+    emit(rows, False, views.STAT_COLUMNS, empty="no packets counted", wide=views.STAT_WIDE)

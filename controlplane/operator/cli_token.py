@@ -37,8 +37,8 @@ def _key_arg(key_hex: str | None) -> bytes | None:
 
 @token.command("mint")
 @target_options
-@click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True)
-@click.option("--index", type=click.IntRange(0, 0xFFFF), required=True)
+@click.option("--cluster", type=click.IntRange(0, 0xFFFF), required=True, help="Cluster id to route to.")
+@click.option("--index", type=click.IntRange(0, 0xFFFF), required=True, help="Transceiver index in it.")
 @click.option("--key-hex", help="Route key (32 hex digits) instead of Redis's current key.")
 @click.option("--key-id", type=click.IntRange(0, 15), default=0, show_default=True, help="With --key-hex.")
 @json_option
@@ -69,7 +69,9 @@ def token_decode(ctx: click.Context, target: Target, as_json: bool, ufrag: str, 
     """Cluster, transceiver, key id and MAC validity of UFRAG (a USERNAME's first part also works).
 
     The key comes from --key-hex, Redis, or the running relay's route_keys map, in that
-    order; without any, the fields still decode and mac_valid is "-" (unchecked)."""
+    order; without any, the fields still decode and mac_valid is "-" (unchecked).
+    Exits 1 when the relays would refuse it: a wrong MAC, or a key id that is expired or
+    absent from Redis; 0 when it verifies or no key could be found to check it."""
     ufrag = ufrag.partition(":")[0]
     decoded = tokens.decode(ufrag)
     key = _key_arg(key_hex)
@@ -101,6 +103,8 @@ def token_decode(ctx: click.Context, target: Target, as_json: bool, ufrag: str, 
         click.echo(views.dump_json(row))
     else:
         click.echo("\n".join(f"{k + ':':<11} {'-' if v is None else v}" for k, v in row.items()))
+    if row["mac_valid"] is False or row["key_state"] in REFUSED_KEY_STATES:
+        ctx.exit(1)
 
 
 def _decode_keys(
@@ -121,10 +125,17 @@ def _decode_keys(
     return {}, "unknown"
 
 
+# Key states with which relays refuse a token even if its MAC verifies (``token decode`` exits 1).
+REFUSED_KEY_STATES = frozenset({"expired", "absent"})
+
+
 def _key_state(key_set: RouteKeySet | None, key_id: int) -> tuple[dict[int, bytes], str]:
-    """The key to check the MAC with, and whether the relays accept that key id now."""
-    if key_set is None or key_id not in key_set.keys:
+    """The key to check the MAC with, and whether the relays accept that key id now
+    (``absent``: Redis answered and has no such key id; ``unknown``: no key set at all)."""
+    if key_set is None:
         return {}, "unknown"
+    if key_id not in key_set.keys:
+        return {}, "absent"
     accepted = key_set.accepted()
     if key_id == key_set.current:
         return {key_id: key_set.keys[key_id]}, "current"

@@ -113,11 +113,13 @@ FLOW_COLUMNS = {
     "STATE": lambda r: r["state"],
     "AGE": lambda r: duration(r["age_s"]),
     "IDLE": lambda r: duration(r["idle_s"]),
-    "PKTS IN": lambda r: r["packets_in"],
-    "BYTES IN": lambda r: r["bytes_in"],
-    "PKTS OUT": lambda r: r["packets_out"],
-    "BYTES OUT": lambda r: r["bytes_out"],
+    "PKTS_IN": lambda r: r["packets_in"],
+    "BYTES_IN": lambda r: r["bytes_in"],
+    "PKTS_OUT": lambda r: r["packets_out"],
+    "BYTES_OUT": lambda r: r["bytes_out"],
 }
+# -o wide: the columns above and these (headers are single words, for awk and cut)
+FLOW_WIDE = {"VIP_INDEX": lambda r: r["vip_index"], "TOKEN_TAG": lambda r: r["token_tag"]}
 
 
 def backend_rows(
@@ -154,10 +156,10 @@ def backend_rows(
 BACKEND_COLUMNS = {
     "BACKEND": lambda r: f"{r['cluster']}:{r['index']}",
     "TUNNEL": lambda r: r["tunnel"],
-    "MAP STATE": lambda r: r["map_state"],
-    "GEN": lambda r: r["map_generation"],
-    "REDIS STATE": lambda r: r["redis_state"],
-    "REDIS GEN": lambda r: r["redis_generation"],
+    "MAP_STATE": lambda r: r["map_state"],
+    "MAP_GEN": lambda r: r["map_generation"],
+    "REDIS_STATE": lambda r: r["redis_state"],
+    "REDIS_GEN": lambda r: r["redis_generation"],
     "SESSIONS": lambda r: r["sessions"],
     "HEARTBEAT": lambda r: None if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']}s ago",
     "FLOWS": lambda r: r["flows"],
@@ -194,8 +196,9 @@ STAT_COLUMNS = {
     "PACKETS": lambda r: r["packets"],
     "BYTES": lambda r: r["bytes"],
     "PPS": lambda r: r.get("pps"),
-    "BITS/S": lambda r: None if r.get("bps") is None else si(r["bps"]),
+    "BPS": lambda r: None if r.get("bps") is None else si(r["bps"]),
 }
+STAT_WIDE = {"STAT": lambda r: r["stat"]}
 
 
 # ---- rendering ----
@@ -214,15 +217,16 @@ def si(value: float) -> str:
     return f"{value:.0f}"
 
 
-def table(rows: Sequence[Row], columns: Mapping[str, Any]) -> str:
-    """A left-aligned text table (numbers right-aligned); ``-`` for missing values."""
+def table(rows: Sequence[Row], columns: Mapping[str, Any], headers: bool = True) -> str:
+    """A left-aligned text table (numbers right-aligned); ``-`` for missing values;
+    without its header line when ``headers`` is false (``--no-headers``)."""
     cells = [[_cell(get(r)) for get in columns.values()] for r in rows]
     numeric = [all(_is_number(c) for c in col) and bool(col) for col in zip(*cells, strict=False)] or [
         False
     ] * len(columns)
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(columns)]
     lines = []
-    for line in [list(columns), *cells]:
+    for line in [list(columns), *cells] if headers else cells:
         parts = [
             value.rjust(width) if is_num else value.ljust(width)
             for value, width, is_num in zip(line, widths, numeric, strict=True)

@@ -44,10 +44,25 @@ def lab() -> None:
 @lab.command()
 @_common
 @click.option("--latency-ms", type=float, help="One-way delay on client links (needs netem).")
+@click.option("--relays", type=int, help="Relay nodes behind the VIPs through ECMP (default 1).")
+@click.option(
+    "--ecmp",
+    type=click.Choice(["threshold", "resilient"]),
+    help="With --relays > 1: hash-threshold multipath or a resilient nexthop group.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print `lab status --json` when done.")
-def up(name: str | None, config_file: Path | None, latency_ms: float | None, as_json: bool) -> None:
+def up(
+    name: str | None,
+    config_file: Path | None,
+    latency_ms: float | None,
+    relays: int | None,
+    ecmp: str | None,
+    as_json: bool,
+) -> None:
     """Create the namespaces, links, addresses and routes, and start Redis."""
-    config = load_lab_config(config_file, {"name": name, "client_latency_ms": latency_ms})
+    config = load_lab_config(
+        config_file, {"name": name, "client_latency_ms": latency_ms, "relays": relays, "ecmp": ecmp}
+    )
     the_lab = Lab(config)
     the_lab.up(progress=None if as_json else _progress())
     if as_json:
@@ -60,7 +75,7 @@ def up(name: str | None, config_file: Path | None, latency_ms: float | None, as_
 @_common
 @click.option("--keep-logs", is_flag=True, help="Keep process logs in /run/icegate/lab/<name>/.")
 @click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds before SIGKILL.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def down(name: str | None, config_file: Path | None, keep_logs: bool, timeout: float, as_json: bool) -> None:
     """End the lab's processes and remove its namespaces and pins (a missing lab is fine)."""
     the_lab = Lab.load(name, config_path=config_file)
@@ -87,7 +102,7 @@ def down(name: str | None, config_file: Path | None, keep_logs: bool, timeout: f
 
 @lab.command()
 @_common
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def status(name: str | None, config_file: Path | None, as_json: bool) -> None:
     """Hosts, interfaces, addresses, routes, XDP, processes, Redis and netem."""
     info = Lab.load(name, config_path=config_file).status()
@@ -141,6 +156,17 @@ def render(info: dict[str, Any]) -> str:
     relay = info["relay"]
     lines.append(f"relay {relay['name']}: VIPs {vips}, tunnel {relay['tunnel']}, pins {relay['pin_dir']}")
     lines.append(f"  {'pinned' if relay['pinned'] else 'nothing pinned'}")
+    fleet = info.get("fleet")
+    if fleet:
+        routed = ", ".join(str(k) for k in fleet["routed"]) or "none"
+        lines.append(
+            f"fleet: {len(fleet['nodes'])} relay nodes, ECMP {fleet['ecmp']} (L4 hash), routed: {routed}"
+        )
+        for n in fleet["nodes"]:
+            lines.append(
+                f"  node {n['node']} {n['name']}: public {n['public']} (router {n['router_if']}), "
+                f"tunnel {n['tunnel']}{'' if n['exists'] else ' (gone)'}"
+            )
     redis = info["redis"]
     lines.append(
         f"redis {redis['url']} in {redis['namespace']}: {'PONG' if redis['reachable'] else 'unreachable'}"

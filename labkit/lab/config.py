@@ -13,7 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from icegate.config import Address, Port, load
 from icegate.errors import ConfigError
@@ -35,6 +35,10 @@ GENEVE_IPV4_OVERHEAD = 36  # outer IPv4 (20) + UDP (8) + Geneve base header (8),
 # 4 KiB pages, kernel 6.18 ("veth: Peer MTU is too large to set XDP"). The private
 # network therefore defaults to 3500: jumbo enough for Geneve, native-XDP friendly.
 VETH_NATIVE_XDP_MAX_MTU = 3506
+# The relay fleet (docs/SCALING.md): node 1 is host "relay" (the single relay of a plain lab),
+# node k >= 2 is host "relay<k>" on its own public link 198.18.<k>.0/24 to the router.
+MAX_RELAYS = 8
+FLEET_PUBLIC_NET = "198.18.{k}.0/24"
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,11 @@ class LabConfig:
     # Permanent neighbour entries on the relay (gateway, transceivers) so that the XDP
     # program's bpf_fib_lookup succeeds on the very first packet instead of NO_NEIGH.
     static_neighbours: bool = True
+    # Relay nodes behind the VIPs: more than one makes the router reach the VIPs through an
+    # ECMP route with an L4 hash (labkit/lab/fleet.py); ``ecmp`` picks plain hash-threshold
+    # multipath or a resilient nexthop group (consistent hashing: a lost node moves only its flows).
+    relays: int = 1
+    ecmp: Literal["threshold", "resilient"] = "threshold"
 
     def validate(self, path: str) -> None:
         if not LAB_NAME_RE.match(self.name):
@@ -181,8 +190,11 @@ class LabConfig:
                     f"{where}.index", f"expected a distinct index 1..{MAX_INDEX}, got {tx.index}"
                 )
             indexes.add(tx.index)
-        seen: set[str] = set()
-        for i, host in enumerate(self.host_names[len(FIXED_HOSTS) :]):
+        self._validate_fleet(path, taken)
+        seen: set[str] = set(self.fleet_hosts)
+        for i, host in enumerate(
+            self.host_names[len(FIXED_HOSTS) : len(FIXED_HOSTS) + len(self.clients) + len(self.transceivers)]
+        ):
             if host in seen:
                 kind, j = ("clients", i) if i < len(self.clients) else ("transceivers", i - len(self.clients))
                 raise ConfigError(f"{path}.{kind}[{j}].name", f"host name {host!r} is used twice")
@@ -191,6 +203,20 @@ class LabConfig:
             raise ConfigError(f"{path}.region", f"must be non-empty without ':' or '*', got {self.region!r}")
         if not 0 <= self.client_latency_ms <= 10_000:
             raise ConfigError(f"{path}.client_latency_ms", f"expected 0..10000, got {self.client_latency_ms}")
+
+    def _validate_fleet(self, path: str, taken: set[str]) -> None:
+        if not 1 <= self.relays <= MAX_RELAYS:
+            raise ConfigError(f"{path}.relays", f"expected 1..{MAX_RELAYS}, got {self.relays}")
+        if self.ecmp not in ("threshold", "resilient"):
+            raise ConfigError(f"{path}.ecmp", f"expected threshold or resilient, got {self.ecmp!r}")
+        for k in range(2, (MAX_RELAYS if self.relays > 1 else 1) + 1):  # nodes that may join too
+            tunnel = self.relay_tunnel(k)
+            if ipaddress.ip_address(tunnel) not in self.private_network or tunnel in taken:
+                raise ConfigError(
+                    f"{path}.relays",
+                    f"relay node {k}'s tunnel address {tunnel} is taken or outside the network",
+                )
+            taken.add(tunnel)
 
     def _validate_public(self, path: str) -> None:
         pub = self.public
@@ -233,7 +259,35 @@ class LabConfig:
 
     @property
     def host_names(self) -> tuple[str, ...]:
-        return (*FIXED_HOSTS, *(c.name for c in self.clients), *(t.name for t in self.transceivers))
+        return (
+            *FIXED_HOSTS,
+            *(c.name for c in self.clients),
+            *(t.name for t in self.transceivers),
+            *self.fleet_hosts,
+        )
+
+    @property
+    def fleet_hosts(self) -> tuple[str, ...]:
+        """The hosts of relay nodes 2..N (node 1 is ``relay``)."""
+        return tuple(f"relay{k}" for k in range(2, self.relays + 1))
+
+    def relay_host(self, node: int) -> str:
+        return "relay" if node == 1 else f"relay{node}"
+
+    def relay_node_name(self, node: int) -> str:
+        """The relay's name (and pin directory) of fleet node ``node``."""
+        return f"{self.name}-{self.relay_host(node)}"
+
+    def relay_tunnel(self, node: int) -> str:
+        """Node ``node``'s private (Geneve) address: the next ones after node 1's."""
+        return str(ipaddress.ip_address(self.private.relay_address) + node - 1)
+
+    def relay_public(self, node: int) -> tuple[str, str]:
+        """Node ``node``'s public address and its gateway on the router."""
+        if node == 1:
+            return self.public.relay_address, self.public.gateway
+        net = ipaddress.IPv4Network(FLEET_PUBLIC_NET.format(k=node))
+        return str(net.network_address + 2), str(net.network_address + 1)
 
     @property
     def public_network(self) -> ipaddress.IPv4Network:

@@ -26,8 +26,14 @@ from controlplane.kernel.loader import remove_attach_record, unpin
 from icegate import netns
 from icegate.config import build, merge
 from icegate.errors import LinkError
-from labkit.lab import kernel
-from labkit.lab.config import DEFAULT_NAME, VETH_NATIVE_XDP_MAX_MTU, LabConfig, load_lab_config
+from labkit.lab import fleet, kernel
+from labkit.lab.config import (
+    DEFAULT_NAME,
+    MAX_RELAYS,
+    VETH_NATIVE_XDP_MAX_MTU,
+    LabConfig,
+    load_lab_config,
+)
 from labkit.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
 from labkit.lab.topology import PRIVATE_IF, PUBLIC_IF, XDP_INTERFACES, Topology, plan
 
@@ -61,6 +67,7 @@ class TransceiverSettings:
     redis_url: str
     relay_tunnel: str  # the relay's private address, the outer source of forwarded Geneve
     vips: tuple[tuple[str, int], ...]
+    relay_tunnels: tuple[str, ...] = ()  # every fleet node's private address (relay_tunnel first)
 
     def config_section(self) -> dict[str, Any]:
         """The ``transceiver`` YAML section (``transceiver.config.TransceiverConfig``) for this host."""
@@ -71,7 +78,8 @@ class TransceiverSettings:
             "relays": [{"address": a, "port": p, "tunnel_port": self.tunnel_port} for a, p in self.vips],
             "tunnel_bind": self.address,
             "tunnel_port": self.tunnel_port,
-            "relay_sources": [self.relay_tunnel],  # Geneve from anywhere else is dropped
+            # Geneve from anywhere else is dropped
+            "relay_sources": list(self.relay_tunnels or (self.relay_tunnel,)),
             "signaling_host": self.address,
             "signaling_port": self.signaling_port,
             "signaling_url": self.signaling_url,
@@ -244,6 +252,10 @@ class Lab:
             else:
                 say(f"netem unavailable ({reason}): client_latency_ms={cfg.client_latency_ms} not applied")
 
+        if cfg.relays > 1:
+            say(f"ECMP ({cfg.ecmp}, L4 hash) to the VIPs over {cfg.relays} relay nodes")
+            fleet.install(self)
+
         say(f"starting redis-server on {cfg.redis_url} in {self.namespace('dc')}")
         self._start_redis()
         return {"available": available, "reason": reason, "applied": applied}
@@ -360,36 +372,39 @@ class Lab:
         return self.registry.all()
 
     # ---- settings for the components ---------------------------------------------------
-    def relay_section(self) -> dict[str, Any]:
-        """The ``relay`` YAML section for the lab's relay (``controlplane.config.RelayConfig``)."""
+    def relay_section(self, node: int = 1) -> dict[str, Any]:
+        """The ``relay`` YAML section for the lab's relay (``controlplane.config.RelayConfig``);
+        ``node`` picks a fleet node (``lab up --relays N``)."""
         cfg = self.config
         return {
-            "name": cfg.relay_name,
+            "name": cfg.relay_node_name(node),
             "vips": [{"address": a, "port": p} for a, p in self.vips],
-            "tunnel": {"address4": cfg.private.relay_address, "port": cfg.private.tunnel_port},
+            "tunnel": {"address4": cfg.relay_tunnel(node), "port": cfg.private.tunnel_port},
             "interfaces": list(XDP_INTERFACES),
             "bpffs": str(self.bpffs),
             "clusters": [cfg.cluster],
             "redis": {"url": self.redis_url, "region": cfg.region},
         }
 
-    def relay_config(self, overrides: Mapping[str, Any] | None = None) -> RelayConfig:
+    def relay_config(self, overrides: Mapping[str, Any] | None = None, node: int = 1) -> RelayConfig:
         """The lab relay's validated config; ``overrides`` as for :func:`icegate.config.merge`."""
-        return build(RelayConfig, merge(self.relay_section(), overrides or {}), "relay")
+        return build(RelayConfig, merge(self.relay_section(node), overrides or {}), "relay")
 
-    def write_relay_config(self, overrides: Mapping[str, Any] | None = None) -> Path:
-        """Write ``<lab dir>/relay.yaml`` (for ``icegate relay run --config``) and return its path."""
-        self.relay_config(overrides)  # validate before writing
-        path = self.dir / "relay.yaml"
+    def write_relay_config(self, overrides: Mapping[str, Any] | None = None, node: int = 1) -> Path:
+        """Write ``<lab dir>/relay.yaml`` (``relay<k>.yaml`` for fleet node k, for ``icegate
+        relay run --config``) and return its path."""
+        self.relay_config(overrides, node)  # validate before writing
+        path = self.dir / f"{self.config.relay_host(node)}.yaml"
         self.dir.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            yaml.safe_dump({"relay": merge(self.relay_section(), overrides or {})}, sort_keys=False)
+            yaml.safe_dump({"relay": merge(self.relay_section(node), overrides or {})}, sort_keys=False)
         )
         return path
 
     def transceivers(self) -> tuple[TransceiverSettings, ...]:
         cfg = self.config
         priv = cfg.private
+        fleet_size = MAX_RELAYS if cfg.relays > 1 else 1
         return tuple(
             TransceiverSettings(
                 name=t.name,
@@ -404,6 +419,8 @@ class Lab:
                 redis_url=self.redis_url,
                 relay_tunnel=priv.relay_address,
                 vips=self.vips,
+                # A fleet may grow while the lab runs (fleet.add_node): every node that may join.
+                relay_tunnels=tuple(cfg.relay_tunnel(k) for k in range(1, fleet_size + 1)),
             )
             for t in cfg.transceivers
         )
@@ -497,9 +514,16 @@ class Lab:
             "clients": [dataclasses.asdict(c) for c in self.clients()],
             "processes": [p.to_json() for p in self.registry.all()],
             "netem": netem,
+            "fleet": fleet.describe(self) if cfg.relays > 1 else None,
             "notes": self.notes(),
             "bpffs_mounted": os.path.ismount(self.bpffs),
         }
+
+    def save_state(self) -> None:
+        """Record the current config (a fleet node added) in ``lab.json``, keeping the rest."""
+        state = _read_json(self.dir / STATE_FILE) or {"state": "up"}
+        extra = {k: v for k, v in state.items() if k not in ("state", "config", "updated")}
+        self._write_state(str(state.get("state", "up")), **extra)
 
     def _write_state(self, stage: str, **extra: Any) -> None:
         data = {"state": stage, "config": asdict(self.config), "updated": time.time(), **extra}

@@ -109,6 +109,7 @@ def plan(cfg: LabConfig) -> Topology:
     hosts = [Host("inet", "router"), Host("relay", "relay"), Host("dc", "datacentre")]
     hosts += [Host(c.name, "client") for c in cfg.clients]
     hosts += [Host(t.name, "transceiver") for t in cfg.transceivers]
+    hosts += [Host(h, "relay") for h in cfg.fleet_hosts]
 
     wires = [Wire(c.name, HOST_IF, "inet", c.name, pub.mtu) for c in cfg.clients]
     wires += [
@@ -117,7 +118,13 @@ def plan(cfg: LabConfig) -> Topology:
         Wire("inet", ROUTER_PRIVATE_IF, "dc", "inet", priv.mtu),
     ]
     wires += [Wire(t.name, HOST_IF, "dc", t.name, priv.mtu) for t in cfg.transceivers]
-    bridge_ports = ("relay", "inet", *(t.name for t in cfg.transceivers))
+    # Fleet nodes 2..N: each its own public link to the router (pub<k>) and a port on the bridge.
+    for k in range(2, cfg.relays + 1):
+        wires += [
+            Wire(f"relay{k}", PUBLIC_IF, "inet", f"pub{k}", pub.mtu, b_gro=True),
+            Wire(f"relay{k}", PRIVATE_IF, "dc", f"relay{k}", priv.mtu, b_gro=True),
+        ]
+    bridge_ports = ("relay", "inet", *(t.name for t in cfg.transceivers), *cfg.fleet_hosts)
 
     addresses = [Addr(c.name, HOST_IF, c.address, c.prefixlen) for c in cfg.clients]
     addresses += [Addr("inet", c.name, c.gateway, c.prefixlen) for c in cfg.clients]
@@ -132,11 +139,22 @@ def plan(cfg: LabConfig) -> Topology:
         Addr("dc", BRIDGE, priv.redis_address, priv.prefixlen),
     ]
     addresses += [Addr(t.name, HOST_IF, t.address, priv.prefixlen) for t in cfg.transceivers]
+    for k in range(2, cfg.relays + 1):
+        host, (address, gateway) = f"relay{k}", cfg.relay_public(k)
+        addresses += [
+            Addr("inet", f"pub{k}", gateway, 24),
+            Addr(host, PUBLIC_IF, address, 24),
+            *(Addr(host, PUBLIC_IF, vip, 32) for vip in pub.vips),
+            Addr(host, PRIVATE_IF, cfg.relay_tunnel(k), priv.prefixlen),
+        ]
 
     routes = [Route(c.name, "default", c.gateway) for c in cfg.clients]
     routes.append(Route("relay", "default", pub.gateway))
     # VIPs outside the public subnet are routed to the relay; those inside are found by ARP.
-    routes += [Route("inet", f"{vip}/32", pub.relay_address) for vip in pub.vips if not _in(cfg, vip)]
+    # With a fleet (relays > 1) the VIPs go through one ECMP route instead (labkit/lab/fleet.py).
+    if cfg.relays == 1:
+        routes += [Route("inet", f"{vip}/32", pub.relay_address) for vip in pub.vips if not _in(cfg, vip)]
+    routes += [Route(f"relay{k}", "default", cfg.relay_public(k)[1]) for k in range(2, cfg.relays + 1)]
     # Transceivers answer signaling through the router; Redis and the relay stay private.
     routes += [Route(t.name, "default", priv.router_address) for t in cfg.transceivers]
 
@@ -144,6 +162,10 @@ def plan(cfg: LabConfig) -> Topology:
     if cfg.static_neighbours:
         neighbours.append(Neighbour("relay", PUBLIC_IF, pub.gateway, "inet", ROUTER_PUBLIC_IF))
         neighbours += [Neighbour("relay", PRIVATE_IF, t.address, t.name, HOST_IF) for t in cfg.transceivers]
+        for k in range(2, cfg.relays + 1):
+            host = f"relay{k}"
+            neighbours.append(Neighbour(host, PUBLIC_IF, cfg.relay_public(k)[1], "inet", f"pub{k}"))
+            neighbours += [Neighbour(host, PRIVATE_IF, t.address, t.name, HOST_IF) for t in cfg.transceivers]
 
     latency = [(c.name, HOST_IF) for c in cfg.clients] + [("inet", c.name) for c in cfg.clients]
     return Topology(

@@ -56,13 +56,13 @@ REPORT_TIMEOUT_S = 45
 class PageServer:
     """The test's web server on 127.0.0.1 inside a client namespace: the page, and /report."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, page: Path = PAGE) -> None:
         self.reports: queue.Queue[dict[str, Any]] = queue.Queue()
         reports = self.reports
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = PAGE.read_bytes()
+                body = page.read_bytes()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))

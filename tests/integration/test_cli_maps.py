@@ -115,8 +115,9 @@ def test_stats_sum_per_cpu_counters(pinned: KernelStore) -> None:
 def test_relay_status_and_backends_from_pins(pinned: KernelStore) -> None:
     fill_flows(pinned)
     result = invoke(cli.relay, ["status", "--json"], pinned)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # attached nowhere, no control plane: unhealthy
     status = json.loads(result.output)
+    assert status["healthy"] is False and status["netns"]  # the namespace is named, never "-"
     assert status["program"]["id"] > 0 and (status["mode"], status["attached"]) == ("detached", [])
     assert status["maps"]["flows"] == {"entries": 3, "capacity": 1024}  # as pinned, not the defaults
     assert status["maps"]["vips"]["entries"] == 2 and status["maps"]["backends"]["entries"] == 2
@@ -143,3 +144,16 @@ def test_a_relay_that_is_not_there() -> None:
     )
     result = CliRunner().invoke(cli.flows, ["ls", "--name", "x", "--bpffs", "/tmp"])
     assert result.exit_code == 1 and "bpffs is not mounted at /tmp" in result.output
+
+
+def test_status_names_the_namespace_it_runs_in(ns_prefix: str) -> None:
+    """issue 16: `relay status` run inside the relay's namespace printed `netns: -`."""
+    from controlplane.kernel import loader
+    from icegate import netns
+
+    name = f"{ns_prefix}relay"
+    netns.create(name)
+    with netns.entered(name):
+        assert loader._this_namespace() == name
+    outside = loader._this_namespace()  # "host" where init's namespace is readable, else its inode
+    assert outside == "host" or outside == f"net:[{netns.identity()[1]}]"

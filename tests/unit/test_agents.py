@@ -97,3 +97,37 @@ def test_session_ended_closes_cleanly() -> None:
         assert ws.close_code == 1000
 
     run("tone", scenario)
+
+
+def test_agent_metrics_count_connections_and_responses() -> None:
+    """issue 16: the agent has /metrics like every component (process_*, build info)."""
+
+    async def scrape(http: aiohttp.ClientSession, server: TestServer) -> str:
+        async with http.get(server.make_url("/metrics")) as reply:
+            assert reply.status == 200
+            return await reply.text()
+
+    async def main() -> None:
+        server = TestServer(make_app("echo"))
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(server.make_url("/")):
+                    for _ in range(50):  # the handler counts the connection once it runs
+                        if "icegate_agent_connections 1.0" in await scrape(http, server):
+                            break
+                        await asyncio.sleep(0.02)
+                    else:
+                        raise AssertionError("connection not counted")
+                for _ in range(50):
+                    text = await scrape(http, server)
+                    if "icegate_agent_connections 0.0" in text:
+                        break
+                    await asyncio.sleep(0.02)
+                assert "icegate_agent_connections 0.0" in text and "icegate_agent_sessions_total 1.0" in text
+                assert 'icegate_build_info{component="agent"' in text and "process_open_fds" in text
+                assert 'icegate_agent_http_responses_total{code="200",path="/metrics"}' in text
+        finally:
+            await server.close()
+
+    asyncio.run(main())

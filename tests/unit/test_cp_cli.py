@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from controlplane.config import HttpConfig
 from controlplane.datapath.layout import BackendState, Stat
 from controlplane.datapath.store import Backend, Flow, MemoryStore, Vip
-from controlplane.operator import cli
+from controlplane.operator import cli, cli_backends
 from controlplane.operator.cli import CliEnv, Target
 from icegate import token as tokens
 from icegate.errors import RelayNotRunning
@@ -89,28 +89,21 @@ def test_flows_ls_table_and_json() -> None:
     result = invoke(cli.flows, ["ls"], env)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
+    # issue 16: single-word headers (awk, cut)
     assert lines[0].split() == [
-        "CLIENT",
-        "VIP",
-        "BACKEND",
-        "STATE",
-        "AGE",
-        "IDLE",
-        "PKTS",
-        "IN",
-        "BYTES",
-        "IN",
-        "PKTS",
-        "OUT",
-        "BYTES",
-        "OUT",
-    ]
+        "CLIENT", "VIP", "BACKEND", "STATE", "AGE", "IDLE", "PKTS_IN", "BYTES_IN", "PKTS_OUT", "BYTES_OUT"
+    ]  # fmt: skip
     assert [line.split()[:6] for line in lines[1:]] == [
         ["100.64.1.2:40000", "192.0.2.10:3478", "1:1", "confirmed", "1m30s", "2.0s"],
         ["100.64.1.10:40002", "192.0.2.10:3478", "1:2", "confirmed", "5.0s", "0.0s"],
         ["[2001:db8:100::2]:40001", "[2001:db8::10]:3478", "1:1", "confirmed", "2h00m", "1.0s"],
     ]
     assert lines[1].split()[6:] == ["10", "1000", "9", "900"]
+    bare = invoke(cli.flows, ["ls", "--no-headers"], env).output.splitlines()
+    assert bare == lines[1:]
+    wide = invoke(cli.flows, ["ls", "-o", "wide"], env).output.splitlines()
+    assert wide[0].split()[-2:] == ["VIP_INDEX", "TOKEN_TAG"] and wide[1].split()[-2:] == ["0", "11"]
+    assert json.loads(invoke(cli.flows, ["ls", "-o", "json"], env).output)[0]["token_tag"] == 11
 
     rows = json.loads(invoke(cli.flows, ["ls", "--json"], env).output)
     assert len(rows) == 3
@@ -198,8 +191,10 @@ def test_stats_rates_and_json() -> None:
 def test_relay_status(control_plane: str) -> None:
     env = env_for(known_maps(), control_plane=control_plane)
     result = invoke(cli.relay, ["status", "--json"], env)
-    assert result.exit_code == 0, result.output
+    # issue 16: non-zero when the control plane is degraded or unreachable
+    assert result.exit_code == (0 if control_plane == "ready" else 1), result.output
     status = json.loads(result.output)
+    assert status["healthy"] is (control_plane == "ready")
     assert status["maps"]["flows"] == {"entries": 3, "capacity": 262144}
     assert status["maps"]["backends"]["entries"] == 2 and status["mode"] == "userspace"
     assert status["control_plane"] == control_plane
@@ -248,7 +243,7 @@ def region() -> str:
     return f"cli{os.getpid()}x{next(_regions)}"
 
 
-def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
+def test_backends_ls_merges_map_and_redis(redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     name = region()
     keys = Keys(name)
     r = redis_sync.Redis.from_url(redis.url)
@@ -260,7 +255,11 @@ def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
         keys.transceiver(1, 3),
         mapping=Registration(1, 3, "10.70.0.13", 6081, "http://y", "active", 1).encode(),
     )
-    env = env_for(known_maps())
+    maps = known_maps()
+    # An ended call's flow (idle past the expiry timeout, 30 s) is not counted as live.
+    maps.put_flow((addr16("100.64.1.99"), 40009, 0), Flow(1, 2, 15, NOW - 90 * S, NOW - 31 * S))
+    monkeypatch.setattr(cli_backends, "clock_ns", lambda: NOW)
+    env = env_for(maps)
     args = ["ls", "--json", "--redis-url", redis.url, "--region", name]
     rows = json.loads(invoke(cli.backends, args, env).output)
     brief = [
@@ -272,7 +271,7 @@ def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
         (1, 3, None, "active", 0, 0),
     ]
     table = invoke(cli.backends, args[:1] + args[2:], env).output.splitlines()
-    assert table[0].split()[:3] == ["BACKEND", "TUNNEL", "MAP"]
+    assert table[0].split()[:4] == ["BACKEND", "TUNNEL", "MAP_STATE", "MAP_GEN"]
     assert table[2].split()[:6] == ["1:2", "10.70.0.12:6081", "draining", "1", "-", "-"]
 
     drained = invoke(cli.backends, ["drain", "1:1", "--redis-url", redis.url, "--region", name], env)
@@ -286,6 +285,16 @@ def test_backends_ls_merges_map_and_redis(redis: RedisServer) -> None:
     unknown = invoke(cli.backends, ["drain", "4:4", "--redis-url", redis.url, "--region", name], env)
     assert unknown.exit_code == 1 and "not registered" in unknown.output
     r.close()
+
+
+def test_backends_ls_without_redis_options_reads_only_the_map() -> None:
+    """issue 16: no --config/--redis-url: the map view alone, and a note saying so; no
+    silent attempt on a localhost Redis."""
+    result = invoke(cli.backends, ["ls", "--json"], env_for(known_maps()))
+    assert result.exit_code == 0, result.output
+    assert "redis view skipped" in result.stderr and "unavailable" not in result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 and all(r["redis_state"] is None for r in rows)
 
 
 def test_token_init_rotate_mint_decode(redis: RedisServer) -> None:
@@ -320,10 +329,14 @@ def test_token_init_rotate_mint_decode(redis: RedisServer) -> None:
     text = invoke(cli.token, ["decode", f"{new_ufrag}:clientufrag", *where], env).output
     assert "key_state:  current" in text and "mac_valid:  True" in text and "cluster:    3" in text
 
-    forged = json.loads(
-        invoke(cli.token, ["decode", old_ufrag, "--json", "--key-hex", "00" * 16], env).output
-    )
+    forged_run = invoke(cli.token, ["decode", old_ufrag, "--json", "--key-hex", "00" * 16], env)
+    forged = json.loads(forged_run.stdout)
     assert forged["mac_valid"] is False and forged["error"] == "token_mac"
+    assert forged_run.exit_code == 1  # issue 16: a wrong MAC is a failure for scripts
+    # A key id Redis does not have (or no longer accepts): refused by relays, exit 1.
+    foreign = tokens.mint(9, bytes(16), 1, 2)
+    absent = invoke(cli.token, ["decode", foreign, "--json", *where], env)
+    assert absent.exit_code == 1 and json.loads(absent.stdout)["key_state"] == "absent"
     bad = invoke(cli.token, ["decode", "short", *where], env)
     assert bad.exit_code == 1 and "token_length" in bad.output
     r.close()

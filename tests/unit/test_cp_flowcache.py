@@ -71,7 +71,8 @@ def test_flow_events_are_cached_with_a_ttl_and_refreshed(redis: RedisServer) -> 
             name4 = keys.flow("192.0.2.10", 3478, "100.64.1.2", 40000)
             name6 = keys.flow("2001:db8::10", 3478, "2001:db8:100::2", 40001)
             deadline = time.monotonic() + 2
-            while not (r.exists(name4) and r.exists(name6)):
+            # Redis applies the pipeline before the writer has read its reply: wait for both.
+            while not (r.exists(name4) and r.exists(name6) and cache.writes_total == 2):
                 assert time.monotonic() < deadline, "flow-cache writes did not arrive"
                 await asyncio.sleep(0.005)
             cached4 = CachedFlow.decode(r.hgetall(name4))

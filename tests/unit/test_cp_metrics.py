@@ -101,6 +101,19 @@ def test_metrics_match_the_traffic(redis: RedisServer) -> None:
                 not_ready = (reply.status, await reply.text())
             async with http.get(f"{base}/livez") as reply:
                 assert reply.status == 200
+            async with http.get(f"{base}/nothing-here") as reply:
+                assert reply.status == 404
+            async with http.get(f"{base}/metrics") as reply:  # the responses above, by status
+                counted = samples(await reply.text())
+            assert (
+                counted[("icegate_relay_http_responses_total", (("code", "200"), ("path", "/readyz")))] == 1
+            )
+            assert (
+                counted[("icegate_relay_http_responses_total", (("code", "503"), ("path", "/readyz")))] == 1
+            )
+            assert (
+                counted[("icegate_relay_http_responses_total", (("code", "404"), ("path", "unmatched")))] == 1
+            )
         await service.stop()
         expected.update({s: tuple(v) for s, v in sent.items()})
         return text, ready, not_ready
@@ -127,11 +140,15 @@ def test_metrics_match_the_traffic(redis: RedisServer) -> None:
     assert by_state == {"active": 1, "draining": 1, "dead": 1}
     assert values[("icegate_relay_flow_cache_events_total", ())] == 5
     assert values[("icegate_relay_recoveries_total", (("result", "miss"),))] == 1
-    assert values[("icegate_relay_redis_degraded", ())] == 0
+    assert values[("icegate_relay_redis_up", ())] == 1
     assert 0 <= values[("icegate_relay_sync_lag_seconds", ())] < 1
     assert values[("icegate_relay_datapath_up", ())] == 1
+    # issue 16: every component also exports process_* and icegate_build_info
+    assert values[("process_start_time_seconds", ())] > 0 and values[("process_open_fds", ())] > 0
+    build = [labels for name, labels in values if name == "icegate_build_info"]
+    assert len(build) == 1 and ("component", "relay") in build[0]
     for name in {n for n, _ in values}:
-        assert name.startswith("icegate_relay_"), name
+        assert name.startswith(("icegate_relay_", "process_", "icegate_build_info")), name
 
 
 def test_vip_indices_stay_stable_across_config_changes() -> None:

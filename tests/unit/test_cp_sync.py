@@ -142,6 +142,28 @@ def test_dead_backends_are_kept_for_the_grace_period() -> None:
     assert plan.put == [Backend(1, 1, "10.70.0.11", 6081, BackendState.ACTIVE, 5)] and not dead_since
 
 
+def test_a_generation_past_32_bits_is_not_rewritten_every_sync() -> None:
+    """A registration's generation is its start time in ms (> 2**32); the map's field is a
+    __u32. Once written, the next reconciliation must find nothing to change (issue 16:
+    every backend was rewritten and logged every ``sync_interval_s``)."""
+    from controlplane.datapath.layout import BackendValue
+
+    generation = 1_795_537_754_608
+    registered = {(1, 1): reg(1, 1, generation=generation)}
+    first = plan_backends(registered, [], {}, now=0.0, grace_s=600.0)
+    assert len(first.put) == 1
+    written = first.put[0]
+    # What the kernel map gives back: the value round-tripped through the shared.h layout.
+    value = BackendValue.of(written.address, written.port, written.state, written.generation)
+    assert value.generation == generation & 0xFFFFFFFF
+    readback = Backend(1, 1, written.address, written.port, written.state, value.generation)
+    again = plan_backends(registered, [readback], {}, now=1.0, grace_s=600.0)
+    assert not again.put and not again.delete
+    # A re-registration (new generation) is still a change.
+    bumped = {(1, 1): reg(1, 1, generation=generation + 1)}
+    assert plan_backends(bumped, [readback], {}, now=2.0, grace_s=600.0).put
+
+
 def test_route_keys_rotation_and_grace_expiry(redis: RedisServer) -> None:
     name = region()
     keys = Keys(name)

@@ -232,7 +232,9 @@ def test_unreachable_agent_leaves_the_session_agentless(caplog: pytest.LogCaptur
 
         async def main() -> None:
             async with aiohttp.ClientSession() as http:
-                bridge = MediaBridge("s3", VAD, agent_url=url, http=http)
+                bridge = MediaBridge(
+                    "s3", VAD, agent_url=url, http=http, on_agent_unreachable=lambda: unreachable.append(1)
+                )
                 channel = Channel()
                 bridge.events = channel
                 try:
@@ -248,8 +250,10 @@ def test_unreachable_agent_leaves_the_session_agentless(caplog: pytest.LogCaptur
                     await bridge.close("done")
                 assert bridge.track.readyState == "ended"
 
+        unreachable: list[int] = []
         with caplog.at_level(logging.WARNING, logger="transceiver.bridge"):
             asyncio.run(main())
+    assert unreachable == [1]  # counted once: icegate_transceiver_agent_unreachable_total
     warnings = [r for r in caplog.records if r.name == "transceiver.bridge"]
     assert len(warnings) == 1  # once at connect, not once per frame sent to no agent
     assert warnings[0].levelno == logging.WARNING
