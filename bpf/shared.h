@@ -255,4 +255,37 @@ struct flow_event {
 	__u64 ts_ns;
 };
 
+/* ---- Next-hop cache (bpf/nexthop.h; docs/BENCHMARKS.md "next-hop cache"). ----
+ * nexthops: what bpf_fib_lookup answered for a destination seen on an ingress
+ * interface, so established flows skip the lookup. An entry is used only while its
+ * generation equals nexthop_generation[0] (bumped by the control plane on every route,
+ * neighbour, address or link change: controlplane/kernel/nexthopwatch.py), it is younger
+ * than NEXTHOP_MAX_AGE_NS, and the packet is no longer than one the FIB already
+ * accepted (the MTU check of DATAPATH.md section 6). */
+#ifndef MAX_NEXTHOPS
+#define MAX_NEXTHOPS 65536 /* destinations: transceivers and recently active clients (LRU) */
+#endif
+
+struct nexthop_key {
+	__u8 addr[16];   /* destination (the transceiver, or the client) */
+	__u32 ifindex;   /* ingress: bpf_fib_lookup's answer depends on it */
+};
+
+struct nexthop_value {
+	__u32 ifindex;    /* egress */
+	__u32 generation; /* nexthop_generation[0] when filled */
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 max_len;    /* longest IP packet the FIB accepted (MTU) for this entry */
+	__u16 pad;
+	__u64 updated_ns; /* bpf_ktime_get_ns() of the lookup */
+};
+
+enum nexthop_stat {
+	NEXTHOP_STAT_HIT = 0,   /* answered from the cache */
+	NEXTHOP_STAT_MISS = 1,  /* no entry: bpf_fib_lookup */
+	NEXTHOP_STAT_STALE = 2, /* entry of an older generation, too old, or packet too long */
+	NEXTHOP_STAT_MAX = 3,
+};
+
 #endif /* ICEGATE_SHARED_H */

@@ -57,6 +57,7 @@ class RelayLimits:
     max_vips: int = 64
     max_rate_sources: int = 65536
     events_pages: int = 64
+    max_nexthops: int = 65536  # next-hop cache (bpf/nexthop.h): transceivers and active clients
 
     _BOUNDS = {
         "max_flows": (16, 1 << 24),
@@ -65,6 +66,7 @@ class RelayLimits:
         "max_vips": (1, 4096),
         "max_rate_sources": (16, 1 << 22),
         "events_pages": (1, 4096),
+        "max_nexthops": (16, 1 << 22),
     }
 
     def validate(self, path: str) -> None:

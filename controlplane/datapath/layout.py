@@ -312,6 +312,36 @@ class FlowEventRecord(ctypes.Structure):
     ]
 
 
+class NexthopKey(ctypes.Structure):
+    """``struct nexthop_key`` (bpf/nexthop.h's cache)."""
+
+    _fields_ = [("addr", Addr16), ("ifindex", ctypes.c_uint32)]
+
+
+class NexthopValue(ctypes.Structure):
+    """``struct nexthop_value``."""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("generation", ctypes.c_uint32),
+        ("smac", ctypes.c_uint8 * 6),
+        ("dmac", ctypes.c_uint8 * 6),
+        ("max_len", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("updated_ns", ctypes.c_uint64),
+    ]
+
+
+class NexthopStat(IntEnum):
+    """``enum nexthop_stat``: the index of the per-CPU ``nexthop_stats`` array."""
+
+    HIT = 0
+    MISS = 1
+    STALE = 2
+
+
+NEXTHOP_STAT_MAX = len(NexthopStat)
+
 # Every mirrored struct, by its C name: what test_layout.py walks.
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "counter": Counter,
@@ -325,6 +355,8 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "relay_config": RelayConfigMap,
     "flow_event": FlowEventRecord,
     "rate_tag_key": RateTagKey,
+    "nexthop_key": NexthopKey,
+    "nexthop_value": NexthopValue,
 }
 
 # Python 3.11 ctypes gives no packed=...; every struct above is naturally aligned, and
@@ -341,6 +373,8 @@ EXPECTED_SIZES = {
     "relay_config": 168,
     "flow_event": 40,
     "rate_tag_key": 8,
+    "nexthop_key": 20,
+    "nexthop_value": 32,
 }
 
 

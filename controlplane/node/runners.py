@@ -30,6 +30,7 @@ from controlplane.datapath.store import FlowEvent, FlowKeyT, MapStore, MemorySto
 from controlplane.datapath.twin import TwinRelay
 from controlplane.kernel import libbpf
 from controlplane.kernel.loader import Loader
+from controlplane.kernel.nexthopwatch import NexthopWatch
 from controlplane.node.metrics import ListCounters
 from icegate.errors import ConfigError, IcegateError, LinkError
 
@@ -138,6 +139,7 @@ class XdpRunner:
         self.twin: TwinRelay | None = None
         self._poller: threading.Thread | None = None
         self._polling = threading.Event()
+        self.nexthops: NexthopWatch | None = None  # keeps the program's next-hop cache true
 
     def counters(self) -> Sequence[tuple[int, int]]:
         counters: Sequence[tuple[int, int]] = self.maps.counters()  # type: ignore[attr-defined]
@@ -175,6 +177,8 @@ class XdpRunner:
         self._polling.set()
         self._poller = threading.Thread(target=self._poll, name="ringbuf-poll", daemon=True)
         self._poller.start()
+        self.nexthops = NexthopWatch(self.cfg.pin_dir)
+        self.nexthops.start()
 
     def _poll(self) -> None:
         while self._polling.is_set():
@@ -183,6 +187,8 @@ class XdpRunner:
     async def stop(self) -> None:
         """Close sockets and descriptors; the program stays attached, the maps pinned."""
         self._polling.clear()
+        if self.nexthops is not None:
+            await asyncio.to_thread(self.nexthops.stop)
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join, 2.0)
         if self.twin is not None:

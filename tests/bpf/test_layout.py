@@ -37,6 +37,7 @@ ENUMS: dict[str, type[IntEnum]] = {
     "PACKET_": PacketKind,
     "BACKEND_": layout.BackendState,
     "FLOW_EVENT_": layout.FlowEventKind,
+    "NEXTHOP_STAT_": layout.NexthopStat,
 }
 # Each limit of shared.h the Python code runs with, and the module it runs from.
 LIMITS: dict[str, Any] = {
@@ -71,7 +72,17 @@ def bcc_structs(xdp: XdpRelay) -> dict[str, Any]:
             for _, ftype, *_ in cls._fields_:
                 walk(ftype)
 
-    for name in ("counters", "vips", "backends", "route_keys", "config", "flows", "pending", "rate_tags"):
+    for name in (
+        "counters",
+        "vips",
+        "backends",
+        "route_keys",
+        "config",
+        "flows",
+        "pending",
+        "rate_tags",
+        "nexthops",
+    ):
         table = xdp.loader.bpf.get_table(name.encode())
         walk(table.Key)
         walk(table.Leaf)
