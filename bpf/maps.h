@@ -40,6 +40,17 @@ BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_value, pending, MAX_PE
 BPF_TABLE_PINNED("lru_hash", struct rate_source_key, __u64, rate_sources, MAX_RATE_SOURCES,
 		 PIN_DIR "/rate_sources");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, rate_global, 1, PIN_DIR "/rate_global");
+BPF_TABLE_PINNED("lru_hash", struct rate_tag_key, __u64, rate_tags, MAX_RATE_SOURCES, PIN_DIR "/rate_tags");
+/* Slow-path buckets per source (/64 for IPv6): junk from many addresses cannot spend the
+ * budget of a client whose flow the relay lost (docs/SECURITY.md). */
+BPF_TABLE_PINNED("lru_hash", struct rate_source_key, __u64, rate_slow_sources, MAX_RATE_SOURCES,
+		 PIN_DIR "/rate_slow_sources");
+/* Every VIP's address, any port: fragments and IPv6 extension headers to these are
+ * dropped (§1 r3), so the kernel never reassembles relay traffic behind XDP's back. */
+struct vip_addr_key {
+	__u8 addr[16];
+};
+BPF_TABLE_PINNED("hash", struct vip_addr_key, __u32, vip_addrs, MAX_VIPS, PIN_DIR "/vip_addrs");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, rate_slow, 1, PIN_DIR "/rate_slow");
 
 /* Scratch for the IPv6 outer checksum (csum.h); holds nothing between packets, so it

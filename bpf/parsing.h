@@ -56,7 +56,7 @@ struct ip_udp {
 	__u16 udp_len;     /* the UDP length field */
 	__u16 payload_off; /* UDP payload */
 	__u8 family;       /* 4 or 6 */
-	__u8 pad;
+	__u8 proto;        /* protocol / next header, also for PASS_FRAGMENT and PASS_NOT_UDP */
 };
 
 /* Forget what the compiler knows about `var` (the kernel's barrier_var()). */
@@ -168,11 +168,12 @@ static __always_inline __u32 parse_ip_udp(void *data, void *data_end, __u32 off,
 		total = bpf_ntohs(ip->tot_len);
 		if (ip->version != 4 || hlen < sizeof(*ip) || total < hlen || total > limit - off)
 			return STAT_DROP_MALFORMED_IP;
-		if (ip->frag_off & IPV4_MF_OFFSET_BE)
-			return STAT_PASS_FRAGMENT;
 		proto = ip->protocol;
+		out->proto = proto;
 		addr_from_ipv4(out->src, ip->saddr);
 		addr_from_ipv4(out->dst, ip->daddr);
+		if (ip->frag_off & IPV4_MF_OFFSET_BE)
+			return STAT_PASS_FRAGMENT; /* out->dst is set: §1 r3 checks it */
 	} else {
 		struct ipv6hdr *ip6 = pkt_at(data, data_end, off, sizeof(*ip6));
 
@@ -182,11 +183,12 @@ static __always_inline __u32 parse_ip_udp(void *data, void *data_end, __u32 off,
 		total = hlen + bpf_ntohs(ip6->payload_len);
 		if (ip6->version != 6 || total > limit - off)
 			return STAT_DROP_MALFORMED_IP;
-		if (ip6->nexthdr == NEXTHDR_FRAGMENT)
-			return STAT_PASS_FRAGMENT;
 		proto = ip6->nexthdr; /* extension headers are not walked (§1 r4) */
+		out->proto = proto;
 		__builtin_memcpy(out->src, &ip6->saddr, 16);
 		__builtin_memcpy(out->dst, &ip6->daddr, 16);
+		if (proto == NEXTHDR_FRAGMENT)
+			return STAT_PASS_FRAGMENT;
 	}
 	if (proto != IPPROTO_UDP)
 		return STAT_PASS_NOT_UDP;
@@ -203,6 +205,14 @@ static __always_inline __u32 parse_ip_udp(void *data, void *data_end, __u32 off,
 	out->dport = udp->dest;
 	out->udp_len = bpf_ntohs(udp->len);
 	return CONTINUE;
+}
+
+/* RFC 8200 section 4 (and IANA's list): next-header values that are extension headers,
+ * not upper layers. A VIP is only for UDP; the relay never walks these (§1 r3). */
+static __always_inline int ipv6_extension(__u8 proto)
+{
+	return proto == 0 || proto == 43 || proto == 44 || proto == 50 || proto == 51 || proto == 60 ||
+	       proto == 135 || proto == 139 || proto == 140 || proto == 253 || proto == 254;
 }
 
 /* §1 r7: the UDP length covers exactly the IP payload. */

@@ -12,16 +12,23 @@
 
 #include "forward.h"
 #include "maps.h"
+#include "nexthop.h"
 #include "parsing.h"
+#include "policy.h"
 #include "ratelimit.h"
 #include "token.h"
 
 struct packet {
 	struct ip_udp l3;           /* the IP/UDP headers as received */
-	struct bpf_fib_lookup fib;  /* next hop, valid once next_hop() returned CONTINUE */
+	struct bpf_fib_lookup fib;  /* next hop, valid once cached_next_hop() returned CONTINUE */
 	__u32 frame_len;            /* bytes as received: what the counters count */
 	__u64 now;                  /* bpf_ktime_get_ns(), read only where a map needs it */
 };
+
+/* Per-packet scratch for struct packet: the 512-byte stack cannot hold it beside the
+ * route and the STUN scratch since the issue-12 checks (clang 14, bcc 0.26). Holds
+ * nothing between packets, so it is not pinned. */
+BPF_TABLE("percpu_array", __u32, struct packet, packet_scratch, 1);
 
 static __always_inline __u64 outer_len(const struct backend_value *be)
 {
@@ -34,11 +41,61 @@ static __always_inline const __u8 *tunnel_source(const struct relay_config *cfg,
 	return be->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6;
 }
 
+/* DATAPATH.md section 6 through the next-hop cache (nexthop.h): bpf_fib_lookup only on a
+ * miss or a stale entry. Here rather than in nexthop.h because bcc rewrites map calls in
+ * the main file only. */
+static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *pkt, const __u8 *src,
+					     const __u8 *dst, __u32 tot_len)
+{
+	struct nexthop_work *w;
+	struct nexthop_value *hop;
+	__u32 zero = 0, generation = 0, which, stat;
+	__u32 *current_generation;
+	__u64 now, *count;
+
+	w = nexthop_scratch.lookup(&zero);
+	if (!NEXTHOP_CACHE || !w) /* compiled out: the benchmarks' "before" (bench/lab/netlab.py) */
+		return next_hop(ctx, addr_family(dst), src, dst, tot_len, &pkt->fib);
+	current_generation = nexthop_generation.lookup(&zero);
+	if (!pkt->now)
+		pkt->now = bpf_ktime_get_ns();
+	now = pkt->now;
+	if (current_generation)
+		generation = *current_generation;
+	__builtin_memcpy(w->key.addr, dst, 16);
+	w->key.ifindex = ctx->ingress_ifindex;
+	hop = nexthops.lookup(&w->key);
+	if (hop && nexthop_usable(hop, generation, tot_len, now)) {
+		nexthop_to_fib(hop, &pkt->fib);
+		stat = CONTINUE;
+		which = NEXTHOP_STAT_HIT;
+	} else {
+		which = hop ? NEXTHOP_STAT_STALE : NEXTHOP_STAT_MISS;
+		stat = next_hop(ctx, addr_family(dst), src, dst, tot_len, &pkt->fib);
+		if (stat == CONTINUE) {
+			nexthop_from_fib(&w->value, &pkt->fib, hop, generation, tot_len, now);
+			nexthops.update(&w->key, &w->value); /* best effort: a failed update costs a lookup */
+		}
+	}
+	count = nexthop_stats.lookup(&which);
+	if (count)
+		*count += 1;
+	return stat;
+}
+
 /* §1 r6: our Geneve endpoint, config.tunnel_addr4|6 : config.tunnel_port. */
 static __always_inline int is_tunnel(const struct ip_udp *l3, const struct relay_config *cfg)
 {
 	if (cfg->tunnel_port == 0 || l3->dport != cfg->tunnel_port)
 		return 0;
+	return addr_eq(l3->dst, l3->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6);
+}
+
+/* §1 r3: is `l3->dst` one of our addresses (any VIP, on any port, or the tunnel)? */
+static __always_inline int to_our_address(struct ip_udp *l3, const struct relay_config *cfg)
+{
+	if (vip_addrs.lookup((struct vip_addr_key *)l3->dst))
+		return 1;
 	return addr_eq(l3->dst, l3->family == 4 ? cfg->tunnel_addr4 : cfg->tunnel_addr6);
 }
 
@@ -91,15 +148,19 @@ struct route {
 	struct backend_value *be;
 	__u64 *source_tat;          /* new flow: the buckets to charge, and their new values */
 	__u64 *global_tat;
+	__u64 *tag_tat;
 	__u64 source_next;
 	__u64 global_next;
+	__u64 tag_next;
 	__u8 confirmed;
 	__u8 rerouted;
+	__u8 moving;                /* §2.1 r1: a check for the transceiver a confirmed flow may move to */
 };
 
-/* §2.1 r1-r2: a packet of a known (confirmed or pending) flow. */
+/* §2.1 r1-r2: a packet of a known (confirmed or pending) flow; `pend` is the pending
+ * entry of the same key (a move in progress when the flow is confirmed), or NULL. */
 static __always_inline __u32 route_known_flow(const struct stun_info *stun, struct route_token *tok,
-					      struct route *r)
+					      struct flow_value *pend, struct route *r)
 {
 	__u32 stat;
 
@@ -110,7 +171,13 @@ static __always_inline __u32 route_known_flow(const struct stun_info *stun, stru
 		stat = token_decode(stun->name, tok);
 		if (stat != CONTINUE)
 			return stat;
-		if (tok->tag != r->flow->token_tag) {
+		if (r->confirmed && pend && tok->tag == pend->token_tag && tok->tag != r->flow->token_tag) {
+			/* A retransmitted check of a move in progress: verified when it began. */
+			r->flow = pend;
+			r->backend = pend->backend;
+			r->confirmed = 0;
+			r->moving = 1;
+		} else if (tok->tag != r->flow->token_tag) {
 			stat = verify_token(tok);
 			if (stat != CONTINUE)
 				return stat;
@@ -119,7 +186,15 @@ static __always_inline __u32 route_known_flow(const struct stun_info *stun, stru
 				return stat;
 			r->backend = tok->backend;
 			r->tag = tok->tag;
-			r->rerouted = 1;
+			if (r->confirmed && !same_backend(&tok->backend, &r->flow->backend)) {
+				/* A live flow moves only when the new transceiver answers (§3 r9): a
+				 * spoofed check cannot take it. The check goes there as a pending entry. */
+				r->flow = NULL;
+				r->confirmed = 0;
+				r->moving = 1;
+			} else {
+				r->rerouted = 1; /* same transceiver, or a flow not confirmed yet */
+			}
 		}
 	}
 	/* §2.1 r2: existing flows survive draining and dead transceivers, not removed ones. */
@@ -131,7 +206,7 @@ static __always_inline __u32 route_known_flow(const struct stun_info *stun, stru
 
 /* Section 2, rules 7-9: a Binding Request with no flow; its token is the route. */
 static __always_inline __u32 route_new_flow(const struct stun_info *stun, struct route_token *tok,
-					    const struct packet *pkt, const struct relay_config *cfg,
+					    struct packet *pkt, const struct relay_config *cfg,
 					    struct route *r)
 {
 	__u32 zero = 0, stat;
@@ -150,11 +225,19 @@ static __always_inline __u32 route_new_flow(const struct stun_info *stun, struct
 	if (stat != CONTINUE)
 		return stat;
 	/* §2 r9: only verified tokens reach the buckets, so forged junk cannot spend the
-	 * budget of legitimate clients. */
-	r->source_tat = rate_sources.lookup((struct rate_source_key *)r->key.client_addr);
+	 * budget of legitimate clients. Source (a /64 for IPv6), token tag, then global. */
+	r->source_tat = rate_sources.lookup(source_bucket_key(&pkt->l3));
 	if (!gcra_admit(r->source_tat ? *r->source_tat : 0, pkt->now, cfg->source_interval_ns,
 			cfg->source_tolerance_ns, &r->source_next))
 		return STAT_DROP_RATE_SOURCE;
+	{
+		struct rate_tag_key tk = {.backend = tok->backend, .tag = tok->tag};
+
+		r->tag_tat = rate_tags.lookup(&tk);
+		if (!gcra_admit(r->tag_tat ? *r->tag_tat : 0, pkt->now, cfg->tag_interval_ns,
+				cfg->tag_tolerance_ns, &r->tag_next))
+			return STAT_DROP_RATE_TOKEN;
+	}
 	r->global_tat = rate_global.lookup(&zero);
 	if (!r->global_tat)
 		return STAT_DROP_INTERNAL;
@@ -165,11 +248,26 @@ static __always_inline __u32 route_new_flow(const struct stun_info *stun, struct
 }
 
 /* §2.1 r4 and §2 r11, after the packet was encapsulated: record it. */
-static __always_inline __u32 commit_route(const struct packet *pkt, const struct relay_config *cfg,
+static __always_inline __u32 commit_route(struct packet *pkt, const struct relay_config *cfg,
 					  struct route *r)
 {
 	struct flow_value *flow = r->flow;
 
+	if (!flow && r->moving) {
+		/* §2.1 r1: a move towards another transceiver starts as a pending entry. */
+		struct flow_value value = {
+			.backend = r->backend,
+			.token_tag = r->tag,
+			.created_ns = pkt->now,
+			.last_seen_ns = pkt->now,
+			.packets_in = 1,
+			.bytes_in = pkt->l3.ip_len,
+		};
+
+		if (pending.update(&r->key, &value))
+			return STAT_DROP_INTERNAL;
+		return STAT_FWD_MOVE_PENDING;
+	}
 	if (!flow) {
 		struct flow_value value = {
 			.backend = r->backend,
@@ -186,7 +284,15 @@ static __always_inline __u32 commit_route(const struct packet *pkt, const struct
 			if (r->source_tat)
 				*r->source_tat = r->source_next;
 			else
-				rate_sources.update((struct rate_source_key *)r->key.client_addr, &r->source_next);
+				rate_sources.update(source_bucket_key(&pkt->l3), &r->source_next);
+		}
+		if (cfg->tag_interval_ns) {
+			struct rate_tag_key tk = {.backend = r->backend, .tag = r->tag};
+
+			if (r->tag_tat)
+				*r->tag_tat = r->tag_next;
+			else
+				rate_tags.update(&tk, &r->tag_next);
 		}
 		if (r->global_tat)
 			*r->global_tat = r->global_next;
@@ -204,6 +310,8 @@ static __always_inline __u32 commit_route(const struct packet *pkt, const struct
 	__sync_fetch_and_add(&flow->bytes_in, pkt->l3.ip_len);
 	if (r->rerouted)
 		return STAT_FWD_REROUTE;
+	if (r->moving)
+		return STAT_FWD_MOVE_PENDING;
 	return r->confirmed ? STAT_FWD_FLOW : STAT_FWD_PENDING;
 }
 
@@ -218,6 +326,7 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	__u8 kind = payload_kind(data, data_end, &pkt->l3);
 	struct stun_info stun = {};
 	struct route_token tok = {};
+	struct flow_value *pend;
 	__u32 stat;
 
 	/* §2 r1: RFC 7983 first byte; ZRTP and TURN channels never reach icegate. */
@@ -233,16 +342,33 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	r->key.client_port = pkt->l3.sport;
 	r->key.vip_index = vip->index;
 
-	/* §2 r4-r5 */
+	/* §2 r4-r5; a pending entry past config.pending_timeout_ns is gone. A confirmed
+	 * flow's DTLS and RTP need no pending entry (only a check can be part of a move). */
 	r->flow = flows.lookup(&r->key);
 	r->confirmed = r->flow != NULL;
+	pend = NULL;
+	if (!r->flow || stun.binding_request) {
+		pkt->now = bpf_ktime_get_ns(); /* the timeout and the rate buckets need it */
+		pend = pending.lookup(&r->key);
+		if (pend && pending_expired(pend, pkt->now, cfg))
+			pend = NULL;
+	}
 	if (!r->flow)
-		r->flow = pending.lookup(&r->key);
-	if (r->flow)
-		return route_known_flow(&stun, &tok, r);
+		r->flow = pend;
+	if (r->flow) {
+		stat = route_known_flow(&stun, &tok, pend, r);
+		if (stat != CONTINUE || r->confirmed)
+			return stat;
+		/* §2.1 r0: a pending flow carries only STUN, and only so many packets, until the
+		 * transceiver's success response proves the client answers at that address. */
+		if (kind != PACKET_STUN)
+			return STAT_DROP_PENDING_NOT_STUN;
+		if (r->flow && cfg->pending_max_packets && r->flow->packets_in >= cfg->pending_max_packets)
+			return STAT_DROP_PENDING_CAP;
+		return CONTINUE;
+	}
 	if (!stun.binding_request)
 		return STAT_SLOW_NO_FLOW; /* §2 r6: the slow path may know it from the Redis flow cache */
-	pkt->now = bpf_ktime_get_ns(); /* the rate buckets need it */
 	return route_new_flow(&stun, &tok, pkt, cfg, r);
 }
 
@@ -254,6 +380,9 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	__u64 inner_sum = 0;
 	__u32 zero = 0, stat;
 
+	/* §2 r0 */
+	if (is_martian(&pkt->l3, cfg))
+		return STAT_DROP_MARTIAN;
 	stat = decide_route(ctx, pkt, vip, cfg, &r);
 	if (stat != CONTINUE)
 		return stat;
@@ -262,8 +391,9 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	if (!r.be)
 		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
 	/* §2 r10 and §2.1 r3 */
-	stat = next_hop(ctx, r.be->family, tunnel_source(cfg, r.be), r.be->addr,
-			outer_len(r.be) + pkt->l3.ip_len, &pkt->fib);
+	stat = cached_next_hop(ctx, pkt, tunnel_source(cfg, r.be), r.be->addr, outer_len(r.be) + pkt->l3.ip_len);
+	if (stat == CONTINUE) /* §2.2: tunnels leave by a private interface */
+		stat = check_role(cfg, pkt->fib.ifindex, 0, STAT_DROP_EGRESS_ROLE);
 	if (stat != CONTINUE)
 		return stat;
 	/* §2 r11 and §2.1 r4 */
@@ -273,10 +403,21 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 		if (!scratch || packet_sum(ctx, pkt->l3.ip_off, pkt->l3.ip_len, scratch->bytes, &inner_sum))
 			return STAT_DROP_INTERNAL;
 	}
+	/* The new-flow buckets masked the source to its /64 (policy.h); the entropy port
+	 * hashes the full address. */
+	__builtin_memcpy(pkt->l3.src, r.key.client_addr, 16);
 	stat = encapsulate(ctx, &pkt->l3, pkt->frame_len, &r.backend, r.be, cfg, &pkt->fib, inner_sum);
 	if (stat != CONTINUE)
 		return stat;
 	return commit_route(pkt, cfg, &r);
+}
+
+/* §3 r7: the sender is the flow's transceiver, address and Geneve source port. */
+static __always_inline int sent_by(struct flow_value *flow, const struct packet *pkt)
+{
+	struct backend_value *be = backends.lookup(&flow->backend);
+
+	return be && addr_eq(be->addr, pkt->l3.src) && be->port == pkt->l3.sport;
 }
 
 /* Section 3: transceiver -> client, Geneve to our tunnel endpoint. */
@@ -289,12 +430,11 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	struct ip_udp inner = {};
 	struct vip_key vk = {};
 	struct flow_key key = {};
-	struct flow_value *flow;
-	struct backend_value *be;
+	struct flow_value *flow, *live = NULL;
 	struct vip_value *vip;
 	__u32 inner_off = 0, stat;
 	__u8 family = 0, kind;
-	int confirmed = 1, confirm;
+	int confirmed = 1, confirm, owner = 0;
 
 	/* §3 r1-r2 */
 	stat = parse_geneve(data, data_end, pkt->l3.payload_off, payload_len(&pkt->l3), &inner_off, &family);
@@ -314,23 +454,39 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	kind = payload_kind(data, data_end, &inner);
 	if (kind != PACKET_STUN && kind != PACKET_DTLS && kind != PACKET_RTP)
 		return STAT_DROP_NOT_WEBRTC;
-	/* §3 r6 */
+	/* §3 r6: the confirmed flow, else (or when its owner did not send this) the pending
+	 * entry: a new flow, or the transceiver a confirmed flow may move to (§2.1 r1). */
 	__builtin_memcpy(key.client_addr, inner.dst, 16);
 	key.client_port = inner.dport;
 	key.vip_index = vip->index;
+	pkt->now = bpf_ktime_get_ns();
 	flow = flows.lookup(&key);
-	if (!flow) {
-		flow = pending.lookup(&key);
-		confirmed = 0;
+	if (flow)
+		owner = sent_by(flow, pkt);
+	if (!owner) {
+		struct flow_value *pend = pending.lookup(&key);
+
+		if (pend && !pending_expired(pend, pkt->now, cfg) && (!flow || sent_by(pend, pkt))) {
+			live = flow;
+			flow = pend;
+			confirmed = 0;
+			owner = sent_by(pend, pkt);
+		}
 	}
 	if (!flow)
 		return STAT_SLOW_RETURN_NO_FLOW;
 	/* §3 r7: only the transceiver that owns the flow may answer for it. */
-	be = backends.lookup(&flow->backend);
-	if (!be || !addr_eq(be->addr, pkt->l3.src))
+	if (!owner)
 		return STAT_DROP_RETURN_WRONG_BACKEND;
+	/* §3 r8: a pending flow carries only STUN, and only so many packets (§2.1 r0). */
+	if (!confirmed && kind != PACKET_STUN)
+		return STAT_DROP_PENDING_NOT_STUN;
+	if (!confirmed && cfg->pending_max_packets && flow->packets_out >= cfg->pending_max_packets)
+		return STAT_DROP_PENDING_CAP;
 	/* §3 r8 */
-	stat = next_hop(ctx, inner.family, inner.src, inner.dst, inner.ip_len, &pkt->fib);
+	stat = cached_next_hop(ctx, pkt, inner.src, inner.dst, inner.ip_len);
+	if (stat == CONTINUE) /* returns leave by a public interface, never into the private network */
+		stat = check_role(cfg, pkt->fib.ifindex, 1, STAT_DROP_EGRESS_ROLE);
 	if (stat != CONTINUE)
 		return stat;
 	/* §3 r9: the transceiver's Binding success response confirms a pending flow. */
@@ -339,8 +495,18 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	stat = decapsulate(ctx, &inner, pkt->frame_len, &pkt->fib);
 	if (stat != CONTINUE)
 		return stat;
-	pkt->now = bpf_ktime_get_ns();
-	if (confirm) {
+	if (confirm && live) {
+		/* §3 r9: the new transceiver answered the moved check: the live flow follows. */
+		live->backend = flow->backend;
+		live->token_tag = flow->token_tag;
+		live->last_seen_ns = pkt->now;
+		__sync_fetch_and_add(&live->packets_out, 1);
+		__sync_fetch_and_add(&live->bytes_out, inner.ip_len);
+		emit_event(&key, &live->backend, FLOW_EVENT_REROUTED, live->token_tag, pkt->now);
+		pending.delete(&key);
+		return STAT_FWD_MOVE_CONFIRM;
+	}
+	if (confirm) { /* pkt->now: set by cached_next_hop() */
 		/* Updated in place, then copied into flows (a map value may be the source of an
 		 * update), then removed from pending. */
 		flow->last_seen_ns = pkt->now;
@@ -370,23 +536,36 @@ static __always_inline int is_slow(__u32 stat)
 #undef STAT_SLOW_TERM
 
 /* The one exit: slow-path budget, counter, action. */
-static __always_inline int finish(struct xdp_md *ctx, __u32 stat, const struct packet *pkt,
+static __always_inline int finish(struct xdp_md *ctx, __u32 stat, struct packet *pkt,
 				  const struct relay_config *cfg)
 {
 	__u32 zero = 0;
 	struct counter *counter;
 
-	/* Section 5: every SLOW verdict is charged to the slow-path bucket. */
-	if (is_slow(stat)) {
-		__u64 *tat = rate_slow.lookup(&zero), next;
+	/* Section 5: every SLOW verdict is charged to its source's bucket (a /64 for IPv6;
+	 * not a return without a flow: after a reboot one transceiver sends those for all
+	 * its sessions), then to the slow-path bucket. */
+	if (is_slow(stat) && cfg) {
+		__u64 *tat = rate_slow.lookup(&zero), next, source_next = 0, *source_tat = NULL;
+		__u64 now = pkt->now ? pkt->now : bpf_ktime_get_ns();
+		struct rate_source_key *source = source_bucket_key(&pkt->l3);
 
-		if (cfg && tat) {
-			__u64 now = pkt->now ? pkt->now : bpf_ktime_get_ns();
-
-			if (gcra_admit(*tat, now, cfg->slow_interval_ns, cfg->slow_tolerance_ns, &next))
+		if (cfg->slow_source_interval_ns && stat != STAT_SLOW_RETURN_NO_FLOW) {
+			source_tat = rate_slow_sources.lookup(source);
+			if (!gcra_admit(source_tat ? *source_tat : 0, now, cfg->slow_source_interval_ns,
+					cfg->slow_source_tolerance_ns, &source_next))
+				stat = STAT_DROP_RATE_SLOW_SOURCE; /* one source cannot spend everyone's budget */
+		}
+		if (stat != STAT_DROP_RATE_SLOW_SOURCE && tat) {
+			if (gcra_admit(*tat, now, cfg->slow_interval_ns, cfg->slow_tolerance_ns, &next)) {
 				*tat = next;
-			else
+				if (source_tat)
+					*source_tat = source_next;
+				else if (cfg->slow_source_interval_ns && stat != STAT_SLOW_RETURN_NO_FLOW)
+					rate_slow_sources.update(source, &source_next);
+			} else {
 				stat = STAT_DROP_RATE_SLOW_PATH; /* userspace is saturated: shed load here */
+			}
 		}
 	}
 	counter = counters.lookup(&stat);
@@ -409,7 +588,7 @@ int xdp_relay(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct packet pkt = {};
+	struct packet *pkt;
 	struct vip_key vk = {};
 	struct vip_value *vip;
 	struct relay_config *cfg;
@@ -417,7 +596,14 @@ int xdp_relay(struct xdp_md *ctx)
 	__u16 l3_off = 0;
 	__be16 proto;
 
-	pkt.frame_len = data_end - data;
+	pkt = packet_scratch.lookup(&zero);
+	if (!pkt)
+		return XDP_PASS; /* cannot happen (array of one): fail open, uncounted */
+	/* Not one memset of the whole struct: clang turns that into a call to memset. */
+	__builtin_memset(&pkt->l3, 0, sizeof(pkt->l3));
+	pkt->fib.ifindex = 0;
+	pkt->now = 0;
+	pkt->frame_len = data_end - data;
 	cfg = config.lookup(&zero);
 	if (!cfg) {
 		stat = STAT_PASS_NOT_RELAY; /* cannot happen (array of one): fail open */
@@ -430,26 +616,37 @@ int xdp_relay(struct xdp_md *ctx)
 		goto out;
 	}
 	/* §1 r2-r5 */
-	stat = parse_ip_udp(data, data_end, l3_off, pkt.frame_len, proto == ETH_P_IP_BE ? 4 : 6, &pkt.l3);
+	stat = parse_ip_udp(data, data_end, l3_off, pkt->frame_len, proto == ETH_P_IP_BE ? 4 : 6, &pkt->l3);
+	/* §1 r3: fragments and IPv6 extension headers to our addresses are dropped: the
+	 * kernel would reassemble or strip them and hand the slow path relay traffic that
+	 * no XDP rule or bucket saw. */
+	if ((stat == STAT_PASS_FRAGMENT ||
+	     (stat == STAT_PASS_NOT_UDP && pkt->l3.family == 6 && ipv6_extension(pkt->l3.proto))) &&
+	    to_our_address(&pkt->l3, cfg))
+		stat = STAT_DROP_FRAGMENT_TO_VIP;
 	if (stat != CONTINUE)
 		goto out;
 	/* §1 r6 */
-	__builtin_memcpy(vk.addr, pkt.l3.dst, 16);
-	vk.port = pkt.l3.dport;
+	__builtin_memcpy(vk.addr, pkt->l3.dst, 16);
+	vk.port = pkt->l3.dport;
 	vip = vips.lookup(&vk);
-	if (!vip && !is_tunnel(&pkt.l3, cfg)) {
+	if (!vip && !is_tunnel(&pkt->l3, cfg)) {
 		stat = STAT_PASS_NOT_RELAY;
 		goto out;
 	}
 	/* §1 r7 */
-	if (!udp_length_ok(&pkt.l3)) {
+	if (!udp_length_ok(&pkt->l3)) {
 		stat = STAT_DROP_MALFORMED_UDP;
 		goto out;
 	}
+	/* §1 r8: clients arrive on a public interface, transceivers on a private one. */
+	stat = check_role(cfg, ctx->ingress_ifindex, vip != NULL, STAT_DROP_WRONG_IFACE);
+	if (stat != CONTINUE)
+		goto out;
 	if (vip)
-		stat = from_client(ctx, &pkt, vip, cfg);
+		stat = from_client(ctx, pkt, vip, cfg);
 	else
-		stat = from_transceiver(ctx, &pkt, cfg);
+		stat = from_transceiver(ctx, pkt, cfg);
 out:
-	return finish(ctx, stat, &pkt, cfg);
+	return finish(ctx, stat, pkt, cfg);
 }

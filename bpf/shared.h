@@ -30,6 +30,7 @@
 #define EVENTS_PAGES 64 /* ring buffer of flow events, in pages */
 #endif
 #define MAX_ROUTE_KEYS 16 /* key id is 4 bits */
+#define MAX_ROLE_IFACES 4 /* interfaces per role in relay_config (public, private) */
 
 #define MAX_STUN_ATTRS 16    /* attributes walked looking for USERNAME */
 #define MAX_USERNAME_LEN 508 /* RFC 8489 section 14.3: fewer than 509 bytes */
@@ -104,7 +105,17 @@ enum verdict {
 	X(DROP_RETURN_WRONG_BACKEND, DROP,    "sender is not the transceiver that owns the flow") \
 	X(DROP_FIB,                  DROP,    "no route to the transceiver or client") \
 	X(DROP_FRAG_NEEDED,          DROP,    "encapsulated packet exceeds the egress MTU") \
-	X(DROP_INTERNAL,             DROP,    "adjust_head or a map update failed")
+	X(DROP_INTERNAL,             DROP,    "adjust_head or a map update failed") \
+	X(DROP_MARTIAN,              DROP,    "client source unspecified, loopback, multicast, reserved, IPv4-mapped in IPv6 or ours") \
+	X(DROP_FRAGMENT_TO_VIP,      DROP,    "IP fragment or IPv6 extension header to a VIP or tunnel address") \
+	X(DROP_RATE_TOKEN,           DROP,    "new-flow rate limit of this token tag (one session's ufrag)") \
+	X(DROP_PENDING_NOT_STUN,     DROP,    "pending flow: only STUN until the transceiver's success response") \
+	X(DROP_PENDING_CAP,          DROP,    "pending flow: packet cap reached before confirmation") \
+	X(DROP_WRONG_IFACE,          DROP,    "client traffic on a private interface, or Geneve on a public one") \
+	X(DROP_EGRESS_ROLE,          DROP,    "next hop on the wrong side: a return into the private network, a tunnel out of the public one") \
+	X(FWD_MOVE_PENDING,          FORWARD, "ICE restart towards another transceiver: check forwarded, the flow moves once it answers") \
+	X(FWD_MOVE_CONFIRM,          FORWARD, "the new transceiver's STUN success response moved a confirmed flow") \
+	X(DROP_RATE_SLOW_SOURCE,     DROP,    "slow-path rate limit of this source address (/64 for IPv6)")
 
 #define STAT_ENUM_MEMBER(name, verdict, help) STAT_##name,
 enum stat {
@@ -190,6 +201,13 @@ struct route_key {
 	__u32 pad;
 };
 
+/* rate_tags: new-flow buckets per token tag (§2 r9): one session's ufrag cannot open
+ * flows from many spoofed sources faster than a real ICE agent gathers candidates. */
+struct rate_tag_key {
+	struct backend_key backend;
+	__u32 tag;
+};
+
 /* config: array of one. Rate limits are GCRA intervals so the datapath needs no
  * division: a bucket admits one new flow every interval_ns with a burst tolerance of
  * tolerance_ns. interval_ns == 0 disables that limit. The global and slow-path
@@ -206,6 +224,20 @@ struct relay_config {
 	__u64 global_tolerance_ns;
 	__u64 slow_interval_ns;
 	__u64 slow_tolerance_ns;
+	/* Appended for issue 12 (docs/SECURITY.md). Buckets keyed by token tag (§2 r9) and
+	 * by slow-path source (§5); 0 disables each, like the others. */
+	__u64 tag_interval_ns;
+	__u64 tag_tolerance_ns;
+	__u64 slow_source_interval_ns;
+	__u64 slow_source_tolerance_ns;
+	__u64 pending_timeout_ns;   /* a pending flow older than this is gone (§2 r5); 0: never */
+	__u32 pending_max_packets;  /* per direction on a pending flow (§2.1 r0, §3 r9); 0: no cap */
+	/* Interface roles (§1 r8): when any is set, client traffic is accepted only on a
+	 * public interface and Geneve only on a private one, and next hops must leave by the
+	 * matching side. All zero: no roles (socket mode, tests without a topology). */
+	__u32 public_ifindex[MAX_ROLE_IFACES];
+	__u32 private_ifindex[MAX_ROLE_IFACES];
+	__u32 pad1;
 };
 
 /* events: ring buffer records for the control plane (flow cache in Redis). */
@@ -221,6 +253,39 @@ struct flow_event {
 	__u32 kind;      /* enum flow_event_kind */
 	__u32 token_tag;
 	__u64 ts_ns;
+};
+
+/* ---- Next-hop cache (bpf/nexthop.h; docs/BENCHMARKS.md "next-hop cache"). ----
+ * nexthops: what bpf_fib_lookup answered for a destination seen on an ingress
+ * interface, so established flows skip the lookup. An entry is used only while its
+ * generation equals nexthop_generation[0] (bumped by the control plane on every route,
+ * neighbour, address or link change: controlplane/kernel/nexthopwatch.py), it is younger
+ * than NEXTHOP_MAX_AGE_NS, and the packet is no longer than one the FIB already
+ * accepted (the MTU check of DATAPATH.md section 6). */
+#ifndef MAX_NEXTHOPS
+#define MAX_NEXTHOPS 65536 /* destinations: transceivers and recently active clients (LRU) */
+#endif
+
+struct nexthop_key {
+	__u8 addr[16];   /* destination (the transceiver, or the client) */
+	__u32 ifindex;   /* ingress: bpf_fib_lookup's answer depends on it */
+};
+
+struct nexthop_value {
+	__u32 ifindex;    /* egress */
+	__u32 generation; /* nexthop_generation[0] when filled */
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 max_len;    /* longest IP packet the FIB accepted (MTU) for this entry */
+	__u16 pad;
+	__u64 updated_ns; /* bpf_ktime_get_ns() of the lookup */
+};
+
+enum nexthop_stat {
+	NEXTHOP_STAT_HIT = 0,   /* answered from the cache */
+	NEXTHOP_STAT_MISS = 1,  /* no entry: bpf_fib_lookup */
+	NEXTHOP_STAT_STALE = 2, /* entry of an older generation, too old, or packet too long */
+	NEXTHOP_STAT_MAX = 3,
 };
 
 #endif /* ICEGATE_SHARED_H */

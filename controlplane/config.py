@@ -7,6 +7,7 @@ load; rates become GCRA parameters in the ``config`` map (``RateLimits.gcra``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from icegate.config import Address, Port
 from icegate.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+MAX_ROLE_IFACES = 4  # shared.h MAX_ROLE_IFACES
 VIP_PORT = 3478
 GENEVE_PORT = 6081
 
@@ -55,6 +57,7 @@ class RelayLimits:
     max_vips: int = 64
     max_rate_sources: int = 65536
     events_pages: int = 64
+    max_nexthops: int = 65536  # next-hop cache (bpf/nexthop.h): transceivers and active clients
 
     _BOUNDS = {
         "max_flows": (16, 1 << 24),
@@ -63,6 +66,7 @@ class RelayLimits:
         "max_vips": (1, 4096),
         "max_rate_sources": (16, 1 << 22),
         "events_pages": (1, 4096),
+        "max_nexthops": (16, 1 << 22),
     }
 
     def validate(self, path: str) -> None:
@@ -87,14 +91,40 @@ class RateLimits:
     global_burst: int = 20000
     slow_path_pps: float = 5000.0  # packets per second handed to userspace
     slow_path_burst: int = 5000
+    # docs/SECURITY.md. Per token tag: one session's ufrag opens a flow per client
+    # candidate address (a few), not thousands from spoofed sources.
+    new_flows_per_token: float = 0.5  # per second, per token tag (one session's ufrag), any source
+    token_burst: int = 16
+    slow_path_per_source_pps: float = 20.0  # per client address (IPv6: per /64)
+    slow_path_source_burst: int = 50
+    pending_timeout_s: float = 30.0  # a pending flow the transceiver never confirmed is gone
+    pending_max_packets: int = 64  # per direction, before the transceiver confirms
 
     def validate(self, path: str) -> None:
-        for name in ("new_flows_per_source", "new_flows_global", "slow_path_pps"):
+        for name in (
+            "new_flows_per_source",
+            "new_flows_global",
+            "slow_path_pps",
+            "new_flows_per_token",
+            "slow_path_per_source_pps",
+            "pending_timeout_s",
+            "pending_max_packets",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}", f"must be >= 0, got {getattr(self, name)}")
-        for name in ("source_burst", "global_burst", "slow_path_burst"):
+        for name in (
+            "source_burst",
+            "global_burst",
+            "slow_path_burst",
+            "token_burst",
+            "slow_path_source_burst",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.pending_max_packets >= 1 << 32:
+            raise ConfigError(
+                f"{path}.pending_max_packets", f"must be < 2^32, got {self.pending_max_packets}"
+            )
 
     @staticmethod
     def gcra(rate: float, burst: int, cpus: int = 1) -> tuple[int, int]:
@@ -177,6 +207,13 @@ class RelayConfig:
     sync_interval_s: float = 0.5  # full reconciliation of backends and route keys
     dead_grace_s: float = 600.0  # a dead backend (heartbeat expired) stays in the map this long
     expiry: ExpiryConfig = field(default_factory=ExpiryConfig)
+    # docs/SECURITY.md, DATAPATH.md §1 r8: clients only on public interfaces, Geneve only on
+    # private ones (both empty: no roles). Each a subset of `interfaces`, at most 4.
+    public_interfaces: tuple[str, ...] = ()  # clients only here (DATAPATH.md §1 r8); subset of interfaces
+    private_interfaces: tuple[str, ...] = ()  # Geneve only here; set both or neither
+    # Transceiver (backend) addresses Redis may register: anything else is refused at sync,
+    # so a poisoned registration cannot send flows out of the public side. Empty: any.
+    backend_prefixes: tuple[str, ...] = ()  # CIDRs a registration's tunnel address must be in; empty: any
 
     def validate(self, path: str) -> None:
         if not NAME_RE.match(self.name):
@@ -201,6 +238,22 @@ class RelayConfig:
             raise ConfigError(f"{path}.sync_interval_s", "must be > 0")
         if self.dead_grace_s < 0:
             raise ConfigError(f"{path}.dead_grace_s", "must be >= 0")
+        for role in ("public_interfaces", "private_interfaces"):
+            devs = getattr(self, role)
+            if len(devs) > MAX_ROLE_IFACES:
+                raise ConfigError(f"{path}.{role}", f"at most {MAX_ROLE_IFACES} interfaces, got {len(devs)}")
+            for i, dev in enumerate(devs):
+                if dev not in self.interfaces:
+                    raise ConfigError(f"{path}.{role}[{i}]", f"{dev!r} is not one of interfaces")
+        if bool(self.public_interfaces) != bool(self.private_interfaces):
+            raise ConfigError(
+                f"{path}.public_interfaces", "set both public_interfaces and private_interfaces, or neither"
+            )
+        for i, prefix in enumerate(self.backend_prefixes):
+            try:
+                ipaddress.ip_network(prefix)
+            except ValueError as exc:
+                raise ConfigError(f"{path}.backend_prefixes[{i}]", str(exc)) from None
 
     @property
     def pin_dir(self) -> Path:

@@ -11,6 +11,7 @@ import ast
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -19,6 +20,20 @@ from icegate.errors import DependencyError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 HELPERS = {"__init__", "report", "plain_answerer"}  # modules of bench/ that are not benchmarks
+# `icegate bench all`: DESIGN §9's benchmarks that exist, then the plots; each with the
+# arguments of its smoke form for `--quick` (which writes to a temporary folder, so the
+# committed results stay those of the last full run).
+ALL = (
+    "xdp_micro",
+    "profile_xdp",
+    "b1_cpu",
+    "b2_latency",
+    "b3_first_packets",
+    "b7_flow_table",
+    "b10_floods",
+    "plots",
+)
+QUICK_ARGS = {"xdp_micro": ["--runs", "2000"], "plots": []}
 
 
 def benchmarks(root: Path = CHECKOUT) -> dict[str, str]:
@@ -45,7 +60,7 @@ def benchmarks(root: Path = CHECKOUT) -> dict[str, str]:
 @click.argument("name", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(as_json: bool, name: str | None, args: tuple[str, ...]) -> None:
-    """Run benchmark NAME (xdp_micro, twin_micro, flow_restore, sessions) with ARGS, or list them.
+    """Run benchmark NAME (xdp_micro, b1_cpu, ...; `all` runs DESIGN §9's set) with ARGS, or list them.
 
     Each writes bench/results/NAME.md and .json; `icegate bench NAME --help` shows its options.
     """
@@ -58,8 +73,37 @@ def bench(as_json: bool, name: str | None, args: tuple[str, ...]) -> None:
             for n, what in found.items():
                 click.echo(f"{n:<{width}}  {what}")
         return
+    if name == "all":
+        sys.exit(run_all(found, args))
     module = name.replace("-", "_")
     if module not in found:
         raise click.BadParameter(f"{name!r}: not one of {', '.join(found)}", param_hint="NAME")
     code = subprocess.call([sys.executable, "-m", f"bench.{module}", *args], cwd=CHECKOUT)
     sys.exit(code)
+
+
+def run_all(found: dict[str, str], args: tuple[str, ...]) -> int:
+    """Every benchmark of ALL in turn; ``--quick`` for the smoke form, ``--out DIR`` for
+    where the results go. Returns the number of benchmarks that failed."""
+    quick = "--quick" in args
+    out = None
+    if "--out" in args:
+        out = args[args.index("--out") + 1]
+    elif quick:
+        out = tempfile.mkdtemp(prefix="icegate-bench-quick-")
+    failed = []
+    for module in ALL:
+        if module not in found:
+            raise DependencyError(f"bench/{module}.py is missing from {CHECKOUT}")
+        argv = [sys.executable, "-m", f"bench.{module}"]
+        if module == "plots":
+            if out is not None:
+                argv += ["--results", out, "--out", str(Path(out) / "img")]
+        else:
+            argv += QUICK_ARGS.get(module, ["--quick"]) if quick else []
+            argv += ["--out", out] if out is not None else []
+        click.echo(f"== {module}: {' '.join(argv[1:])}", err=True)
+        if subprocess.call(argv, cwd=CHECKOUT) != 0:
+            failed.append(module)
+    click.echo(f"results in {out or 'bench/results'}; failed: {', '.join(failed) or 'none'}", err=True)
+    return len(failed)

@@ -22,7 +22,7 @@ from typing import Any
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
 from controlplane.datapath.engine import Datapath, FrameResult
 from controlplane.datapath.layout import Stat
-from controlplane.datapath.store import MemoryStore
+from controlplane.datapath.store import IfaceRoles, MemoryStore
 from controlplane.kernel.libbpf import prog_test_run
 from controlplane.kernel.loader import Loader
 from icegate import netns
@@ -33,7 +33,16 @@ DATA = Path(__file__).parents[1] / "tests" / "data"  # the shared vectors (DATAP
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 TEST_LIMITS = RelayLimits(max_flows=4096, max_pending=1024, max_rate_sources=1024, events_pages=8)
 # The maps a §9 "state" replaces before every case.
-STATE_MAPS = ("flows", "pending", "rate_sources", "rate_global", "rate_slow", "backends")
+STATE_MAPS = (
+    "flows",
+    "pending",
+    "rate_sources",
+    "rate_global",
+    "rate_slow",
+    "rate_tags",
+    "rate_slow_sources",
+    "backends",
+)
 
 
 @cache
@@ -143,6 +152,12 @@ class XdpRelay:
         """Empty the per-case maps, then load a §9 ``state``."""
         self.store.reset(STATE_MAPS)
         load_vector_state(self.store, state)
+        if state.get("roles"):  # §1 r8: ingress name -> role, as ifindexes of this host
+            by_role: dict[str, list[int]] = {"public": [], "private": []}
+            for name, role in state["roles"].items():
+                by_role[role].append(self.host.ifindex[name])
+            roles = IfaceRoles(tuple(by_role["public"]), tuple(by_role["private"]))
+            self.store.set_config(self.store.tunnel(), self.store.rate_config(), roles)
 
     def run(self, frame: bytes, ingress: str = "public") -> Outcome:
         """One BPF_PROG_TEST_RUN of ``frame`` as if received on ``ingress``."""
@@ -177,7 +192,7 @@ class XdpRelay:
 def twin_for(state: dict[str, Any]) -> Datapath:
     store = MemoryStore()
     load_vector_state(store, state)
-    return Datapath(store, StaticNextHop(vectors()["topology"]))
+    return Datapath(store, StaticNextHop(vectors()["topology"]), roles=state.get("roles"))
 
 
 def twin_view(result: FrameResult) -> dict[str, Any]:

@@ -53,6 +53,15 @@ TONE_AGENT_HZ = 440.0
 # Client pitches (F4 G4 B4 C5 D5 E5 F5 G5): distinct per session, so an echo proves that each
 # client heard its own voice, and none is the tone agent's 440 Hz.
 PITCHES = (349.2, 392.0, 493.9, 523.3, 587.3, 659.3, 698.5, 784.0)
+# --agent speech: what the clients say, each session starting at its own line.
+SPEECH_SCRIPT = (
+    "hello",
+    "what is the weather",
+    "tell me a joke",
+    "what is your name",
+    "thank you",
+    "goodbye",
+)
 READY_TIMEOUT_S = 45.0  # bcc compiles the XDP program at start: seconds on a busy 2-core host
 CLIENT_SLACK_S = 45.0  # start-up (importing aiortc), connect, last answer, hang-up
 METRIC_RE = re.compile(r"^icegate_relay_packets_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -233,7 +242,9 @@ class Demo:
             def tx_ready(name: str = tx.name, url: str = tx.signaling_url) -> bool:
                 self.alive(name)
                 self.alive(f"agent-{name}")
-                return http_get(lab.namespace(name), f"{url}/readyz")[0] == 200
+                # the agent listens once its models are loaded (the speech agent's take seconds)
+                agent_up = http_get(lab.namespace(name), f"http://127.0.0.1:{AGENT_PORT}/")[0] != 0
+                return agent_up and http_get(lab.namespace(name), f"{url}/readyz")[0] == 200
 
             wait_until(tx_ready, READY_TIMEOUT_S, f"{tx.name}'s /readyz", self.log(tx.name))
         count = len(lab.config.transceivers)
@@ -311,7 +322,7 @@ class Demo:
             client = clients[i % len(clients)]
             tx = txs[(i + i // len(clients)) % len(txs)]
             hz = PITCHES[i % len(PITCHES)]
-            expect = hz if self.options.agent == "echo" else TONE_AGENT_HZ
+            expect = {"echo": hz, "tone": TONE_AGENT_HZ}.get(self.options.agent, 0.0)  # speech: words
             plans.append(demo_report.Plan(i + 1, client.name, tx.name, tx.signaling_url, hz, expect))
         return plans
 
@@ -325,6 +336,9 @@ class Demo:
             out = results_dir / f"client-{p.index}.json"
             argv = [sys.executable, "-m", "transceiver.client", p.url, "--hz", str(p.tone_hz),
                     "--duration", str(opts.duration_s), "--out", str(out)]  # fmt: skip
+            if opts.agent == "speech":
+                start = (p.index - 1) % len(SPEECH_SCRIPT)
+                argv += ["--speech", "|".join(SPEECH_SCRIPT[start:] + SPEECH_SCRIPT[:start])]
             self.lab.start_process(f"client-{p.index}", p.client, argv)
             outputs[p.index] = out
         # Each client imports aiortc at start (~1 s of CPU): many at once on a small host take a while.
@@ -516,6 +530,9 @@ def render(summary: dict[str, Any], table: str) -> str:
         f"medians: setup {stats['setup_ms_median']} ms, turn round trip {stats['rtt_ms_median']} ms "
         f"(end of speech -> first agent audio; includes the agent's 600 ms end-of-turn wait)",
     ]
+    if summary["agent"] == "speech":
+        lines += ["", "spoken turns (said -> the agent heard -> the agent answered -> the client heard):"]
+        lines += demo_report.spoken_lines(summary["sessions"])
     failed = [s for s in summary["sessions"] if not s["ok"]]
     for s in failed:
         lines.append(f"session {s['index']} FAILED: " + "; ".join(s["problems"]))
@@ -534,10 +551,11 @@ def render(summary: dict[str, Any], table: str) -> str:
 )
 @click.option(
     "--agent",
-    type=click.Choice(["echo", "tone"]),
+    type=click.Choice(["echo", "tone", "speech"]),
     default="echo",
     show_default=True,
-    help="The voice agent behind the transceivers.",
+    help="The voice agent behind the transceivers; speech: clients speak phrases (espeak-ng), "
+    "the agent recognises and answers (pocketsphinx).",
 )
 @click.option(
     "--mode",

@@ -131,6 +131,14 @@ def judge(session: Session, vips: Sequence[str]) -> None:
     for n, turn in enumerate(turns, 1):
         if turn.get("rtt_ms") is None:
             problems.append(f"turn {n}: no agent audio heard")
+        elif "said" in turn:  # a spoken turn (--agent speech): the words must match both ways
+            if turn.get("agent_heard") != turn["said"]:
+                problems.append(
+                    f"turn {n}: said {turn['said']!r}, the agent heard {turn.get('agent_heard')!r}"
+                )
+            if turn.get("client_heard") != turn.get("agent_said"):
+                said, heard = turn.get("agent_said"), turn.get("client_heard")
+                problems.append(f"turn {n}: the agent said {said!r}, the client heard {heard!r}")
         elif abs(turn["heard_hz"] - session.plan.expect_hz) > PITCH_TOLERANCE_HZ:
             problems.append(f"turn {n}: heard {turn['heard_hz']} Hz, expected {session.plan.expect_hz} Hz")
     if r.get("frames_received", 0) == 0:
@@ -253,3 +261,22 @@ def session_stats(sessions: Sequence[Session]) -> dict[str, float | None]:
         "rtt_ms_median": round(statistics.median(rtts), 1) if rtts else None,
         "rtt_ms_max": max(rtts) if rtts else None,
     }
+
+
+def spoken_lines(sessions: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per spoken turn: what was said and heard on each side (``--agent speech``)."""
+    lines = []
+    for s in sessions:
+        for n, t in enumerate(s.get("turns", []), 1):
+            if "said" not in t:
+                continue
+            mark = (
+                "ok"
+                if t.get("agent_heard") == t["said"] and t.get("client_heard") == t.get("agent_said")
+                else "MISMATCH"
+            )
+            lines.append(
+                f"  s{s['index']} t{n}: {t['said']!r} -> {t.get('agent_heard')!r} -> {t.get('agent_said')!r} "
+                f"-> {t.get('client_heard')!r}  ({_num(t.get('rtt_ms'))} ms) {mark}"
+            )
+    return lines

@@ -102,6 +102,7 @@ def b64(raw: bytes) -> str:
 
 T11, T12, T13, T14, T15, T16, T17, T21 = (tok(b) for b in BACKENDS)
 T11_KEY1 = tok(B11, key_id=1, nonce=2)
+T11_NONCE2 = tok(B11, nonce=3)  # the same transceiver, another session (a new tag)
 T19 = token.mint(0, KEYS[0], 1, 9, 1)  # verifies, but no such backend
 T_UNKNOWN_KEY = raw_token(0x13, 1, 1, 1, KEYS[0])
 T_VERSION2 = raw_token(0x20, 1, 1, 1, KEYS[0])
@@ -247,6 +248,8 @@ def from_backend(
 
 
 def returned(b: B, inner: bytes, **kw: Any) -> bytes:
+    """Geneve from ``b``'s tunnel address and port (§3 r7 checks both)."""
+    kw.setdefault("sport", b.port)
     return from_backend(b.address, geneve.encapsulate(inner, b.index), **kw)
 
 
@@ -354,10 +357,13 @@ def case(
     return found
 
 
-def rate(**values: int) -> dict[str, int]:
-    names = ("source", "global", "slow")
+def rate(*, pending_max_packets: int = 0, **values: int) -> dict[str, int]:
+    """A ``state.rate``: every ``struct relay_config`` limit, 0 unless given (``x=`` sets ``x_ns``)."""
+    names = ("source", "global", "slow", "tag", "slow_source")
     full = {f"{n}_{p}_ns": 0 for n in names for p in ("interval", "tolerance")}
+    full["pending_timeout_ns"] = 0
     full.update({f"{k}_ns": v for k, v in values.items()})
+    full["pending_max_packets"] = pending_max_packets
     return full
 
 

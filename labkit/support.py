@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
 from controlplane.datapath.layout import BackendState
-from controlplane.datapath.store import Backend, Flow, MapStore, RateConfig, TunnelEndpoint, Vip
+from controlplane.datapath.store import Backend, Flow, IfaceRoles, MapStore, RateConfig, TunnelEndpoint, Vip
 from icegate import netns
 from icegate.inet import addr16, from_addr16
 
@@ -182,6 +182,7 @@ def load_vector_state(store: MapStore, state: Mapping[str, Any]) -> None:
     store.set_config(
         TunnelEndpoint(tunnel.get("address4"), tunnel.get("address6"), tunnel["port"]),
         RateConfig(**state["rate"]),
+        IfaceRoles(),  # interface roles by name need the host's ifindexes: XdpRelay.apply
     )
     store.set_route_keys({int(k): bytes.fromhex(v) for k, v in state["route_keys"].items()})
     for b in state["backends"]:

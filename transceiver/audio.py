@@ -21,12 +21,16 @@ import asyncio
 import fractions
 import time
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from av import AudioFrame, AudioResampler, CodecContext, Packet
 from av.audio.codeccontext import AudioCodecContext
 
-from transceiver.agent_protocol import FRAME_SAMPLES, SAMPLE_RATE
+from transceiver.agent_protocol import FRAME_SAMPLES, SAMPLE_RATE, AudioFormat
+
+if TYPE_CHECKING:  # aiortc is heavy to import; agents (the SDK) use this module without it
+    from aiortc import RTCPeerConnection
 
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 BIT_RATE = 32000
@@ -124,3 +128,62 @@ class MonoConverter:
         if self._resampler is None:
             self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         return b"".join(bytes(m.planes[0])[: m.samples * 2] for m in self._resampler.resample(frame))
+
+
+class PcmConverter:
+    """s16le mono at one :class:`AudioFormat` -> whole frames of another (rate and frame size).
+
+    Streams: samples left over from one ``push`` (a partial frame, the resampler's filter
+    delay) come out with the next. libswresample (through PyAV) does the rate change,
+    low-pass filtered, so 48 kHz -> 16 kHz does not alias into a recogniser's band."""
+
+    def __init__(self, src: AudioFormat, dst: AudioFormat) -> None:
+        self.src = src
+        self.dst = dst
+        self._resampler = (
+            None if src.rate == dst.rate else AudioResampler(format="s16", layout="mono", rate=dst.rate)
+        )
+        self._pending = b""
+
+    def push(self, pcm: bytes) -> list[bytes]:
+        if self._resampler is None:
+            self._pending += pcm
+        elif pcm:
+            frame = AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+            frame.sample_rate = self.src.rate
+            frame.planes[0].update(pcm)
+            for out in self._resampler.resample(frame):
+                self._pending += bytes(out.planes[0])[: out.samples * 2]
+        size = self.dst.frame_bytes
+        whole = len(self._pending) // size * size
+        frames = [self._pending[i : i + size] for i in range(0, whole, size)]
+        self._pending = self._pending[whole:]
+        return frames
+
+    def reset(self) -> None:
+        """Drop what is buffered (a cut response must not leak into the next one)."""
+        self._pending = b""
+        if self._resampler is not None:
+            self._resampler = AudioResampler(format="s16", layout="mono", rate=self.dst.rate)
+
+
+AIORTC_AUDIO_JITTER_CAPACITY = 16  # packets (aiortc 1.16's RTCRtpReceiver: capacity 16, prefetch 4)
+
+
+def set_receive_prefetch(pc: RTCPeerConnection, packets: int) -> None:
+    """Hold ``packets`` in the audio jitter buffer before the first is decoded (aiortc: 4).
+
+    Every 20 ms packet held delays the caller's voice to the VAD, so the end of a turn
+    and a barge-in are seen that much later (docs/AGENTS.md has the figures). aiortc has
+    no setting for it: its receivers' private buffer is replaced, after
+    ``setRemoteDescription`` created them and before any packet arrived;
+    tests/unit/test_transceiver_audio.py fails if an upgrade moves the attribute."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            receiver = transceiver.receiver
+            if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+                raise RuntimeError("aiortc's RTCRtpReceiver has no jitter buffer attribute to set")
+            buffer = JitterBuffer(capacity=AIORTC_AUDIO_JITTER_CAPACITY, prefetch=packets)
+            receiver._RTCRtpReceiver__jitter_buffer = buffer

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from icegate.cli import Renamed
 from icegate.config import load
 from icegate.logs import setup_logging
+from icegate.secrets import pick_secret
 from transceiver.config import VIP_PORT, TransceiverConfig
 
 logger = logging.getLogger("transceiver.cli")
@@ -93,15 +95,37 @@ def transceiver() -> None:
 @click.option("--tunnel-advertise", metavar="ADDR", help="The tunnel address relays send to.")
 @click.option("--listen", metavar="HOST:PORT", help="Signaling HTTP listen address.")
 @click.option("--agent-url", metavar="ws://HOST:PORT/", help="The voice agent (icegate agent run).")
-@click.option("--redis-url", help="Redis URL (registration, heartbeat, route keys).")
+@click.option(
+    "--redis-url",
+    help="Redis URL (registration, heartbeat, route keys); better: ICEGATE_TRANSCEIVER_RUN_REDIS_URL "
+    "or --redis-url-file.",
+)
+@click.option(
+    "--redis-url-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the Redis URL."
+)
 @click.option("--region", help="Redis region (key prefix), as the relays'.")
 @click.option(
     "--catalog",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Fleet catalog: the answer's relays are its two best for this region and cluster.",
 )
-@click.option("--route-key", metavar="HEX", help="A fixed route key (32 hex digits) when there is no Redis.")
-@click.option("--auth-token", help="Require 'Authorization: Bearer TOKEN' on /v1.")
+@click.option(
+    "--route-key",
+    metavar="HEX",
+    help="A fixed route key (32 hex digits) when there is no Redis; better: "
+    "ICEGATE_TRANSCEIVER_RUN_ROUTE_KEY or --route-key-file.",
+)
+@click.option(
+    "--route-key-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the route key."
+)
+@click.option(
+    "--auth-token",
+    help="Require 'Authorization: Bearer TOKEN' on /v1; better: ICEGATE_TRANSCEIVER_RUN_AUTH_TOKEN or "
+    "--auth-token-file.",
+)
+@click.option(
+    "--auth-token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the token."
+)
 @click.option("--connect-timeout", type=float, help="Reap sessions not connected after this many seconds.")
 @click.option("--drain-deadline", type=float, help="Seconds a drain waits for live sessions.")
 @click.option("--uvloop/--no-uvloop", "use_uvloop", default=None, help="Default: use uvloop when installed.")
@@ -117,10 +141,13 @@ def run(
     listen: str | None,
     agent_url: str | None,
     redis_url: str | None,
+    redis_url_file: Path | None,
     region: str | None,
     catalog: Path | None,
     route_key: str | None,
+    route_key_file: Path | None,
     auth_token: str | None,
+    auth_token_file: Path | None,
     connect_timeout: float | None,
     drain_deadline: float | None,
     use_uvloop: bool | None,
@@ -130,6 +157,10 @@ def run(
     """Serve sessions until SIGTERM/SIGINT (or a drain set in Redis) has drained them."""
     from transceiver import service
 
+    _logging(log_json, debug)
+    redis_url = _secret("redis_url", redis_url, redis_url_file)
+    route_key = _secret("route_key", route_key, route_key_file)
+    auth_token = _secret("auth_token", auth_token, auth_token_file)
     overrides: dict[str, Any] = {
         "cluster": cluster,
         "index": index,
@@ -159,20 +190,32 @@ def run(
         host, port = split_hostport(listen)
         overrides.update({"signaling_host": host, "signaling_port": port})
     config = load(TransceiverConfig, config_file, "transceiver", overrides)
-    _logging(log_json, debug)
     _loop_policy(use_uvloop)
     asyncio.run(service.run(config))
 
 
-@click.group(short_help="run a voice agent (echo, tone)")
+def _secret(name: str, value: str | None, path: Path | None) -> str | None:
+    """A secret option, its file or its environment variable (icegate.secrets; the variable
+    is the CLI's automatic ``ICEGATE_TRANSCEIVER_RUN_<OPTION>``)."""
+    source = click.get_current_context().get_parameter_source(name)
+    env = f"ICEGATE_TRANSCEIVER_RUN_{name.upper()}"
+    return pick_secret(
+        f"transceiver.{name}", value, path, on_command_line=source is ParameterSource.COMMANDLINE, env=env
+    )
+
+
+@click.group(short_help="run a voice agent (echo, tone, speech, or your own)")
 def agent() -> None:
-    """Built-in voice agents for the transceiver's agent protocol."""
+    """Voice agents for the transceiver's agent protocol (docs/AGENT_PROTOCOL.md)."""
 
 
 @agent.command("run")
 @click.option(
-    "--kind", type=click.Choice(["echo", "tone"]), required=True, help="Echo the user, or answer with a tone."
+    "--kind",
+    type=click.Choice(["echo", "tone", "speech"]),
+    help="A built-in agent: echo the user, answer with a tone, or listen and speak (offline).",
 )
+@click.option("--app", "app_spec", metavar="MODULE:CLASS", help="Serve your own Agent subclass instead.")
 @click.option(
     "--listen",
     default="127.0.0.1:8090",
@@ -183,22 +226,44 @@ def agent() -> None:
 @click.option("--tone-hz", type=float, default=440.0, show_default=True, help="The tone agent's pitch.")
 @click.option("--tone-ms", type=int, default=300, show_default=True, help="The tone agent's answer length.")
 @log_options
-def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bool, debug: bool) -> None:
-    """Serve one kind of agent on ws://HOST:PORT/ until SIGTERM/SIGINT."""
-    from transceiver import agents
+def agent_run(
+    kind: str | None,
+    app_spec: str | None,
+    listen: str,
+    tone_hz: float,
+    tone_ms: int,
+    log_json: bool,
+    debug: bool,
+) -> None:
+    """Serve an agent on ws://HOST:PORT/ until SIGTERM/SIGINT (one instance per session)."""
+    from transceiver.agent import builtin, sdk
 
+    if (kind is None) == (app_spec is None):
+        raise click.UsageError("give exactly one of --kind and --app")
+    factory: type[sdk.Agent]
+    if app_spec is not None:
+        try:
+            factory = sdk.load_app(app_spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--app") from None
+    elif kind == "echo":
+        factory = builtin.EchoAgent
+    elif kind == "tone":
+        factory = builtin.tone_agent(tone_hz, tone_ms)
+    else:
+        from transceiver.agent import speech
+
+        factory = speech.SpeechAgent
     host, port = split_hostport(listen)
     _logging(log_json, debug)
 
     async def main() -> None:
-        runner = await agents.serve(
-            "echo" if kind == "echo" else "tone", host, port, tone_hz=tone_hz, tone_ms=tone_ms
-        )
-        logger.info("agent listening kind=%s url=ws://%s:%d/", kind, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT):  # before warm_up: a stop while loading is clean
             loop.add_signal_handler(signum, stop.set)
+        runner = await sdk.serve(factory, host, port)
+        logger.info("agent listening kind=%s url=ws://%s:%d/", kind or app_spec, host, port)
         try:
             await stop.wait()
         finally:
@@ -206,3 +271,38 @@ def agent_run(kind: str, listen: str, tone_hz: float, tone_ms: int, log_json: bo
                 await runner.cleanup()
 
     asyncio.run(main())
+
+
+@agent.command("check")
+@click.argument("url")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+def agent_check(url: str, timeout: float, output: str, as_json: bool) -> None:
+    """Put the agent at URL (ws://...) through one call as the transceiver would; exit 1 on a problem."""
+    import json
+
+    from transceiver.agent.check import check
+
+    report = asyncio.run(check(url, timeout=timeout))
+    if as_json or output == "json":
+        click.echo(json.dumps(report, indent=1))
+    else:
+        neg = report.get("negotiated") or {}
+        click.echo(f"agent {url}: {'ok' if report['ok'] else 'PROBLEMS'}")
+        click.echo(f"  negotiated: in {neg.get('input')}, out {neg.get('output')}")
+        click.echo(f"  events: {' '.join(report.get('events', []))}")
+        click.echo(f"  end_of_turn -> first frame: {report.get('first_frame_ms')} ms; "
+                   f"response {report.get('response_ms')} ms of audio")  # fmt: skip
+        for problem in report["problems"]:
+            click.echo(f"  problem: {problem}")
+    raise SystemExit(0 if report["ok"] else 1)

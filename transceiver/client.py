@@ -37,6 +37,7 @@ RATE = 48000
 FRAME = 960  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
 SPEECH_MS = 600  # one utterance of a scripted turn
+JITTER_TAIL_S = 0.3  # after response_done: the answer's last frames still on their way to the speaker
 LOUD = 0.05  # RMS (fraction of full scale) above which a heard frame counts as the agent's voice
 
 
@@ -304,12 +305,74 @@ async def take_turn(client: VoiceClient, number: int, hz: float, timeout: float)
     }
 
 
+class SpokenTurns:
+    """Turns spoken with espeak-ng and answers recognised with pocketsphinx (``--agent speech``).
+
+    Each turn says the next phrase of ``script`` (in the speech agent's voice, which its
+    recogniser is tuned for), waits for the answer, recognises it against the answers the
+    speech agent knows, and reports what each side said and heard."""
+
+    def __init__(self, script: list[str]) -> None:
+        from transceiver.agent import speech
+
+        self._speech = speech
+        self.script = script
+        self.listener = speech.Recognizer([*speech.DIALOGUE.values(), speech.NOT_UNDERSTOOD])
+
+    async def take(self, client: VoiceClient, number: int, timeout: float) -> dict[str, Any]:
+        from transceiver.agent.voice import synthesize
+
+        agent = self._speech.SpeechAgent
+        phrase = self.script[(number - 1) % len(self.script)]
+        voice = await asyncio.to_thread(synthesize, phrase, RATE, voice=agent.voice, wpm=agent.wpm)
+        voiced = np.flatnonzero(np.abs(voice) > LOUD * 32767 / 5)  # espeak-ng ends with silence
+        said_ms = (int(voiced[-1]) + 1 if voiced.size else voice.size) * 1000 // RATE
+        before = len(client.events)
+        client.mic.play(np.concatenate([voice, silence(100)]))
+        async with asyncio.timeout(1.0):
+            while client.mic.script_started is None:
+                await asyncio.sleep(0.005)
+        end_of_speech = client.mic.script_started + said_ms / 1000
+        done = await client.wait_event("response_done", count=number, timeout=timeout)
+        await asyncio.sleep(JITTER_TAIL_S)  # the answer's last frames are still in the jitter buffer
+        first = client.heard.first_loud_after(end_of_speech, threshold=0.01)
+        end = done + JITTER_TAIL_S
+        answer = client.heard.between(first, end) if first is not None else np.zeros(0, np.int16)
+        heard = await asyncio.to_thread(self.listener.recognize, _to_16k(answer)) if answer.size else ""
+        transcripts = [e for _, e in client.events[before:] if e["type"] == "transcript"]
+        return {
+            "said": phrase,
+            "agent_heard": next((e["text"] for e in transcripts if e["role"] == "user"), None),
+            "agent_said": next((e["text"] for e in transcripts if e["role"] == "agent"), None),
+            "client_heard": heard,
+            "rtt_ms": None if first is None else round((first - end_of_speech) * 1000, 1),
+            "answer_ms": round(answer.size * 1000 / RATE),
+            "heard_hz": 0.0,
+        }
+
+
+def _to_16k(pcm: np.ndarray) -> np.ndarray:
+    from transceiver.agent_protocol import AudioFormat
+    from transceiver.audio import PcmConverter
+
+    converter = PcmConverter(AudioFormat(RATE, 20), AudioFormat(16000, 20))
+    out = converter.push(pcm.astype("<i2").tobytes() + bytes(FRAME * 2))
+    return np.frombuffer(b"".join(out), "<i2")
+
+
 async def converse(
-    url: str, hz: float, duration_s: float, *, token: str | None = None, timeout: float = 15.0
+    url: str,
+    hz: float,
+    duration_s: float,
+    *,
+    token: str | None = None,
+    timeout: float = 15.0,
+    spoken: SpokenTurns | None = None,
 ) -> dict[str, Any]:
     """A whole session: connect, turns (new ones start until ``duration_s`` has passed), stats, hang up.
 
-    Never raises for a failed session: the result carries ``error`` instead.
+    Turns are tones of ``hz``, or phrases with ``spoken``. Never raises for a failed
+    session: the result carries ``error`` instead.
     """
     client = VoiceClient(url, token=token)
     result: dict[str, Any] = {"url": url, "tone_hz": hz, "error": None, "turns": []}
@@ -323,7 +386,11 @@ async def converse(
                 result |= client.addresses()
                 talking = time.monotonic()
                 while not result["turns"] or time.monotonic() - talking < duration_s:
-                    turn = await take_turn(client, len(result["turns"]) + 1, hz, timeout)
+                    number = len(result["turns"]) + 1
+                    if spoken is not None:
+                        turn = await spoken.take(client, number, timeout)
+                    else:
+                        turn = await take_turn(client, number, hz, timeout)
                     result["turns"].append(turn)
                 result["rtp"] = await client.rtp_stats()
         except Exception as exc:  # reported in the result: the caller judges every session
@@ -355,9 +422,13 @@ async def converse(
 @click.option("--duration", type=float, default=2.0, show_default=True, help="Turns for S seconds (>= 1).")
 @click.option("--token", help="Bearer token for the signaling endpoint.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result here.")
-def main(url: str, hz: float, duration: float, token: str | None, out: Path | None) -> None:
+@click.option("--speech", "script", help="Speak these phrases (separated by '|') instead of tones.")
+def main(
+    url: str, hz: float, duration: float, token: str | None, out: Path | None, script: str | None
+) -> None:
     """One voice session against the transceiver at URL; prints (or writes) the result as JSON."""
-    result = asyncio.run(converse(url, hz, duration, token=token))
+    spoken = SpokenTurns(script.split("|")) if script else None
+    result = asyncio.run(converse(url, hz, duration, token=token, spoken=spoken))
     text = json.dumps(result, indent=1)
     if out is None:
         click.echo(text)

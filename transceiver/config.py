@@ -37,16 +37,35 @@ class RelayConfig:
     tunnel_port: Port = GENEVE_PORT
 
 
+VAD_DETECTORS = ("energy", "webrtc", "silero")
+
+
 @dataclass(frozen=True)
 class VadConfig:
-    """Energy VAD and endpointing, in dBFS and milliseconds (multiples of the 20 ms frame)."""
+    """VAD and endpointing, in dBFS and milliseconds (multiples of the 20 ms frame).
 
-    threshold_db: float = -45.0
-    start_ms: int = 60
-    hangover_ms: int = 100
-    silence_ms: int = 500
+    ``detector`` decides whether one frame is voice: ``energy`` (level >= ``threshold_db``),
+    ``webrtc`` (the WebRTC VAD at ``webrtc_mode`` 0-3, more aggressive = fewer false
+    positives) or ``silero`` (the Silero model's speech probability >= ``silero_threshold``).
+    A session may override any field from its offer (docs/AGENT_PROTOCOL.md §3)."""
+
+    threshold_db: float = -45.0  # energy detector: a frame at or above this level is voice
+    start_ms: int = 60  # voice this long starts (or resumes) a turn
+    hangover_ms: int = 100  # unvoiced this long: speech_stopped (the turn may resume)
+    silence_ms: int = 500  # unvoiced this much longer: end_of_turn
+    detector: str = "energy"  # energy, webrtc or silero
+    webrtc_mode: int = 2  # webrtc detector: aggressiveness 0-3
+    silero_threshold: float = 0.5  # silero detector: speech probability that counts as voice
 
     def validate(self, path: str) -> None:
+        if self.detector not in VAD_DETECTORS:
+            raise ConfigError(
+                f"{path}.detector", f"expected one of {', '.join(VAD_DETECTORS)}, got {self.detector!r}"
+            )
+        if self.webrtc_mode not in (0, 1, 2, 3):
+            raise ConfigError(f"{path}.webrtc_mode", f"expected 0..3, got {self.webrtc_mode}")
+        if not 0.0 < self.silero_threshold < 1.0:
+            raise ConfigError(f"{path}.silero_threshold", f"expected 0..1, got {self.silero_threshold}")
         if not -96.0 <= self.threshold_db <= 0.0:
             raise ConfigError(f"{path}.threshold_db", f"expected -96..0 dBFS, got {self.threshold_db}")
         for name in ("start_ms", "hangover_ms", "silence_ms"):
@@ -55,6 +74,48 @@ class VadConfig:
                 raise ConfigError(f"{path}.{name}", f"expected a multiple of 20 in 0..10000, got {value}")
         if self.start_ms == 0:
             raise ConfigError(f"{path}.start_ms", "must be at least one frame (20)")
+
+
+AGENT_FAILURE_ACTIONS = ("hangup", "continue")
+
+
+@dataclass(frozen=True)
+class AgentLinkConfig:
+    """The link to the voice agent (docs/AGENT_PROTOCOL.md §5, §7).
+
+    ``heartbeat_s``: WebSocket pings at this interval; an agent that answers none within
+    half of it is dead (a frozen process, a lost host). ``on_failure``: when the agent is
+    unreachable or dies, ``hangup`` plays ``fallback_ms`` of the fallback tone and ends the
+    session; ``continue`` keeps it open without an agent. ``metadata_headers``: request
+    headers of the offer passed to the agent in ``hello.metadata`` (only these)."""
+
+    handshake_timeout_s: float = 2.0  # connect + hello -> accept, or the agent is unreachable
+    heartbeat_s: float = 0.4  # ping after this long without a message; no answer in half: dead
+    on_failure: str = "hangup"  # hangup (after the fallback tone) or continue without an agent
+    fallback_ms: int = 400  # the tone the caller hears before a hang-up on agent failure
+    max_queued_ms: int = 4000  # agent audio held for playout; more is dropped and counted
+    max_input_queued_ms: int = 1000  # caller audio not yet taken by the agent; older is dropped
+    metadata_headers: tuple[str, ...] = ()  # request headers passed to the agent in hello.metadata
+    # The caller's audio held before decoding (aiortc: 4 packets = 80 ms); every packet held
+    # is 20 ms more before an end of turn or a barge-in is seen. 0-8.
+    receive_prefetch_packets: int = 1  # caller audio held before decoding (aiortc: 4)
+
+    def validate(self, path: str) -> None:
+        if not 0 <= self.receive_prefetch_packets <= 8:
+            raise ConfigError(
+                f"{path}.receive_prefetch_packets", f"expected 0..8, got {self.receive_prefetch_packets}"
+            )
+        if self.on_failure not in AGENT_FAILURE_ACTIONS:
+            raise ConfigError(f"{path}.on_failure", f"expected hangup or continue, got {self.on_failure!r}")
+        for name in ("handshake_timeout_s", "heartbeat_s"):
+            if not 0 < getattr(self, name) <= 60:
+                raise ConfigError(f"{path}.{name}", f"expected 0..60 s, got {getattr(self, name)}")
+        for name in ("fallback_ms", "max_queued_ms", "max_input_queued_ms"):
+            value = getattr(self, name)
+            if not 0 <= value <= 600_000 or value % 20:
+                raise ConfigError(f"{path}.{name}", f"expected a multiple of 20 in 0..600000, got {value}")
+        if self.max_queued_ms < 200 or self.max_input_queued_ms < 200:
+            raise ConfigError(f"{path}.max_queued_ms", "queues must hold at least 200 ms")
 
 
 @dataclass(frozen=True)
@@ -74,6 +135,10 @@ class TransceiverConfig:
     signaling_url: str | None = None  # advertised in the registration; derived when unset
     auth_token: str | None = None
     cors_origins: tuple[str, ...] = ("*",)  # origins whose pages may call signaling; () turns CORS off
+    # docs/SECURITY.md: the session list and /metrics on their own listener (an operator's
+    # network, not the clients'); None keeps them on the signaling port, with a warning.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port | None = None  # session list and /metrics here; None: on the signaling port (warned)
     agent_url: str | None = None  # ws://host:port/ of a voice agent; None: no agent
     redis_url: str | None = None
     # Without Redis (tests, single hosts): a fixed route key, 32 hex digits, and its id.
@@ -92,6 +157,7 @@ class TransceiverConfig:
     # (outcome consent_expired); 30 s is the RFC's value (docs/CONTINUITY.md).
     consent_window_s: float = 30.0
     vad: VadConfig = field(default_factory=VadConfig)
+    agent: AgentLinkConfig = field(default_factory=AgentLinkConfig)
     # When set, the answer's relays are the catalog's two best for (region, cluster), every VIP of each.
     catalog: Path | None = None  # the fleet catalog (docs/GEO.md), instead of `relays`
 

@@ -21,7 +21,7 @@ randomised by 0.8-1.2 as the RFC asks), a binding request on the nominated pair;
 success response (or a latch) renews consent. With none for ``consent_window_s`` (30 s
 by default, RFC 7675 §5.1), ``on_expired`` is called once and the loop ends: the session
 manager closes the session with outcome ``consent_expired`` and the agent gets its
-``session_ended`` event. aioice's own consent loop (6 checks, 5 s apart) is cancelled
+``hangup`` event (docs/AGENT_PROTOCOL.md). aioice's own consent loop (6 checks, 5 s apart) is cancelled
 when this one starts: one loop, on the window the operator sets.
 
 aioice internals used here besides those of :mod:`transceiver.iceadapter`:

@@ -117,10 +117,22 @@ class TransceiverMetrics:
             ["result"],
             registry=r,
         )
+        self.agent_drops = Counter(
+            f"{PREFIX}_agent_drops",
+            "Agent link drops and failures by reason (docs/AGENT_PROTOCOL.md §5, §7).",
+            ["reason"],
+            registry=r,
+        )
         self.agent_unreachable = Counter(
             f"{PREFIX}_agent_unreachable",
-            "Sessions whose voice agent could not be reached (they go on without one).",
+            "Sessions whose voice agent could not be reached or failed the handshake "
+            "(then per agent.on_failure: hang-up after the fallback, or no agent).",
             registry=r,
         )
         register_process(r, "transceiver")
         r.register(_Snapshot(self.snapshot))
+
+    def count_agent(self, reason: str) -> None:
+        self.agent_drops.labels(reason).inc()
+        if reason == "agent_unreachable":
+            self.agent_unreachable.inc()

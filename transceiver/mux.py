@@ -8,6 +8,7 @@ Inbound, per datagram on the tunnel port::
     -> STUN carrying USERNAME: the route whose local ufrag is the part before ':'
                                                                    else "unknown_ufrag"
        whose MESSAGE-INTEGRITY verifies with that route's ICE password  else "bad_integrity"
+       and whose (client, VIP) no other live session owns          else "address_owned"
        (learns the flow (client, VIP) -> route, relay)
     -> anything else: the route of flow (client, VIP)             else "no_flow"
        (with relay_sources set, its returns follow this relay: "relay_moved")
@@ -90,6 +91,7 @@ class Route:
 class _Flow:
     route: Route
     relay: Addr  # the relay's Geneve endpoint for returns
+    last_seen: float = 0.0  # monotonic time of the last packet delivered on this flow
 
 
 class TunnelMux(asyncio.DatagramProtocol):
@@ -103,8 +105,12 @@ class TunnelMux(asyncio.DatagramProtocol):
         hold_packets: int = 16,
         hold_s: float = 2.0,
         relay_sources: Iterable[str] = (),
+        owner_idle_s: float = 30.0,
     ) -> None:
         self.vni = vni
+        # docs/SECURITY.md: an address a live session received from within this window is
+        # not handed to another session (RFC 7675's 30 s consent window by default).
+        self.owner_idle_s = owner_idle_s
         self.vips = {v.addr: v for v in vips}
         # Networks relays send Geneve from; empty: any sender (the tunnel network is trusted).
         self.relay_sources = tuple(ipaddress.ip_network(n, strict=False) for n in relay_sources)
@@ -232,6 +238,9 @@ class TunnelMux(asyncio.DatagramProtocol):
             if route.password is not None and not integrity_ok(payload, route.password):
                 self.counters["in", "bad_integrity"] += 1  # aioice would discard it too
                 return
+            if self._owned_by_another(key, route):
+                self.counters["in", "address_owned"] += 1  # aioice never sees it: no answer
+                return
             self._learn(key, route, (str(addr[0]), self.vips[vip].tunnel_port))
         else:
             flow = self._flows.get(key)
@@ -241,6 +250,9 @@ class TunnelMux(asyncio.DatagramProtocol):
             route = flow.route
             if self.relay_sources:
                 self._follow(flow, (str(addr[0]), self.vips[vip].tunnel_port))
+        flow = self._flows.get(key)
+        if flow is not None and flow.route is route:
+            flow.last_seen = time.monotonic()
         receiver = route.receivers.get(vip)
         if receiver is None:
             self.counters["in", "not_vip"] += 1
@@ -261,6 +273,18 @@ class TunnelMux(asyncio.DatagramProtocol):
             if len(self._allowed) < 4096:  # a few relays in practice; bounded against spoofed floods
                 self._allowed[host] = allowed
         return allowed
+
+    def _owned_by_another(self, key: FlowKey, route: Route) -> bool:
+        """Issue 12, findings 2 and 7: an address owned by a live session is not handed to
+        another session. A holder of one session can sign checks for its own ufrag from
+        any spoofed address; were the mux to move (client, VIP) to that session, it would
+        answer, the relay would confirm, and the victim's DTLS would go to the attacker's
+        session. The owner is live while it received within ``owner_idle_s``; a closed
+        route owns nothing (``close_route`` forgets its flows)."""
+        flow = self._flows.get(key)
+        if flow is None or flow.route is route:
+            return False
+        return time.monotonic() - flow.last_seen < self.owner_idle_s
 
     def _learn(self, key: FlowKey, route: Route, relay: Addr) -> None:
         """Bind (client, VIP) to the route an authentic check named, and its returns to the

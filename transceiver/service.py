@@ -24,7 +24,7 @@ from transceiver.metrics import TransceiverMetrics
 from transceiver.mux import Addr, TunnelMux, Vip
 from transceiver.registry import Registry
 from transceiver.session import SessionManager
-from transceiver.signaling import make_app
+from transceiver.signaling import make_admin_app, make_app, open_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class Transceiver:
         self.tunnel_address: Addr | None = None
         self.signaling_address: Addr | None = None
         self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_address: Addr | None = None  # the admin listener (admin_port), when configured
         self._drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
         snap = self.metrics.snapshot
@@ -87,6 +89,7 @@ class Transceiver:
             auth_token=cfg.auth_token,
             max_offer_bytes=cfg.max_offer_bytes,
             cors_origins=cfg.cors_origins,
+            admin=cfg.admin_port is None,
         )
         app.middlewares.append(http_responses(self.metrics.registry, "icegate_transceiver"))
         self._runner = web.AppRunner(app, access_log=None)
@@ -94,6 +97,15 @@ class Transceiver:
         await web.TCPSite(self._runner, cfg.signaling_host, cfg.signaling_port).start()
         sockname = self._runner.addresses[0]
         self.signaling_address = (sockname[0], sockname[1])
+        if cfg.admin_port is not None:
+            admin = make_admin_app(self.sessions, self.metrics.registry, self.readiness)
+            self._admin_runner = web.AppRunner(admin, access_log=None)
+            await self._admin_runner.setup()
+            await web.TCPSite(self._admin_runner, cfg.admin_host, cfg.admin_port).start()
+            name = self._admin_runner.addresses[0]
+            self.admin_address = (name[0], name[1])
+        for warning in open_warnings(cfg.auth_token, cfg.cors_origins, cfg.admin_port is not None):
+            logger.warning("signaling open: %s", warning)
         await self.registry.start()
         logger.info(
             "transceiver running cluster=%d index=%d tunnel=%s:%d signaling=%s relays=%s agent=%s redis=%s",
@@ -136,6 +148,8 @@ class Transceiver:
         await self.registry.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         await self._http.close()
         self.mux.close()
 

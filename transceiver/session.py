@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.stats import RTCInboundRtpStreamStats, RTCRemoteInboundRtpStreamStats
 
 from icegate.errors import SignalingError, StoreError
+from transceiver import session_options
+from transceiver.audio import set_receive_prefetch
 from transceiver.bridge import MediaBridge
 from transceiver.config import TransceiverConfig
 from transceiver.continuity import Continuity, Latch
@@ -92,6 +94,7 @@ class Session:
             "ufrags": self.binding.ufrags if self.binding else [],
             "turns": self.bridge.turns,
             "frames_in": self.bridge.frames_in,
+            "agent": self.bridge.describe(),
             "stats": self.stats,
             "ice_restarts": self.ice_restarts,
             "latches": [latch.describe() for c in self.continuity for latch in c.latches],
@@ -135,38 +138,48 @@ class SessionManager:
 
     # -- creation --------------------------------------------------------------------
 
-    async def create(self, body: bytes) -> tuple[Session, str]:
+    async def create(
+        self, body: bytes, query: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[Session, str]:
         """Answer an offer; raise :class:`SignalingError` with the HTTP status when it cannot.
 
         Every refused offer counts as outcome ``rejected``.
         """
         try:
-            return await self._create(body)
+            return await self._create(body, query or {}, headers or {})
         except SignalingError:
             self.outcomes["rejected"] += 1
             raise
 
-    async def _create(self, body: bytes) -> tuple[Session, str]:
+    async def _create(
+        self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> tuple[Session, str]:
         if self.draining:
             raise SignalingError(UNAVAILABLE, "draining: this transceiver takes no new sessions")
         if len(self._sessions) >= self.config.max_sessions:
             raise SignalingError(UNAVAILABLE, f"at capacity ({self.config.max_sessions} sessions)")
         offer = prepare_offer(body)
-        session_id = secrets.token_hex(8)
+        vad = session_options.endpointing(self.config.vad, query)
+        meta = session_options.metadata(self.config.agent.metadata_headers, headers)
+        session_id = secrets.token_hex(16)  # 128 bits: the Location is the session's capability
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN/TURN server, ever
         bridge = MediaBridge(
             session_id,
-            self.config.vad,
+            vad,
             agent_url=self.config.agent_url,
             http=self._http,
+            link=self.config.agent,
+            metadata=meta,
             on_turn_latency=self.metrics.turn_latency_seconds.observe,
             on_barge_in=self.metrics.barge_ins.inc,
-            on_agent_unreachable=self.metrics.agent_unreachable.inc,
+            on_hangup=lambda reason: self._close_soon(session_id, "completed"),
+            on_count=self.metrics.count_agent,
         )
         session = Session(session_id, pc, bridge)
         self._wire(session)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            set_receive_prefetch(pc, self.config.agent.receive_prefetch_packets)
             pc.addTrack(bridge.track)
             session.binding = bind_peer_connection(pc, self.mux, self.vips, self._mint)
             self._continue(session)
@@ -283,6 +296,7 @@ class SessionManager:
         def on_datachannel(channel: RTCDataChannel) -> None:
             if channel.label == EVENTS_CHANNEL:
                 session.bridge.events = channel
+                channel.on("message", session.bridge.client_message)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:

@@ -2,16 +2,24 @@
 
 =======  =====================  =============================================================
 POST     /v1/sessions           ``application/sdp`` offer -> 201, ``Location``, SDP answer
-GET      /v1/sessions           JSON list of live sessions
+GET      /v1/sessions           JSON list of live sessions (admin)
 GET      /v1/sessions/{id}      JSON of one session (404 if unknown)
 DELETE   /v1/sessions/{id}      end it -> 204 (404 if unknown)
 PATCH    /v1/sessions/{id}      ``application/trickle-ice-sdpfrag``: ICE restart -> 200 + fragment,
                                 trickled candidates -> 204 (RFC 9725 §4.3, docs/CONTINUITY.md)
-GET      /metrics               Prometheus exposition
+GET      /metrics               Prometheus exposition (admin)
 GET      /livez                 200 while the process runs (no dependency checks)
 GET      /readyz                200 ready or degraded (Redis down, still serving), 503 not ready
 OPTIONS  any                    CORS preflight (204; 403 for an origin not allowed)
 =======  =====================  =============================================================
+
+Authorization (docs/SECURITY.md): a session's id is 128 random bits and appears only in
+the ``Location`` of the answer, so that URL is the capability to read, patch or end the session
+(RFC 9725 section 4.2: the WHIP resource URL); the routes marked *admin* list every id and
+so belong on the admin listener (:func:`make_admin_app`, ``admin_port``), reachable from
+an operator's network only. ``make_app(..., admin=False)`` leaves them out.
+:func:`open_warnings` names what a start-up leaves open (no bearer token, CORS for any
+origin, admin routes on the public port).
 
 CORS (for browsers on another origin, e.g. a web page POSTing its offer): with
 ``cors_origins`` set (``("*",)`` by default; empty turns CORS off), every response to a
@@ -105,6 +113,7 @@ def make_app(
     auth_token: str | None = None,
     max_offer_bytes: int = 65536,
     cors_origins: Sequence[str] = ("*",),
+    admin: bool = True,
 ) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -124,7 +133,7 @@ def make_app(
             return error(413, f"the offer exceeds {max_offer_bytes} bytes")
         body = await request.read()
         try:
-            session, answer = await manager.create(body)
+            session, answer = await manager.create(body, request.query, request.headers)
         except SignalingError as exc:
             if exc.status == 503:
                 return error(503, exc.reason, **{"Retry-After": str(RETRY_AFTER_S)})
@@ -132,20 +141,6 @@ def make_app(
         location = f"/v1/sessions/{session.id}"
         headers = {"Location": location, "ETag": session.etag}
         return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
-
-    async def listing(request: web.Request) -> web.StreamResponse:
-        return web.json_response([s.describe() for s in manager.list()])
-
-    async def show(request: web.Request) -> web.StreamResponse:
-        session = manager.get(request.match_info["id"])
-        if session is None:
-            return error(404, "no such session")
-        return web.json_response(session.describe())
-
-    async def delete(request: web.Request) -> web.StreamResponse:
-        if not await manager.close(request.match_info["id"], "completed"):
-            return error(404, "no such session")
-        return web.Response(status=204)
 
     async def patch(request: web.Request) -> web.StreamResponse:
         session = manager.get(request.match_info["id"])
@@ -184,9 +179,51 @@ def make_app(
             return error(exc.status, exc.reason)
         return web.Response(status=204)
 
+    middlewares: list[Middleware] = [make_cors(cors_origins), guard] if cors_origins else [guard]
+    app = web.Application(middlewares=middlewares, client_max_size=max_offer_bytes)
+    app.router.add_post("/v1/sessions", create)
+    app.router.add_patch("/v1/sessions/{id}", patch)
+    _add_shared_routes(app, manager, registry, readiness, admin=admin)
+    return app
+
+
+def make_admin_app(
+    manager: SessionManager, registry: CollectorRegistry, readiness: Readiness
+) -> web.Application:
+    """The operator's listener: the session list, any session by id, /metrics, health.
+    No CORS (no page calls it) and no bearer token: it binds where only operators reach."""
+    app = web.Application()
+    _add_shared_routes(app, manager, registry, readiness, admin=True)
+    return app
+
+
+def _add_shared_routes(
+    app: web.Application,
+    manager: SessionManager,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    *,
+    admin: bool,
+) -> None:
+    """GET/DELETE of one session (its id is the capability), health, and with ``admin``
+    the session list and /metrics."""
+
+    async def listing(request: web.Request) -> web.StreamResponse:
+        return web.json_response([s.describe() for s in manager.list()])
+
+    async def show(request: web.Request) -> web.StreamResponse:
+        session = manager.get(request.match_info["id"])
+        if session is None:
+            return error(404, "no such session")
+        return web.json_response(session.describe())
+
+    async def delete(request: web.Request) -> web.StreamResponse:
+        if not await manager.close(request.match_info["id"], "completed"):
+            return error(404, "no such session")
+        return web.Response(status=204)
+
     async def metrics(request: web.Request) -> web.StreamResponse:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def livez(request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "alive"})
@@ -195,14 +232,25 @@ def make_app(
         ready, detail = readiness()
         return web.json_response(detail, status=200 if ready else 503)
 
-    middlewares: list[Middleware] = [make_cors(cors_origins), guard] if cors_origins else [guard]
-    app = web.Application(middlewares=middlewares, client_max_size=max_offer_bytes)
-    app.router.add_post("/v1/sessions", create)
-    app.router.add_get("/v1/sessions", listing)
+    if admin:
+        app.router.add_get("/v1/sessions", listing)
     app.router.add_get("/v1/sessions/{id}", show)
     app.router.add_delete("/v1/sessions/{id}", delete)
-    app.router.add_patch("/v1/sessions/{id}", patch)
-    app.router.add_get("/metrics", metrics)
+    if admin:
+        app.router.add_get("/metrics", metrics)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
-    return app
+
+
+def open_warnings(auth_token: str | None, cors_origins: Sequence[str], admin_listener: bool) -> list[str]:
+    """What this signaling configuration leaves open to anyone who reaches the port."""
+    found = []
+    if auth_token is None:
+        found.append("no auth_token: anyone who reaches the signaling port can create sessions")
+    if "*" in cors_origins:
+        found.append(
+            "cors_origins '*': pages of any origin can create sessions from their visitors' browsers"
+        )
+    if not admin_listener:
+        found.append("no admin_port: the session list and /metrics are on the public signaling port")
+    return found

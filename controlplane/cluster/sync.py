@@ -19,6 +19,7 @@ answers, never on silence.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -122,6 +123,7 @@ class ClusterSync:
         dead_grace_s: float = DEAD_GRACE_S,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        backend_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.redis = redis
         self.maps = maps
@@ -135,6 +137,10 @@ class ClusterSync:
         self.syncs_total = 0
         self.changes_total = 0
         self.failures_total = 0
+        # docs/SECURITY.md: a registration (Redis is writable by every transceiver) may only
+        # name a tunnel address inside these prefixes; empty: any address.
+        self.backend_prefixes = tuple(ipaddress.ip_network(p) for p in backend_prefixes)
+        self.refused_total = 0  # registrations refused for an address outside backend_prefixes
         self.adjust: Callable[[Backend], Backend] | None = None  # see plan_backends
 
     def lag_s(self) -> float:
@@ -188,7 +194,27 @@ class ClusterSync:
             plan = BackendPlan(put=[wanted] if wanted != current else [])
         return self._apply(plan) > 0
 
+    def allowed(self, backend: Backend) -> bool:
+        """Is the backend's tunnel address inside ``backend_prefixes`` (or are there none)?"""
+        if not self.backend_prefixes:
+            return True
+        try:
+            addr = ipaddress.ip_address(backend.address)
+        except ValueError:
+            return False
+        return any(addr.version == net.version and addr in net for net in self.backend_prefixes)
+
     def _apply(self, plan: BackendPlan) -> int:
+        refused = [b for b in plan.put if not self.allowed(b)]
+        for backend in refused:
+            self.refused_total += 1
+            log.warning(
+                "backend refused cluster=%d index=%d address=%s reason=outside_backend_prefixes",
+                backend.cluster,
+                backend.index,
+                backend.address,
+            )
+        plan = BackendPlan([b for b in plan.put if self.allowed(b)], plan.delete)
         for backend in plan.put:
             self.maps.put_backend(backend)
             log.info(

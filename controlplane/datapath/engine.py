@@ -49,6 +49,7 @@ from controlplane.datapath.wire import (
     ETH_P_8021Q,
     ETH_P_IP,
     ETH_P_IPV6,
+    IPV6_EXTENSIONS,
     OUTER_V4,
     OUTER_V6,
     V4_MAPPED,
@@ -57,6 +58,7 @@ from controlplane.datapath.wire import (
     entropy_port,
     geneve_header,
     is_webrtc,
+    l3_dst_proto,
     parse_ip,
 )
 from icegate import stun, token
@@ -191,6 +193,8 @@ class Datapath:
         *,
         live_values: bool | None = None,
         max_rate_sources: int = MAX_RATE_SOURCES,
+        roles: Mapping[str, str] | None = None,
+        charge_slow: bool = True,
     ) -> None:
         self.store = store
         self.next_hop = next_hop
@@ -201,7 +205,17 @@ class Datapath:
         self._keys = _RouteKeys(store)
         self._wires: dict[tuple[int, int], _Wire] = {}
         self._sources: OrderedDict[bytes, int] = OrderedDict()  # rate_sources: addr16 -> TAT
+        self._tags: OrderedDict[tuple[int, int, int], int] = (
+            OrderedDict()
+        )  # rate_tags: (cluster, index, tag) -> TAT
+        self._slow_sources: OrderedDict[bytes, int] = OrderedDict()  # rate_slow_sources
         self._max_sources = max_rate_sources
+        # §1 r8 for frames: interface name -> "public" | "private" (None: no roles). Socket
+        # mode has no interfaces: the kernel's routing stands in (docs/SECURITY.md).
+        self.roles = dict(roles) if roles else None
+        # In XDP mode the program already charged every SLOW verdict (§5); the slow path
+        # must not charge it again against limits scaled for per-CPU buckets.
+        self.charge_slow = charge_slow
         self._global_tat = 0
         self._slow_tat = 0
         self._a16: dict[str, bytes] = {}
@@ -255,6 +269,8 @@ class Datapath:
     def _frame_ip(self, frame: bytes, o: int, etype: int, ingress: str) -> tuple[Stat, FrameResult | None]:
         parsed = parse_ip(frame, o, len(frame), etype)
         if isinstance(parsed, Stat):
+            if parsed in (Stat.PASS_FRAGMENT, Stat.PASS_NOT_UDP) and self._fragment_to_us(frame, o, etype):
+                return Stat.DROP_FRAGMENT_TO_VIP, None  # §1 r3
             return parsed, None
         end, u, src, dst, sport, dport, udp_len = parsed
         vip_index = self.store.vip_index(dst, dport)
@@ -262,14 +278,20 @@ class Datapath:
             return Stat.PASS_NOT_RELAY, None
         if udp_len < 8 or u + udp_len != end:
             return Stat.DROP_MALFORMED_UDP, None
+        if self.roles is not None and self.roles.get(ingress) != (
+            "public" if vip_index is not None else "private"
+        ):
+            return Stat.DROP_WRONG_IFACE, None  # §1 r8
         if vip_index is not None:
             packet_len = end - o
-            stat, wire, hop = self._client(src, sport, vip_index, frame[u + 8 : end], packet_len, ingress)
+            stat, wire, hop = self._client(
+                src, sport, vip_index, frame[u + 8 : end], packet_len, ingress, dst=dst
+            )
             if wire is None:
                 return stat, None
             inner = frame[o:end]
             return stat, self._forward(stat, hop, ingress, self._encapsulate(wire, inner, src, sport, dport))
-        stat, inner_at, hop, _ = self._return(src, frame, u + 8, end, ingress)
+        stat, inner_at, hop, _ = self._return(src, frame, u + 8, end, ingress, sport=sport)
         if inner_at is None:
             return stat, None
         return stat, self._forward(stat, hop, ingress, frame[inner_at[0] : inner_at[1]])
@@ -277,6 +299,22 @@ class Datapath:
     def _forward(self, stat: Stat, hop: Hop, ingress: str, output: bytes) -> FrameResult:
         action = Action.TX if hop.egress == ingress else Action.REDIRECT
         return FrameResult(stat, action, hop.egress, hop.src_mac, hop.dst_mac, output)
+
+    def _fragment_to_us(self, frame: bytes, o: int, etype: int) -> bool:
+        """§1 r3: an IPv4 fragment, or an IPv6 fragment / extension header, to a VIP's
+        address (any port) or the tunnel address."""
+        found = l3_dst_proto(frame, o, etype)
+        if found is None:
+            return False
+        dst, proto, fragment = found
+        if not fragment and not (etype == ETH_P_IPV6 and proto in IPV6_EXTENSIONS):
+            return False
+        t4, t6, _ = self._tunnel_addrs()
+        return self.store.is_vip_address(dst) or dst == (t4 if etype == ETH_P_IP else t6)
+
+    def _role_ok(self, egress: str | None, role: str) -> bool:
+        """§2.2 / §3 r8: the next hop leaves by an interface of ``role`` (no roles: yes)."""
+        return self.roles is None or egress is None or self.roles.get(egress) == role
 
     def _is_tunnel(self, dst16: bytes, port: int) -> bool:
         t4, t6, tport = self._tunnel_addrs()
@@ -331,7 +369,9 @@ class Datapath:
             if not retry:
                 self._count(stat, length)
             return self._socket_plain[stat]
-        stat, wire, _ = self._client(client16, client_port, vip_index, payload, length, None, retry)
+        stat, wire, _ = self._client(
+            client16, client_port, vip_index, payload, length, None, retry, dst=vip16
+        )
         if not retry:
             self._count(stat, length)
         key = (client16, client_port, vip_index)
@@ -341,13 +381,18 @@ class Datapath:
         geneve = wire.geneve4 if inner[0] >> 4 == 4 else wire.geneve6
         return SocketResult(stat, geneve + inner, wire.hostport, (vip16, vip_port), key)
 
-    def from_backend(self, outer_src_host: str, payload: bytes, *, retry: bool = False) -> SocketResult:
-        """A Geneve UDP payload the tunnel socket received from ``outer_src_host`` (§3)."""
+    def from_backend(
+        self, outer_src_host: str, payload: bytes, *, retry: bool = False, outer_src_port: int | None = None
+    ) -> SocketResult:
+        """A Geneve UDP payload the tunnel socket received from ``outer_src_host`` (§3),
+        port ``outer_src_port`` (checked against the backend's when given)."""
         if type(payload) is not bytes:
             payload = bytes(payload)
         src16 = self._addr16(outer_src_host)
         length = (28 if src16[:12] == V4_MAPPED else 48) + len(payload)
-        stat, inner_at, _, key = self._return(src16, payload, 0, len(payload), None, retry)
+        stat, inner_at, _, key = self._return(
+            src16, payload, 0, len(payload), None, retry, sport=outer_src_port
+        )
         if not retry:
             self._count(stat, length)
         if inner_at is None:
@@ -380,6 +425,26 @@ class Datapath:
 
     # ---- §2 client -> transceiver ----
 
+    def _martian(self, src16: bytes, dst16: bytes | None) -> bool:
+        """§2 r0: a source no client can have (RFC 6890), or our own address."""
+        if dst16 is not None and dst16[:12] != V4_MAPPED and src16[:12] == V4_MAPPED:
+            return True  # IPv4-mapped inside an IPv6 header: it would alias an IPv4 flow key
+        if src16[:12] == V4_MAPPED:
+            if src16[12] == 0 or src16[12] == 127 or src16[12] >= 224:
+                return True
+        elif src16[0] == 0xFF or (src16[:10] == bytes(10) and src16[10:12] in (b"\0\0", b"\xff\xff")):
+            return True  # multicast, ::/96, IPv4-mapped inside IPv6 (it would alias an IPv4 flow key)
+        t4, t6, _ = self._tunnel_addrs()
+        return src16 in (dst16, t4, t6)  # a land attack, or our tunnel address
+
+    def _pending(self, key: FlowKeyT, now: int) -> Flow | None:
+        """§2 r5: the pending entry, unless older than ``pending_timeout_ns``."""
+        flow = self.store.get_pending(key)
+        if flow is None:
+            return None
+        timeout = self.store.rate_config().pending_timeout_ns
+        return None if timeout and now - flow.created_ns > timeout else flow
+
     def _client(
         self,
         client16: bytes,
@@ -389,8 +454,14 @@ class Datapath:
         packet_len: int,
         ingress: str | None,
         retry: bool = False,
+        *,
+        dst: bytes | None = None,
     ) -> tuple[Stat, _Wire | None, Hop]:
-        """§2 r1-r11 and §2.1. Returns (stat, backend wire if forwarded, next hop)."""
+        """§2 r0-r11 and §2.1. Returns (stat, backend wire if forwarded, next hop)."""
+        # §2 r0 for frames; in socket mode the kernel's own martian checks (RFC 1812
+        # section 5.3.7, fib_validate_source) ran before the socket saw the datagram.
+        if ingress is not None and self._martian(client16, dst):
+            return Stat.DROP_MARTIAN, None, HOP_OK
         if not payload or not is_webrtc(payload[0]):
             return Stat.DROP_NOT_WEBRTC, None, HOP_OK
         ufrag = None
@@ -401,21 +472,28 @@ class Datapath:
                 return Stat.drop(exc.reason), None, HOP_OK
         key = (client16, cport, vip_index)
         store = self.store
+        now = self.clock()
         flow = store.get_flow(key)
         confirmed = flow is not None
+        # A confirmed flow's DTLS and RTP need no pending entry (only a check can be part of a move).
+        pend = self._pending(key, now) if flow is None or ufrag is not None else None
         if flow is None:
-            flow = store.get_pending(key)
+            flow = pend
         if flow is None:
             if ufrag is None:
-                return (Stat.SLOW_NO_FLOW if retry else self._slow(Stat.SLOW_NO_FLOW)), None, HOP_OK
-            return self._new_flow(key, ufrag, packet_len, ingress)
+                return (Stat.SLOW_NO_FLOW if retry else self._slow(Stat.SLOW_NO_FLOW, client16)), None, HOP_OK
+            return self._new_flow(key, ufrag, packet_len, ingress, now)
 
         stat = Stat.FWD_FLOW if confirmed else Stat.FWD_PENDING
         routed: token.RouteToken | None = None
+        moving = False
         if ufrag is not None:  # §2.1 r1: a changed tag is an ICE restart
             try:
                 tag = token.decode(ufrag).tag
-                if tag != flow.token_tag:
+                if confirmed and pend is not None and tag == pend.token_tag and tag != flow.token_tag:
+                    flow, confirmed, moving = pend, False, True  # a retransmitted check of a move
+                    stat = Stat.FWD_MOVE_PENDING
+                elif tag != flow.token_tag:
                     routed = token.verify(ufrag, self._keys)
             except TokenError as exc:
                 return Stat.drop(exc.reason), None, HOP_OK
@@ -423,15 +501,31 @@ class Datapath:
             wire, refused = self._active(routed.cluster, routed.index)
             if wire is None:
                 return refused, None, HOP_OK
-            stat = Stat.FWD_REROUTE
+            if confirmed and (routed.cluster, routed.index) != (flow.cluster, flow.index):
+                # A live flow moves only when the new transceiver answers (§3 r9).
+                moving, confirmed = True, False
+                stat = Stat.FWD_MOVE_PENDING
+            else:
+                stat = Stat.FWD_REROUTE
         else:
             wire = self._wire(flow.cluster, flow.index)
             if wire is None:  # §2.1 r2: draining and dead backends keep their flows
                 return Stat.DROP_BACKEND_UNKNOWN, None, HOP_OK
+        if not confirmed:  # §2.1 r0: only STUN, and only so many packets, until confirmed
+            if payload[0] > 3:
+                return Stat.DROP_PENDING_NOT_STUN, None, HOP_OK
+            cap = store.rate_config().pending_max_packets
+            if cap and not (moving and routed is not None) and flow.packets_in >= cap:
+                return Stat.DROP_PENDING_CAP, None, HOP_OK
         hop = HOP_OK if ingress is None else self._backend_hop(wire, packet_len, ingress)
         if hop.status:
-            return self._hop_failed(hop), None, hop
-        now = self.clock()
+            return self._hop_failed(hop, client16), None, hop
+        if not self._role_ok(hop.egress if ingress is not None else None, "private"):
+            return Stat.DROP_EGRESS_ROLE, None, hop
+        if moving and routed is not None:
+            move = Flow(routed.cluster, routed.index, routed.tag, now, now, 1, packet_len, 0, 0)
+            store.put_pending(key, move)
+            return stat, wire, hop
         if routed is not None:
             flow.cluster, flow.index, flow.token_tag = routed.cluster, routed.index, routed.tag
             if confirmed and self.on_event is not None:
@@ -446,7 +540,7 @@ class Datapath:
         return stat, wire, hop
 
     def _new_flow(
-        self, key: FlowKeyT, ufrag: bytes, packet_len: int, ingress: str | None
+        self, key: FlowKeyT, ufrag: bytes, packet_len: int, ingress: str | None, now: int
     ) -> tuple[Stat, _Wire | None, Hop]:
         """§2 r7-r11: verify, backend, rate limits, next hop, then (and only then) write."""
         try:
@@ -457,27 +551,32 @@ class Datapath:
         if wire is None:
             return refused, None, HOP_OK
         rate = self.store.rate_config()
-        now = self.clock()
-        client16 = key[0]
-        source_tat = global_tat = -1
+        source = source_bucket(key[0])
+        tag_key = (routed.cluster, routed.index, routed.tag)
+        source_tat = tag_tat = global_tat = -1
         if rate.source_interval_ns:
             source_tat = self._gcra(
-                self._sources.get(client16, 0), now, rate.source_interval_ns, rate.source_tolerance_ns
+                self._sources.get(source, 0), now, rate.source_interval_ns, rate.source_tolerance_ns
             )
             if source_tat < 0:
                 return Stat.DROP_RATE_SOURCE, None, HOP_OK
+        if rate.tag_interval_ns:
+            tag_tat = self._gcra(self._tags.get(tag_key, 0), now, rate.tag_interval_ns, rate.tag_tolerance_ns)
+            if tag_tat < 0:
+                return Stat.DROP_RATE_TOKEN, None, HOP_OK
         if rate.global_interval_ns:
             global_tat = self._gcra(self._global_tat, now, rate.global_interval_ns, rate.global_tolerance_ns)
             if global_tat < 0:
                 return Stat.DROP_RATE_GLOBAL, None, HOP_OK
         hop = HOP_OK if ingress is None else self._backend_hop(wire, packet_len, ingress)
         if hop.status:
-            return self._hop_failed(hop), None, hop
+            return self._hop_failed(hop, key[0]), None, hop
+        if not self._role_ok(hop.egress if ingress is not None else None, "private"):
+            return Stat.DROP_EGRESS_ROLE, None, hop
         if source_tat >= 0:
-            self._sources[client16] = source_tat
-            self._sources.move_to_end(client16)
-            if len(self._sources) > self._max_sources:
-                self._sources.popitem(last=False)
+            _lru_put(self._sources, source, source_tat, self._max_sources)
+        if tag_tat >= 0:
+            _lru_put(self._tags, tag_key, tag_tat, self._max_sources)
         if global_tat >= 0:
             self._global_tat = global_tat
         flow = Flow(routed.cluster, routed.index, routed.tag, now, now, 1, packet_len, 0, 0)
@@ -490,14 +589,32 @@ class Datapath:
         tat = bucket if bucket > now else now
         return -1 if tat - now > tolerance else tat + interval
 
-    def _slow(self, stat: Stat) -> Stat:
-        """A SLOW verdict, charged to the slow-path bucket (§5)."""
+    def _slow(self, stat: Stat, source16: bytes) -> Stat:
+        """A SLOW verdict, charged to its source's bucket (not ``SLOW_RETURN_NO_FLOW``), then
+        the slow-path bucket (§5)."""
+        if not self.charge_slow:
+            return stat  # XDP charged it before passing the packet up
         rate = self.store.rate_config()
+        now = self.clock()
+        source = source_bucket(source16)
+        source_tat = -1
+        # Not a return without a flow: after a reboot one transceiver sends those for all its sessions.
+        if rate.slow_source_interval_ns and stat is not Stat.SLOW_RETURN_NO_FLOW:
+            source_tat = self._gcra(
+                self._slow_sources.get(source, 0),
+                now,
+                rate.slow_source_interval_ns,
+                rate.slow_source_tolerance_ns,
+            )
+            if source_tat < 0:
+                return Stat.DROP_RATE_SLOW_SOURCE
         if rate.slow_interval_ns:
-            tat = self._gcra(self._slow_tat, self.clock(), rate.slow_interval_ns, rate.slow_tolerance_ns)
+            tat = self._gcra(self._slow_tat, now, rate.slow_interval_ns, rate.slow_tolerance_ns)
             if tat < 0:
                 return Stat.DROP_RATE_SLOW_PATH
             self._slow_tat = tat
+        if source_tat >= 0:
+            _lru_put(self._slow_sources, source, source_tat, self._max_sources)
         return stat
 
     def _backend_hop(self, wire: _Wire, packet_len: int, ingress: str) -> Hop:
@@ -505,9 +622,9 @@ class Datapath:
         (socket mode leaves it to ``sendto``)."""
         return self.next_hop(wire.addr16, packet_len + (OUTER_V4 if wire.family == 4 else OUTER_V6), ingress)
 
-    def _hop_failed(self, hop: Hop) -> Stat:
+    def _hop_failed(self, hop: Hop, source16: bytes) -> Stat:
         if hop.status == Fib.NO_NEIGH:
-            return self._slow(Stat.SLOW_NO_NEIGH)
+            return self._slow(Stat.SLOW_NO_NEIGH, source16)
         return _HOP_FAILED.get(hop.status, Stat.DROP_FIB)
 
     def _wire(self, cluster: int, index: int) -> _Wire | None:
@@ -533,9 +650,18 @@ class Datapath:
     # ---- §3 transceiver -> client ----
 
     def _return(
-        self, src16: bytes, buf: bytes, g: int, end: int, ingress: str | None, retry: bool = False
+        self,
+        src16: bytes,
+        buf: bytes,
+        g: int,
+        end: int,
+        ingress: str | None,
+        retry: bool = False,
+        *,
+        sport: int | None = None,
     ) -> tuple[Stat, tuple[int, int, int, bytes, int, bytes, int] | None, Hop, FlowKeyT | None]:
-        """§3 r1-r10 on the Geneve payload ``buf[g:end]`` sent by ``src16``.
+        """§3 r1-r10 on the Geneve payload ``buf[g:end]`` sent by ``src16`` (from UDP port
+        ``sport``; None: not known, the port is not checked).
 
         Returns (stat, what to forward, next hop, flow key). What to forward is
         ``(inner start, inner end, inner UDP offset, client, port, vip, port)``.
@@ -561,23 +687,51 @@ class Datapath:
         if iend == u + 8 or not is_webrtc(buf[u + 8]):
             return Stat.DROP_NOT_WEBRTC, None, HOP_OK, None
         key = (client16, cport, vip_index)
+        now = self.clock()
+        # §3 r6: the confirmed flow, else (or when its owner did not send this) the pending
+        # entry: a new flow, or the transceiver a confirmed flow may move to (§2.1 r1).
         flow = store.get_flow(key)
         confirmed = flow is not None
+        owner = flow is not None and self._sent_by(flow, src16, sport)
+        live: Flow | None = None
+        if not owner:
+            pend = self._pending(key, now)
+            if pend is not None and (flow is None or self._sent_by(pend, src16, sport)):
+                live, flow, confirmed = flow, pend, False
+                owner = self._sent_by(pend, src16, sport)
         if flow is None:
-            flow = store.get_pending(key)
-            if flow is None:
-                stat = Stat.SLOW_RETURN_NO_FLOW if retry else self._slow(Stat.SLOW_RETURN_NO_FLOW)
-                return stat, None, HOP_OK, key
-        wire = self._wire(flow.cluster, flow.index)
-        if wire is None or wire.addr16 != src16:
+            stat = Stat.SLOW_RETURN_NO_FLOW if retry else self._slow(Stat.SLOW_RETURN_NO_FLOW, src16)
+            return stat, None, HOP_OK, key
+        if not owner:
             return Stat.DROP_RETURN_WRONG_BACKEND, None, HOP_OK, key
+        if not confirmed:  # §3 r8 / §2.1 r0
+            if buf[u + 8] > 3:
+                return Stat.DROP_PENDING_NOT_STUN, None, HOP_OK, key
+            cap = store.rate_config().pending_max_packets
+            if cap and flow.packets_out >= cap:
+                return Stat.DROP_PENDING_CAP, None, HOP_OK, key
         packet_len = iend - inner
         hop = HOP_OK
         if ingress is not None:
             hop = self.next_hop(client16, packet_len, ingress)
             if hop.status:
-                return self._hop_failed(hop), None, hop, key
-        now = self.clock()
+                return self._hop_failed(hop, src16), None, hop, key
+            if not self._role_ok(hop.egress, "public"):
+                return Stat.DROP_EGRESS_ROLE, None, hop, key
+        success = not confirmed and buf[u + 8] <= 3 and stun.is_binding_success(buf[u + 8 : iend])
+        if success and live is not None:
+            # §3 r9: the new transceiver answered the moved check; the live flow follows.
+            live.cluster, live.index, live.token_tag = flow.cluster, flow.index, flow.token_tag
+            live.last_seen_ns = now
+            live.packets_out += 1
+            live.bytes_out += packet_len
+            store.delete_pending(key)
+            store.put_flow(key, live)
+            if self.on_event is not None:
+                self.on_event(
+                    FlowEvent(FlowEventKind.REROUTED, key, live.cluster, live.index, live.token_tag, now)
+                )
+            return Stat.FWD_MOVE_CONFIRM, (inner, iend, u, client16, cport, vip16, vport), hop, key
         flow.last_seen_ns = now
         flow.packets_out += 1
         flow.bytes_out += packet_len
@@ -585,7 +739,7 @@ class Datapath:
             stat = Stat.FWD_RETURN
             if not self.live:
                 store.put_flow(key, flow)
-        elif buf[u + 8] <= 3 and stun.is_binding_success(buf[u + 8 : iend]):
+        elif success:
             stat = Stat.FWD_CONFIRM  # §3 r9: the owner answered the check, the flow is real
             store.delete_pending(key)
             store.put_flow(key, flow)
@@ -598,3 +752,20 @@ class Datapath:
             if not self.live:
                 store.put_pending(key, flow)
         return stat, (inner, iend, u, client16, cport, vip16, vport), hop, key
+
+    def _sent_by(self, flow: Flow, src16: bytes, sport: int | None) -> bool:
+        """§3 r7: the flow's transceiver sent this, from its address and Geneve port."""
+        wire = self._wire(flow.cluster, flow.index)
+        return wire is not None and wire.addr16 == src16 and (sport is None or sport == wire.backend.port)
+
+
+def source_bucket(addr16: bytes) -> bytes:
+    """§5: the per-source buckets' key, an IPv6 source's /64 (RFC 6177: a site's prefix)."""
+    return addr16 if addr16[:12] == V4_MAPPED else addr16[:8] + bytes(8)
+
+
+def _lru_put(table: OrderedDict[Any, int], key: Any, value: int, capacity: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > capacity:
+        table.popitem(last=False)

@@ -21,6 +21,7 @@ from typing import Any
 
 from icegate.bpf import source_dir
 
+from controlplane.config import MAX_ROLE_IFACES
 from icegate.inet import addr16, from_addr16
 
 # The one limit of shared.h that is not configurable and that this package uses (the
@@ -80,6 +81,16 @@ class Stat(IntEnum):
     DROP_FIB = 37
     DROP_FRAG_NEEDED = 38
     DROP_INTERNAL = 39
+    DROP_MARTIAN = 40
+    DROP_FRAGMENT_TO_VIP = 41
+    DROP_RATE_TOKEN = 42
+    DROP_PENDING_NOT_STUN = 43
+    DROP_PENDING_CAP = 44
+    DROP_WRONG_IFACE = 45
+    DROP_EGRESS_ROLE = 46
+    FWD_MOVE_PENDING = 47
+    FWD_MOVE_CONFIRM = 48
+    DROP_RATE_SLOW_SOURCE = 49
 
     @property
     def verdict(self) -> Verdict:
@@ -271,7 +282,22 @@ class RelayConfigMap(ctypes.Structure):
         ("global_tolerance_ns", ctypes.c_uint64),
         ("slow_interval_ns", ctypes.c_uint64),
         ("slow_tolerance_ns", ctypes.c_uint64),
+        ("tag_interval_ns", ctypes.c_uint64),
+        ("tag_tolerance_ns", ctypes.c_uint64),
+        ("slow_source_interval_ns", ctypes.c_uint64),
+        ("slow_source_tolerance_ns", ctypes.c_uint64),
+        ("pending_timeout_ns", ctypes.c_uint64),
+        ("pending_max_packets", ctypes.c_uint32),
+        ("public_ifindex", ctypes.c_uint32 * MAX_ROLE_IFACES),
+        ("private_ifindex", ctypes.c_uint32 * MAX_ROLE_IFACES),
+        ("pad1", ctypes.c_uint32),
     ]
+
+
+class RateTagKey(ctypes.Structure):
+    """``struct rate_tag_key``: the per-token-tag new-flow bucket's key."""
+
+    _fields_ = [("backend", BackendKey), ("tag", ctypes.c_uint32)]
 
 
 class FlowEventRecord(ctypes.Structure):
@@ -286,6 +312,36 @@ class FlowEventRecord(ctypes.Structure):
     ]
 
 
+class NexthopKey(ctypes.Structure):
+    """``struct nexthop_key`` (bpf/nexthop.h's cache)."""
+
+    _fields_ = [("addr", Addr16), ("ifindex", ctypes.c_uint32)]
+
+
+class NexthopValue(ctypes.Structure):
+    """``struct nexthop_value``."""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("generation", ctypes.c_uint32),
+        ("smac", ctypes.c_uint8 * 6),
+        ("dmac", ctypes.c_uint8 * 6),
+        ("max_len", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("updated_ns", ctypes.c_uint64),
+    ]
+
+
+class NexthopStat(IntEnum):
+    """``enum nexthop_stat``: the index of the per-CPU ``nexthop_stats`` array."""
+
+    HIT = 0
+    MISS = 1
+    STALE = 2
+
+
+NEXTHOP_STAT_MAX = len(NexthopStat)
+
 # Every mirrored struct, by its C name: what test_layout.py walks.
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "counter": Counter,
@@ -298,6 +354,9 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "route_key": RouteKey,
     "relay_config": RelayConfigMap,
     "flow_event": FlowEventRecord,
+    "rate_tag_key": RateTagKey,
+    "nexthop_key": NexthopKey,
+    "nexthop_value": NexthopValue,
 }
 
 # Python 3.11 ctypes gives no packed=...; every struct above is naturally aligned, and
@@ -311,8 +370,11 @@ EXPECTED_SIZES = {
     "flow_key": 20,
     "flow_value": 56,
     "route_key": 24,
-    "relay_config": 88,
+    "relay_config": 168,
     "flow_event": 40,
+    "rate_tag_key": 8,
+    "nexthop_key": 20,
+    "nexthop_value": 32,
 }
 
 

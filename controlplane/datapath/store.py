@@ -93,6 +93,23 @@ class RateConfig:
     global_tolerance_ns: int = 0
     slow_interval_ns: int = 0
     slow_tolerance_ns: int = 0
+    # docs/SECURITY.md: per token tag (§2 r9) and per slow-path source (§5) buckets,
+    # the pending flows' timeout (§2 r5) and packet cap (§2.1 r0); 0 disables each.
+    tag_interval_ns: int = 0
+    tag_tolerance_ns: int = 0
+    slow_source_interval_ns: int = 0
+    slow_source_tolerance_ns: int = 0
+    pending_timeout_ns: int = 0
+    pending_max_packets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IfaceRoles:
+    """Interface roles (§1 r8) as ifindexes: clients arrive on ``public``, Geneve on
+    ``private``. Both empty: no roles enforced."""
+
+    public: tuple[int, ...] = ()
+    private: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,7 @@ class TunnelEndpoint:
 class MapStore(Protocol):
     # ---- per packet (datapath) ----
     def vip_index(self, addr16: bytes, port: int) -> int | None: ...
+    def is_vip_address(self, addr16: bytes) -> bool: ...
     def get_flow(self, key: FlowKeyT) -> Flow | None: ...
     def get_pending(self, key: FlowKeyT) -> Flow | None: ...
     def put_flow(self, key: FlowKeyT, flow: Flow) -> None: ...
@@ -128,7 +146,10 @@ class MapStore(Protocol):
     def flush_flows(self) -> int: ...
     def tunnel(self) -> TunnelEndpoint: ...
     def rate_config(self) -> RateConfig: ...
-    def set_config(self, tunnel: TunnelEndpoint, rate: RateConfig) -> None: ...
+    def set_config(
+        self, tunnel: TunnelEndpoint, rate: RateConfig, roles: IfaceRoles | None = None
+    ) -> None: ...
+    def iface_roles(self) -> IfaceRoles: ...
 
 
 class _Lru(OrderedDict[FlowKeyT, Flow]):
@@ -162,10 +183,14 @@ class MemoryStore:
         self._keys: dict[int, bytes] = {}
         self._tunnel = TunnelEndpoint(None, None, 6081)
         self._rate = RateConfig()
+        self._roles = IfaceRoles()
 
     def vip_index(self, addr16: bytes, port: int) -> int | None:
         vip = self._vips.get((addr16, port))
         return None if vip is None else vip.index
+
+    def is_vip_address(self, addr16: bytes) -> bool:
+        return any(a == addr16 for a, _ in self._vips)
 
     def get_flow(self, key: FlowKeyT) -> Flow | None:
         return self._flows.lookup(key)
@@ -235,6 +260,12 @@ class MemoryStore:
     def rate_config(self) -> RateConfig:
         return self._rate
 
-    def set_config(self, tunnel: TunnelEndpoint, rate: RateConfig) -> None:
+    def set_config(self, tunnel: TunnelEndpoint, rate: RateConfig, roles: IfaceRoles | None = None) -> None:
+        """``roles`` None keeps the current roles."""
         self._tunnel = tunnel
         self._rate = rate
+        if roles is not None:
+            self._roles = roles
+
+    def iface_roles(self) -> IfaceRoles:
+        return self._roles

@@ -138,11 +138,15 @@ class TwinRelay:
         on_event: Callable[[FlowEvent], None] | None = None,
         datapath: Datapath | None = None,
         max_slow_tasks: int = MAX_SLOW_TASKS,
+        charge_slow: bool = True,
     ) -> None:
         self.config = config
         self.store = store
         self.datapath = datapath or Datapath(
-            store, on_event=on_event, max_rate_sources=config.limits.max_rate_sources
+            store,
+            on_event=on_event,
+            max_rate_sources=config.limits.max_rate_sources,
+            charge_slow=charge_slow,  # False behind XDP: the program charged every SLOW verdict
         )
         self.on_slow = on_slow
         self.max_slow_tasks = max_slow_tasks
@@ -242,11 +246,13 @@ class TwinRelay:
             )
 
     def from_backend(self, data: bytes, addr: Any) -> None:
-        result = self.datapath.from_backend(addr[0], data)
+        result = self.datapath.from_backend(addr[0], data, outer_src_port=addr[1])
         if result.data is not None:
             self._to_client(result)
         elif result.stat in _SLOW:
-            self._slow(result, lambda: self.datapath.from_backend(addr[0], data, retry=True))
+            self._slow(
+                result, lambda: self.datapath.from_backend(addr[0], data, retry=True, outer_src_port=addr[1])
+            )
 
     def _to_backend(self, result: SocketResult) -> None:
         host_port = result.addr

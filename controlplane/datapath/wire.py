@@ -75,6 +75,23 @@ def parse_ip(buf: bytes, o: int, end: int, etype: int) -> ParsedUdp | Stat:
     return o + total, u, src, dst, sport, dport, buf[u + 4] << 8 | buf[u + 5]
 
 
+# RFC 8200 section 4 and IANA's list: next-header values that are extension headers (and
+# ESP/AH), never walked by the relay; to one of our addresses they are dropped (§1 r3).
+IPV6_EXTENSIONS = frozenset({0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254})
+
+
+def l3_dst_proto(buf: bytes, o: int, etype: int) -> tuple[bytes, int, bool] | None:
+    """(destination addr16, protocol / next header, is a fragment) of a packet that
+    :func:`parse_ip` passed as a fragment or not UDP; None if the header is short."""
+    if etype == ETH_P_IP:
+        if len(buf) - o < 20:
+            return None
+        return V4_MAPPED + buf[o + 16 : o + 20], buf[o + 9], bool(buf[o + 6] & 0x3F or buf[o + 7])
+    if len(buf) - o < 40:
+        return None
+    return buf[o + 24 : o + 40], buf[o + 6], buf[o + 6] == IPV6_NEXT_FRAGMENT
+
+
 def words(data: bytes) -> int:
     """``data`` as one integer whose residue mod 0xFFFF is its 16-bit word sum (odd: zero-padded)."""
     value = int.from_bytes(data, "big")

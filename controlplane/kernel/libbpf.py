@@ -461,7 +461,13 @@ def map_specs(limits: RelayLimits) -> dict[str, MapSpec]:
         "rate_sources": MapSpec(MAP_LRU_HASH, Addr, U64, limits.max_rate_sources),
         "rate_global": MapSpec(MAP_PERCPU_ARRAY, U32, U64, 1),
         "rate_slow": MapSpec(MAP_PERCPU_ARRAY, U32, U64, 1),
+        "rate_tags": MapSpec(MAP_LRU_HASH, layout.RateTagKey, U64, limits.max_rate_sources),
+        "rate_slow_sources": MapSpec(MAP_LRU_HASH, Addr, U64, limits.max_rate_sources),
+        "vip_addrs": MapSpec(MAP_HASH, Addr, U32, limits.max_vips),
         "events": MapSpec(MAP_RINGBUF, None, None, limits.events_pages * os.sysconf("SC_PAGE_SIZE")),
+        "nexthops": MapSpec(MAP_LRU_HASH, layout.NexthopKey, layout.NexthopValue, limits.max_nexthops),
+        "nexthop_generation": MapSpec(MAP_ARRAY, U32, U32, 1),
+        "nexthop_stats": MapSpec(MAP_PERCPU_ARRAY, U32, U64, layout.NEXTHOP_STAT_MAX),
     }
 
 

@@ -42,7 +42,7 @@ from icegate.bpf import PROGRAM, source_dir
 
 from controlplane.config import RelayConfig
 from controlplane.datapath import layout
-from controlplane.datapath.store import RateConfig, TunnelEndpoint
+from controlplane.datapath.store import IfaceRoles, RateConfig, TunnelEndpoint
 from controlplane.kernel import libbpf
 from controlplane.kernel.libbpf import XdpAttachment
 from controlplane.kernel.maps import KernelStore
@@ -255,6 +255,22 @@ class Loader:
         if self._store is None:
             self._store = KernelStore(self.pin_dir, self.config.name)
         return self._store
+
+    def write_roles(self) -> None:
+        """§1 r8: the ifindexes of ``public_interfaces`` and ``private_interfaces`` into the
+        config map (docs/SECURITY.md); none configured: no roles."""
+        roles = IfaceRoles(
+            tuple(ifindex(dev) for dev in self.config.public_interfaces),
+            tuple(ifindex(dev) for dev in self.config.private_interfaces),
+        )
+        store = self.store()
+        store.set_config(store.tunnel(), store.rate_config(), roles)
+        if roles.public:
+            log.info(
+                "interface roles public=%s private=%s",
+                ",".join(self.config.public_interfaces),
+                ",".join(self.config.private_interfaces),
+            )
 
     def write_config(self, tunnel: TunnelEndpoint, rate: RateConfig) -> None:
         self.store().set_config(tunnel, rate)

@@ -18,8 +18,8 @@ from typing import Any
 from controlplane.config import RelayLimits
 from controlplane.datapath import layout
 from controlplane.datapath.layout import swap16
-from controlplane.datapath.store import Backend, Flow, FlowKeyT, RateConfig, TunnelEndpoint, Vip
-from controlplane.kernel.libbpf import U32, PinnedMap, map_specs
+from controlplane.datapath.store import Backend, Flow, FlowKeyT, IfaceRoles, RateConfig, TunnelEndpoint, Vip
+from controlplane.kernel.libbpf import U32, Addr, PinnedMap, map_specs
 from icegate.errors import RelayNotRunning
 from icegate.inet import addr16, from_addr16
 
@@ -156,6 +156,9 @@ class KernelStore:
         value = self.maps["vips"].lookup(layout.VipKey(layout.Addr16(*addr16), swap16(port), 0))
         return None if value is None else int(value.index)
 
+    def is_vip_address(self, addr16: bytes) -> bool:
+        return self.maps["vip_addrs"].lookup(Addr(layout.Addr16(*addr16))) is not None
+
     def get_flow(self, key: FlowKeyT) -> Flow | None:
         value = self.maps["flows"].lookup(flow_key_struct(key))
         return None if value is None else _from_flow_value(value)
@@ -199,6 +202,13 @@ class KernelStore:
                 self.maps["vips"].delete(key)
         for v in vips:
             self.maps["vips"].update(layout.VipKey.of(v.address, v.port), layout.VipValue(v.index, 0, 0))
+        # vip_addrs: every VIP's address, any port (§1 r3 drops fragments to them).
+        addrs = {addr16(v.address) for v in vips}
+        for key in list(self.maps["vip_addrs"].keys()):
+            if bytes(key.addr) not in addrs:
+                self.maps["vip_addrs"].delete(key)
+        for a in addrs:
+            self.maps["vip_addrs"].update(Addr(layout.Addr16(*a)), U32(1))
 
     def backends(self) -> list[Backend]:
         found = [_from_backend(k, v[0]) for k, v in self.maps["backends"].items()]
@@ -252,8 +262,17 @@ class KernelStore:
         cfg = self._config()
         return RateConfig(**{f.name: int(getattr(cfg, f.name)) for f in dataclasses.fields(RateConfig)})
 
-    def set_config(self, tunnel: TunnelEndpoint, rate: RateConfig) -> None:
-        self.maps["config"].update(U32(0), config_struct(tunnel, rate))
+    def set_config(self, tunnel: TunnelEndpoint, rate: RateConfig, roles: IfaceRoles | None = None) -> None:
+        """``roles`` None keeps the roles the map holds."""
+        self.maps["config"].update(
+            U32(0), config_struct(tunnel, rate, self.iface_roles() if roles is None else roles)
+        )
+
+    def iface_roles(self) -> IfaceRoles:
+        cfg = self._config()
+        return IfaceRoles(
+            tuple(i for i in cfg.public_ifindex if i), tuple(i for i in cfg.private_ifindex if i)
+        )
 
     def _config(self) -> layout.RelayConfigMap:
         value = self.maps["config"].lookup(U32(0))
@@ -282,8 +301,10 @@ class KernelStore:
             self.maps[name].clear()
 
 
-def config_struct(tunnel: TunnelEndpoint, rate: RateConfig) -> layout.RelayConfigMap:
-    """The ``config`` map's value for a tunnel endpoint and rate limits."""
+def config_struct(
+    tunnel: TunnelEndpoint, rate: RateConfig, roles: IfaceRoles | None = None
+) -> layout.RelayConfigMap:
+    """The ``config`` map's value for a tunnel endpoint, rate limits and interface roles."""
     cfg = layout.RelayConfigMap()
     if tunnel.address4:
         cfg.tunnel_addr4 = layout.Addr16(*addr16(tunnel.address4))
@@ -292,4 +313,9 @@ def config_struct(tunnel: TunnelEndpoint, rate: RateConfig) -> layout.RelayConfi
     cfg.tunnel_port = swap16(tunnel.port)
     for f in dataclasses.fields(RateConfig):
         setattr(cfg, f.name, getattr(rate, f.name))
+    roles = roles or IfaceRoles()
+    for field, indexes in (("public_ifindex", roles.public), ("private_ifindex", roles.private)):
+        if len(indexes) > layout.MAX_ROLE_IFACES:
+            raise ValueError(f"{field}: at most {layout.MAX_ROLE_IFACES} interfaces, got {len(indexes)}")
+        getattr(cfg, field)[: len(indexes)] = list(indexes)
     return cfg

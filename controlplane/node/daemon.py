@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from controlplane.config import RelayConfig
 from controlplane.node import snapshot
@@ -37,6 +38,7 @@ from controlplane.node.runners import DatapathHooks, Runner, select_runner
 from controlplane.node.service import RelayService, configure_maps
 from icegate.config import load
 from icegate.logs import setup_logging
+from icegate.secrets import pick_secret
 
 log = logging.getLogger("controlplane.node.daemon")
 
@@ -135,7 +137,10 @@ async def _main(cfg: RelayConfig, preload: bool) -> int:
 @click.option("--tunnel-address4", help="This relay's Geneve source address (IPv4).")
 @click.option("--tunnel-address6", help="This relay's Geneve source address (IPv6).")
 @click.option("--cluster", "clusters", multiple=True, type=int, help="Serve only these clusters (repeat).")
-@click.option("--redis-url", help="Redis URL.")
+@click.option("--redis-url", help="Redis URL (better: ICEGATE_RELAY_RUN_REDIS_URL or --redis-url-file).")
+@click.option(
+    "--redis-url-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding the Redis URL."
+)
 @click.option("--region", help="Redis region (key prefix).")
 @click.option(
     "--listen", metavar="HOST:PORT", help="Address of /metrics, /livez, /readyz (the http section)."
@@ -157,6 +162,7 @@ def run(
     tunnel_address6: str | None,
     clusters: tuple[int, ...],
     redis_url: str | None,
+    redis_url_file: Path | None,
     region: str | None,
     listen: str | None,
     http_address: str | None,
@@ -167,6 +173,17 @@ def run(
     debug: bool,
 ) -> None:
     """Run the relay: datapath, Redis sync, flow cache, slow path, /metrics."""
+    setup_logging(log_json, logging.DEBUG if debug else logging.INFO)
+    on_command_line = (
+        click.get_current_context().get_parameter_source("redis_url") is ParameterSource.COMMANDLINE
+    )
+    redis_url = pick_secret(
+        "relay.redis.url",
+        redis_url,
+        redis_url_file,
+        on_command_line=on_command_line,
+        env="ICEGATE_RELAY_RUN_REDIS_URL",
+    )
     if listen is not None:  # the same HOST:PORT form as transceiver and agent --listen
         where = _vip_flag(listen)
         http_address, http_port = where["address"], where.get("port", http_port)
@@ -188,7 +205,6 @@ def run(
             "bpffs": bpffs,
         },
     )
-    setup_logging(log_json, logging.DEBUG if debug else logging.INFO)
     sys.exit(run_loop(_main(cfg, preload)))
 
 

@@ -102,8 +102,27 @@ class RelayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._datapath()
+        yield from self._slow_path()
         yield from self._maps()
         yield from self._control_plane()
+
+    def _slow_path(self) -> Iterator[Metric]:
+        """Behind XDP, what the slow path's own datapath decided about the packets the
+        program passed up (docs/SECURITY.md, issue 12 finding 4): a source whose
+        ``slow_path()`` returns counters (``XdpRunner``) has them exported."""
+        slow_path = getattr(self.source, "slow_path", None)
+        source = slow_path() if callable(slow_path) else None
+        if source is None:
+            return
+        family = CounterMetricFamily(
+            f"{PREFIX}_slow_path_packets",
+            "Packets the XDP program passed up, by the slow path's own verdict.",
+            labels=["verdict", "reason"],
+        )
+        for stat, (n, _) in zip(Stat, source.counters(), strict=False):
+            if n:
+                family.add_metric([stat.verdict.name.lower(), stat.reason], n)
+        yield family
 
     def _datapath(self) -> Iterator[Metric]:
         labels = ["verdict", "reason"]
@@ -169,6 +188,11 @@ class RelayCollector(Collector):
             yield _gauge("sync_lag_seconds", "Seconds since backends and route keys last matched Redis.", lag)
             yield _counter(
                 "sync_changes", "Backend and route-key map changes made by sync.", p.sync.changes_total
+            )
+            yield _counter(
+                "sync_refused",
+                "Registrations refused: tunnel address outside backend_prefixes (docs/SECURITY.md).",
+                p.sync.refused_total,
             )
         if p.flow_cache is not None:
             fc = p.flow_cache

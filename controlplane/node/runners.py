@@ -30,6 +30,8 @@ from controlplane.datapath.store import FlowEvent, FlowKeyT, MapStore, MemorySto
 from controlplane.datapath.twin import TwinRelay
 from controlplane.kernel import libbpf
 from controlplane.kernel.loader import Loader
+from controlplane.kernel.nexthopwatch import NexthopWatch
+from controlplane.node.metrics import ListCounters
 from icegate.errors import ConfigError, IcegateError, LinkError
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,9 @@ def xdp_runner(cfg: RelayConfig) -> Runner:
     return XdpRunner(cfg)
 
 
-async def _start_twin(cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, cannot_bind: str) -> TwinRelay:
+async def _start_twin(
+    cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, cannot_bind: str, *, behind_xdp: bool = False
+) -> TwinRelay:
     """The twin's sockets over ``maps``, wired to the hooks: SLOW verdicts go to Redis
     recovery, flow events to the flow cache. Both modes run one (XDP as its slow path)."""
 
@@ -107,7 +111,9 @@ async def _start_twin(cfg: RelayConfig, maps: MapStore, hooks: DatapathHooks, ca
         return result.key is not None and await hooks.recover(result.key)
 
     try:
-        return await TwinRelay.start(cfg, maps, on_slow=on_slow, on_event=hooks.record)
+        return await TwinRelay.start(
+            cfg, maps, on_slow=on_slow, on_event=hooks.record, charge_slow=not behind_xdp
+        )
     except OSError as exc:
         raise LinkError(f"{cannot_bind}: {exc}") from exc
 
@@ -133,10 +139,15 @@ class XdpRunner:
         self.twin: TwinRelay | None = None
         self._poller: threading.Thread | None = None
         self._polling = threading.Event()
+        self.nexthops: NexthopWatch | None = None  # keeps the program's next-hop cache true
 
     def counters(self) -> Sequence[tuple[int, int]]:
         counters: Sequence[tuple[int, int]] = self.maps.counters()  # type: ignore[attr-defined]
         return counters
+
+    def slow_path(self) -> ListCounters | None:
+        """The slow path's own verdicts (its twin's counters), for /metrics."""
+        return None if self.twin is None else ListCounters(self.twin.datapath.counters)
 
     def problem(self) -> str | None:
         if not self.loader.modes:
@@ -153,7 +164,10 @@ class XdpRunner:
         return []
 
     async def start(self, hooks: DatapathHooks) -> None:
-        self.twin = await _start_twin(self.cfg, self.maps, hooks, "slow-path sockets cannot bind")
+        self.twin = await _start_twin(
+            self.cfg, self.maps, hooks, "slow-path sockets cannot bind", behind_xdp=True
+        )
+        self.loader.write_roles()  # before attaching: no window without interface roles
         modes = self.loader.attach()
         self.mode = xdp_mode(modes.values())
         self.detail = ",".join(f"{i}:{m}" for i, m in modes.items())
@@ -163,6 +177,8 @@ class XdpRunner:
         self._polling.set()
         self._poller = threading.Thread(target=self._poll, name="ringbuf-poll", daemon=True)
         self._poller.start()
+        self.nexthops = NexthopWatch(self.cfg.pin_dir)
+        self.nexthops.start()
 
     def _poll(self) -> None:
         while self._polling.is_set():
@@ -171,6 +187,8 @@ class XdpRunner:
     async def stop(self) -> None:
         """Close sockets and descriptors; the program stays attached, the maps pinned."""
         self._polling.clear()
+        if self.nexthops is not None:
+            await asyncio.to_thread(self.nexthops.stop)
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join, 2.0)
         if self.twin is not None:

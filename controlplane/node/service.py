@@ -34,6 +34,7 @@ from controlplane.node.expiry import Expiry
 from controlplane.node.http import HttpServer, State, make_app
 from controlplane.node.metrics import ControlPlane, CounterSource, RelayCollector
 from icegate.errors import StoreError
+from icegate.inet import addr16
 from icegate.observe import http_responses, register_process
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,25 @@ def rate_config(rate: RateLimits, cpus: int) -> RateConfig:
     source = RateLimits.gcra(rate.new_flows_per_source, rate.source_burst)
     global_ = RateLimits.gcra(rate.new_flows_global, rate.global_burst, cpus)
     slow = RateLimits.gcra(rate.slow_path_pps, rate.slow_path_burst, cpus)
-    return RateConfig(*source, *global_, *slow)
+    # Hash maps shared by every CPU: not scaled.
+    tag = RateLimits.gcra(rate.new_flows_per_token, rate.token_burst)
+    slow_source = RateLimits.gcra(rate.slow_path_per_source_pps, rate.slow_path_source_burst)
+    return RateConfig(
+        *source,
+        *global_,
+        *slow,
+        *tag,
+        *slow_source,
+        pending_timeout_ns=int(rate.pending_timeout_s * 1e9),
+        pending_max_packets=rate.pending_max_packets,
+    )
 
 
 def configure_maps(cfg: RelayConfig, maps: MapStore, cpus: int | None = None) -> None:
     """Write VIPs, the tunnel endpoint and rate limits, touching only what differs (restarts are live)."""
     vips = plan_vips(cfg, maps.vips())
-    if sorted(vips, key=lambda v: v.index) != maps.vips():
+    stale_addrs = any(not maps.is_vip_address(addr16(v.address)) for v in vips)
+    if sorted(vips, key=lambda v: v.index) != maps.vips() or stale_addrs:
         maps.set_vips(vips)
     tunnel = TunnelEndpoint(cfg.tunnel.address4, cfg.tunnel.address6, cfg.tunnel.port)
     rate = rate_config(cfg.rate, cpus or cfg.cpus())
@@ -93,6 +106,7 @@ class RelayService:
             clusters=cfg.clusters,
             interval_s=cfg.sync_interval_s,
             dead_grace_s=cfg.dead_grace_s,
+            backend_prefixes=cfg.backend_prefixes,
         )
         self.flow_cache = FlowCache(self.redis, maps, cfg.flow_cache)
         self.recovery = Recovery(self.redis, maps)

@@ -405,6 +405,10 @@ class Lab:
             "vips": [{"address": a, "port": p} for a, p in self.vips],
             "tunnel": {"address4": cfg.relay_tunnel(node), "port": cfg.private.tunnel_port},
             "interfaces": list(XDP_INTERFACES),
+            # docs/SECURITY.md: interface roles and the transceivers' prefix, as in production
+            "public_interfaces": [PUBLIC_IF],
+            "private_interfaces": [PRIVATE_IF],
+            "backend_prefixes": [str(cfg.private_network)],
             "bpffs": str(self.bpffs),
             "clusters": [cfg.cluster],
             "redis": {"url": self.redis_url, "region": cfg.region},

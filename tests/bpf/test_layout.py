@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from icegate.bpf import source_dir
 
+from controlplane import config
 from controlplane.config import RelayLimits
 from controlplane.datapath import layout
 from controlplane.datapath.store import Flow
@@ -36,10 +37,12 @@ ENUMS: dict[str, type[IntEnum]] = {
     "PACKET_": PacketKind,
     "BACKEND_": layout.BackendState,
     "FLOW_EVENT_": layout.FlowEventKind,
+    "NEXTHOP_STAT_": layout.NexthopStat,
 }
 # Each limit of shared.h the Python code runs with, and the module it runs from.
 LIMITS: dict[str, Any] = {
     "MAX_ROUTE_KEYS": layout,
+    "MAX_ROLE_IFACES": config,
     "MAX_STUN_ATTRS": stun,
     "MAX_USERNAME_LEN": stun,
     "MAX_UFRAG_LEN": stun,
@@ -69,7 +72,17 @@ def bcc_structs(xdp: XdpRelay) -> dict[str, Any]:
             for _, ftype, *_ in cls._fields_:
                 walk(ftype)
 
-    for name in ("counters", "vips", "backends", "route_keys", "config", "flows", "pending"):
+    for name in (
+        "counters",
+        "vips",
+        "backends",
+        "route_keys",
+        "config",
+        "flows",
+        "pending",
+        "rate_tags",
+        "nexthops",
+    ):
         table = xdp.loader.bpf.get_table(name.encode())
         walk(table.Key)
         walk(table.Leaf)

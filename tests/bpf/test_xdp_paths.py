@@ -107,7 +107,7 @@ def test_reroute_of_confirmed_flow_emits_rerouted(
     xdp: XdpRelay, events: list[layout.FlowEventRecord]
 ) -> None:
     drain(xdp, events)
-    run_case(xdp, "ICE restart re-routes a confirmed flow")
+    run_case(xdp, "ICE restart to another transceiver moves a confirmed flow once it answers")
     got = drain(xdp, events)
     assert [e.kind for e in got] == [FlowEventKind.REROUTED]
     flow = xdp.store.get_flow(
@@ -124,14 +124,17 @@ def test_reroute_of_confirmed_flow_emits_rerouted(
 def test_pending_flows_emit_nothing(xdp: XdpRelay, events: list[layout.FlowEventRecord]) -> None:
     drain(xdp, events)
     run_case(xdp, "ICE restart re-routes a pending flow")
-    run_case(xdp, "STUN then DTLS: the handshake follows the pending flow")
+    run_case(xdp, "a spoofed check with another session's token does not move a live flow")
     assert drain(xdp, events) == []
 
 
 # ---- flow counters and timestamps (§2.1 r4, §3 r10) ----
 def test_flow_counts_inner_ip_bytes(xdp: XdpRelay) -> None:
     xdp.apply(STATE)
-    packets = [pb.client_packet(pb.C1, pb.VIP4, pb.check(pb.T11)), pb.client_packet(pb.C1, pb.VIP4, pb.DTLS)]
+    packets = [
+        pb.client_packet(pb.C1, pb.VIP4, pb.check(pb.T11)),
+        pb.client_packet(pb.C1, pb.VIP4, pb.check(pb.T11)),
+    ]
     for packet in packets:
         assert xdp.run(pb.from_client(packet, pad_to=200)).stat.startswith("FWD_")
     key = (addr16(pb.C1[0]), pb.C1[1], 0)
@@ -139,7 +142,7 @@ def test_flow_counts_inner_ip_bytes(xdp: XdpRelay) -> None:
     assert pending is not None
     assert (pending.packets_in, pending.bytes_in) == (2, sum(len(p) for p in packets))
     assert 0 < pending.created_ns <= pending.last_seen_ns
-    reply = pb.reply(pb.VIP4, pb.C1, pb.DTLS)
+    reply = pb.reply(pb.VIP4, pb.C1, pb.check(username=b"cLnT:" + pb.T11.encode()))
     assert xdp.run(pb.returned(pb.B11, reply), "private").stat == "FWD_RETURN_PENDING"
     assert xdp.run(pb.returned(pb.B11, pb.reply(pb.VIP4, pb.C1, pb.success(pb.C1))), "private").stat == (
         "FWD_CONFIRM"

@@ -31,6 +31,7 @@ from labkit.packets import (
     RTP,
     T11,
     T11_KEY1,
+    T11_NONCE2,
     T11_VERSION0,
     T12,
     T13,
@@ -63,6 +64,7 @@ from labkit.packets import (
     to_backend,
     to_client,
 )
+from tests.data.packet_cases_harden import hardening
 from tests.data.packet_cases_wire import frames, next_hops, returns
 
 OUT = Path(__file__).with_name("packets.json")
@@ -87,12 +89,14 @@ def first_checks() -> list[Case]:
             "STUN then DTLS: the handshake follows the pending flow",
             [
                 to_backend("FWD_NEW_FLOW", B11, C1, VIP4, check(T11)),
-                to_backend("FWD_PENDING", B11, C1, VIP4, DTLS),
+                at_vip("DROP_PENDING_NOT_STUN", C1, VIP4, DTLS),
                 to_backend("FWD_PENDING", B11, C1, VIP4, check(T11)),
-                to_backend("FWD_PENDING", B11, C1, VIP4, RTP),
+                at_vip("DROP_PENDING_NOT_STUN", C1, VIP4, RTP),
+                to_client("FWD_CONFIRM", B11, VIP4, C1, success(C1)),
+                to_backend("FWD_FLOW", B11, C1, VIP4, DTLS),
             ],
-            pending=[flow(C1, VIP4, B11)],
-            flows=[],
+            pending=[],
+            flows=[flow(C1, VIP4, B11)],
         ),
         case(
             "USERNAME after 15 other attributes",
@@ -287,7 +291,7 @@ def flows_and_slow_path() -> list[Case]:
                 to_client("FWD_RETURN_PENDING", B11, VIP4, C1, transceiver_check),
                 to_client("FWD_RETURN_PENDING", B11, VIP4, C1, error),
                 to_client("FWD_RETURN_PENDING", B11, VIP4, C1, bad_success),
-                to_client("FWD_RETURN_PENDING", B11, VIP4, C1, DTLS),
+                at_tunnel("DROP_PENDING_NOT_STUN", B11, VIP4, C1, DTLS),
             ],
             pending,
             pending=[flow(C1, VIP4, B11)],
@@ -301,7 +305,8 @@ def flows_and_slow_path() -> list[Case]:
             "confirmed flows are looked up before pending ones",
             [
                 to_backend("FWD_FLOW", B11, C1, VIP4, DTLS),
-                at_tunnel("DROP_RETURN_WRONG_BACKEND", B12, VIP4, C1, DTLS),
+                at_tunnel("DROP_RETURN_WRONG_BACKEND", B13, VIP4, C1, DTLS),
+                at_tunnel("DROP_PENDING_NOT_STUN", B12, VIP4, C1, DTLS),
                 to_client("FWD_RETURN", B11, VIP4, C1, success(C1)),
             ],
             {"flows": [flow(C1, VIP4, B11)], "pending": [flow(C1, VIP4, B12)]},
@@ -313,9 +318,14 @@ def ice_restarts() -> list[Case]:
     confirmed = {"flows": [flow(C1, VIP4, B11)]}
     return [
         case(
-            "ICE restart re-routes a confirmed flow",
+            "ICE restart to another transceiver moves a confirmed flow once it answers",
             [
-                to_backend("FWD_REROUTE", B12, C1, VIP4, check(T12)),
+                to_backend("FWD_MOVE_PENDING", B12, C1, VIP4, check(T12)),
+                to_backend("FWD_FLOW", B11, C1, VIP4, DTLS),
+                to_client("FWD_RETURN", B11, VIP4, C1, DTLS),
+                at_tunnel("DROP_PENDING_NOT_STUN", B12, VIP4, C1, DTLS),
+                to_backend("FWD_MOVE_PENDING", B12, C1, VIP4, check(T12)),
+                to_client("FWD_MOVE_CONFIRM", B12, VIP4, C1, success(C1)),
                 to_backend("FWD_FLOW", B12, C1, VIP4, DTLS),
                 at_tunnel("DROP_RETURN_WRONG_BACKEND", B11, VIP4, C1, DTLS),
                 to_client("FWD_RETURN", B12, VIP4, C1, DTLS),
@@ -323,12 +333,34 @@ def ice_restarts() -> list[Case]:
             ],
             confirmed,
             flows=[flow(C1, VIP4, B12)],
+            pending=[],
+        ),
+        case(
+            "a spoofed check with another session's token does not move a live flow",
+            [
+                to_backend("FWD_MOVE_PENDING", B12, C1, VIP4, check(T12)),
+                to_backend("FWD_FLOW", B11, C1, VIP4, DTLS),
+                to_client("FWD_RETURN", B11, VIP4, C1, RTP),
+            ],
+            confirmed,
+            flows=[flow(C1, VIP4, B11)],
+            pending=[flow(C1, VIP4, B12)],
+        ),
+        case(
+            "ICE restart on the same transceiver is immediate",
+            [
+                to_backend("FWD_REROUTE", B11, C1, VIP4, check(T11_NONCE2)),
+                to_backend("FWD_FLOW", B11, C1, VIP4, check(T11_NONCE2)),
+                to_backend("FWD_FLOW", B11, C1, VIP4, DTLS),
+            ],
+            confirmed,
+            flows=[flow(C1, VIP4, B11, T11_NONCE2)],
         ),
         case(
             "ICE restart re-routes a pending flow",
             [
                 to_backend("FWD_REROUTE", B12, C1, VIP4, check(T12)),
-                to_backend("FWD_PENDING", B12, C1, VIP4, DTLS),
+                to_backend("FWD_PENDING", B12, C1, VIP4, check(T12)),
             ],
             {"pending": [flow(C1, VIP4, B11)]},
             pending=[flow(C1, VIP4, B12)],
@@ -485,8 +517,8 @@ def ipv6_cases() -> list[Case]:
             "IPv6 client on the IPv6 VIP",
             [
                 to_backend("FWD_NEW_FLOW", B11, C6, VIP6, check(T11)),
-                to_backend("FWD_PENDING", B11, C6, VIP6, DTLS),
-                to_client("FWD_RETURN_PENDING", B11, VIP6, C6, DTLS),
+                at_vip("DROP_PENDING_NOT_STUN", C6, VIP6, DTLS),
+                at_tunnel("DROP_PENDING_NOT_STUN", B11, VIP6, C6, DTLS),
                 to_client("FWD_CONFIRM", B11, VIP6, C6, success(C6)),
                 to_client("FWD_RETURN", B11, VIP6, C6, RTP),
                 to_backend("FWD_FLOW", B11, C6, VIP6, RTP),
@@ -509,7 +541,8 @@ def ipv6_cases() -> list[Case]:
         case(
             "IPv6 ICE restart from an IPv4 to an IPv6 transceiver",
             [
-                to_backend("FWD_REROUTE", B15, C6, VIP6, check(T15)),
+                to_backend("FWD_MOVE_PENDING", B15, C6, VIP6, check(T15)),
+                to_client("FWD_MOVE_CONFIRM", B15, VIP6, C6, success(C6)),
                 at_tunnel("DROP_RETURN_WRONG_BACKEND", B11, VIP6, C6, DTLS),
                 to_client("FWD_RETURN", B15, VIP6, C6, DTLS),
             ],
@@ -533,6 +566,7 @@ def main() -> None:
         + next_hops()
         + rate_limits()
         + ipv6_cases()
+        + hardening()
     )
     names = [c["name"] for c in cases]
     if len(set(names)) != len(names):

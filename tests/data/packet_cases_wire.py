@@ -24,6 +24,7 @@ from labkit.packets import (
     C_NO_ROUTE,
     DTLS,
     GW_MAC,
+    PRIV_MAC,
     PUB_MAC,
     RTP,
     T11,
@@ -70,7 +71,7 @@ def returns() -> list[Case]:
             [
                 to_client("FWD_RETURN", B11, VIP4, C1, DTLS),
                 to_client("FWD_RETURN", B11, VIP4, C1, RTP),
-                to_client("FWD_RETURN", B11, VIP4, C1, DTLS, sport=50123),
+                at_tunnel("DROP_RETURN_WRONG_BACKEND", B11, VIP4, C1, DTLS, sport=50123),
             ],
             confirmed,
         ),
@@ -234,6 +235,9 @@ def frames() -> list[Case]:
     def pub(packet: bytes, etype: int = 0x0800) -> bytes:
         return eth(PUB, GW, etype, packet)
 
+    def priv(packet: bytes) -> bytes:
+        return eth(PRIV_MAC, "02:00:00:00:00:21", 0x0800, packet)
+
     def not_ours(stat: str, dst: tuple[str, int], payload: bytes = DTLS) -> dict[str, Any]:
         packet = inet.build_udp(C1[0] if ":" not in dst[0] else C6[0], C1[1], dst[0], dst[1], payload)
         return step(from_client(packet), stat)
@@ -251,7 +255,8 @@ def frames() -> list[Case]:
                 step(eth(PUB, GW, 0x88A8, b"\x00\x07\x08\x00" + v4), "PASS_NOT_IP"),
                 step(pub(ipv4(C1[0], VIP4[0], 6, seg)), "PASS_NOT_UDP"),
                 step(pub(ipv4(C1[0], VIP4[0], 1, bytes(16))), "PASS_NOT_UDP"),
-                step(pub(ipv6(C6[0], VIP6[0], 0, bytes(8) + seg6), 0x86DD), "PASS_NOT_UDP"),
+                step(pub(ipv6(C6[0], VIP6[0], 0, bytes(8) + seg6), 0x86DD), "DROP_FRAGMENT_TO_VIP"),
+                step(pub(ipv6(C6[0], "2001:db8:1::99", 0, bytes(8) + seg6), 0x86DD), "PASS_NOT_UDP"),
                 step(pub(ipv6(C6[0], VIP6[0], 58, bytes(16)), 0x86DD), "PASS_NOT_UDP"),
                 not_ours("PASS_NOT_RELAY", (VIP4[0], 53)),
                 not_ours("PASS_NOT_RELAY", ("192.0.2.2", 3478)),
@@ -266,12 +271,18 @@ def frames() -> list[Case]:
             ],
         ),
         case(
-            "IP fragments are passed to the kernel",
+            "IP fragments to our addresses are dropped, others passed to the kernel",
             [
-                step(pub(ipv4(C1[0], VIP4[0], 17, seg, frag=0x2000)), "PASS_FRAGMENT"),
-                step(pub(ipv4(C1[0], VIP4[0], 17, seg, frag=0x00B9)), "PASS_FRAGMENT"),
-                step(pub(ipv4(C1[0], VIP4[0], 17, seg[:5], frag=0x00B9)), "PASS_FRAGMENT"),
-                step(pub(ipv6(C6[0], VIP6[0], 44, bytes(8) + seg6), 0x86DD), "PASS_FRAGMENT"),
+                step(pub(ipv4(C1[0], VIP4[0], 17, seg, frag=0x2000)), "DROP_FRAGMENT_TO_VIP"),
+                step(pub(ipv4(C1[0], VIP4[0], 17, seg, frag=0x00B9)), "DROP_FRAGMENT_TO_VIP"),
+                step(pub(ipv4(C1[0], VIP4[0], 17, seg[:5], frag=0x00B9)), "DROP_FRAGMENT_TO_VIP"),
+                step(pub(ipv6(C6[0], VIP6[0], 44, bytes(8) + seg6), 0x86DD), "DROP_FRAGMENT_TO_VIP"),
+                step(pub(ipv6(C6[0], VIP6[0], 60, bytes(8) + seg6), 0x86DD), "DROP_FRAGMENT_TO_VIP"),
+                step(pub(ipv4(C1[0], "192.0.2.2", 17, seg, frag=0x2000)), "PASS_FRAGMENT"),
+                step(pub(ipv6(C6[0], "2001:db8:1::2", 44, bytes(8) + seg6), 0x86DD), "PASS_FRAGMENT"),
+                step(
+                    priv(ipv4(B11.address, TUNNEL4, 17, seg, frag=0x2000)), "DROP_FRAGMENT_TO_VIP", "private"
+                ),
                 step(pub(ipv4(C1[0], VIP4[0], 17, seg, frag=0x2000, ihl=4)), "DROP_MALFORMED_IP"),
             ],
             confirmed,
@@ -408,7 +419,7 @@ def next_hops() -> list[Case]:
             "transceiver reached through the public gateway: XDP_TX",
             [
                 to_backend("FWD_NEW_FLOW", B21, C1, VIP4, check(T21)),
-                to_backend("FWD_PENDING", B21, C1, VIP4, DTLS),
+                to_backend("FWD_PENDING", B21, C1, VIP4, check(T21)),
             ],
             pending=[flow(C1, VIP4, B21)],
         ),

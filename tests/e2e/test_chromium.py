@@ -211,7 +211,13 @@ def test_chromium_talks_to_the_agent_through_the_relay(
     assert inbound["packetsLost"] <= 2
     assert inbound["totalAudioEnergy"] > 0.01, inbound  # silence decodes to ~0
     # a whole turn on the data channel: the transceiver's VAD heard the browser, the echo came back
-    assert r["events"][:4] == ["speech_started", "speech_stopped", "response_started", "response_done"]
+    assert r["events"][:5] == [
+        "speech_started",
+        "speech_stopped",
+        "end_of_turn",
+        "response_started",
+        "response_done",
+    ]
 
     # the relay forwarded it in the kernel, and its flow carries the browser's real address
     flows = [f for f in stack.relay_flows() if (f["client"], f["client_port"]) == (client_ip, port)]

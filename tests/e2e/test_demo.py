@@ -80,7 +80,13 @@ def test_demo_carries_every_session_through_the_relay(lab_name: str, mode: str) 
         # 20 ms frames in real time for the whole session, both ways
         seconds = len(s["turns"]) * 1.0
         assert s["frames_sent"] >= 50 * seconds and s["frames_received"] >= 40 * seconds, s
-        assert s["events"][:4] == ["speech_started", "speech_stopped", "response_started", "response_done"]
+        assert s["events"][:5] == [
+            "speech_started",
+            "speech_stopped",
+            "end_of_turn",
+            "response_started",
+            "response_done",
+        ]
         assert s["relay_flow_cached"] is True
         assert s["rtp"].get("down_packets_lost", 0) <= 2
         # the relay's flow, read as an operator would (pinned maps, or the twin over HTTP)

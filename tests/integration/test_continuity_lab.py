@@ -36,6 +36,7 @@ import pytest
 import redis as redis_sync
 import yaml
 
+from controlplane.config import FlowCacheConfig
 from icegate import netns
 from icegate.errors import LinkError
 from icegate.schema import Keys, RouteKeySet
@@ -249,15 +250,18 @@ def test_nat_rebinding_mid_call_then_the_client_vanishes(stack: World, tmp_path:
     )
 
     # The relay expired both flows (the old port during the call, above; the new one after
-    # the vanishing) and removed them from the Redis flow cache.
+    # the vanishing) and published the removal: their Redis flow-cache records keep only
+    # the short removal TTL (two refresh intervals; no other relay node refreshes them).
     wait_for(lambda: flows() == [], EXPIRY_S + 5, 0.2, what="the client's flows to expire")
     assert metric(stack.relay_metrics(), 'icegate_relay_flows_expired_total{state="confirmed"}') >= 2
     keys = Keys(stack.lab.config.region)
+    removal_ttl_s = int(2 * FlowCacheConfig().refresh_s) + 1
     with netns.entered(stack.lab.namespace("dc")):
         r = redis_sync.Redis.from_url(stack.lab.redis_url)
-        cached = [k for k in r.scan_iter(match=keys.flow_pattern(VIPS[0], 3478)) if c1.address.encode() in k]
+        pattern = keys.flow_pattern(VIPS[0], 3478)
+        ttls = {k: r.ttl(k) for k in r.scan_iter(match=pattern) if c1.address.encode() in k}
         r.close()
-    assert cached == [], cached
+    assert ttls and all(0 < ttl <= removal_ttl_s for ttl in ttls.values()), ttls
     backends = stack.relay_cli("backends", "ls")
     assert [b["flows"] for b in backends if b["index"] == 1] == [0], backends
 

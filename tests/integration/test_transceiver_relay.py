@@ -197,7 +197,13 @@ def test_echo_round_trip_through_the_relay(world: World) -> None:
         return client, local, transport
 
     client, local, transport = run_in_namespace(client_ns, session)
-    assert client.event_types() == ["speech_started", "speech_stopped", "response_started", "response_done"]
+    assert client.event_types() == [
+        "speech_started",
+        "speech_stopped",
+        "end_of_turn",
+        "response_started",
+        "response_done",
+    ]
     assert client.answer is not None
     assert [line.split()[4] for line in client.answer.splitlines() if line.startswith("a=candidate")][
         :2

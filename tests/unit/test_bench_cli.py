@@ -26,7 +26,16 @@ def test_lists_the_benchmarks() -> None:
         "twin_micro",
         "xdp_micro",
     } <= set(names)
-    assert {"fleet_node_loss", "fleet_sim"} <= set(names)
+    assert {"fleet_node_loss", "fleet_sim", "agent_latency", "vad"} <= set(names)
+    assert {
+        "b1_cpu",
+        "b2_latency",
+        "b3_first_packets",
+        "b7_flow_table",
+        "b10_floods",
+        "profile_xdp",
+        "plots",
+    } <= set(names)
     assert all(b["what"] for b in listing)
     rows = {line.split()[0]: line for line in icegate("bench").stdout.splitlines()}
     assert "Nanoseconds per packet" in rows["xdp_micro"] and len(rows) == len(names)
@@ -45,5 +54,7 @@ def test_runs_one_by_name_and_passes_its_arguments(tmp_path: Path) -> None:
 def test_an_unknown_name_lists_the_known_ones() -> None:
     refused = icegate("bench", "nosuch")
     assert (
-        refused.returncode == 2 and "not one of fleet_node_loss, fleet_sim, flow_restore, " in refused.stderr
+        refused.returncode == 2
+        and "not one of agent_latency, b10_floods, b1_cpu, b2_latency, b3_first_packets" in refused.stderr
+        and "fleet_node_loss, fleet_sim, flow_restore, " in refused.stderr
     )

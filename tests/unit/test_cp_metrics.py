@@ -157,3 +157,34 @@ def test_vip_indices_stay_stable_across_config_changes() -> None:
     )
     current = [Vip("192.0.2.10", 3478, 0), Vip("192.0.2.12", 3478, 1)]
     assert plan_vips(cfg, current) == [Vip("192.0.2.11", 3478, 1), Vip("192.0.2.10", 3478, 0)]
+
+
+class _BehindXdp:
+    """What ``XdpRunner`` offers the collector: the program's counters and the slow path's."""
+
+    def __init__(self, kernel: ListCounters, slow: ListCounters) -> None:
+        self.kernel, self.slow = kernel, slow
+
+    def counters(self) -> list[tuple[int, int]]:
+        return list(self.kernel.counters())
+
+    def slow_path(self) -> ListCounters:
+        return self.slow
+
+
+def test_the_slow_paths_own_verdicts_are_exported() -> None:
+    """Issue 12, finding 4: behind XDP, what the slow path did with what the program passed up."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from controlplane.node.metrics import RelayCollector
+
+    maps = MemoryStore()
+    maps.set_vips([Vip(*VIP, 0)])
+    slow = Datapath(maps, charge_slow=False)
+    slow.from_client("100.64.1.2", 40000, VIP[0], VIP[1], bytes([22, 0xFE, 0xFD]) + bytes(20))
+    registry = CollectorRegistry(auto_describe=False)
+    kernel = ListCounters([[0, 0] for _ in Stat])
+    registry.register(RelayCollector(maps, _BehindXdp(kernel, ListCounters(slow.counters)), RelayLimits()))
+    found = samples(generate_latest(registry).decode())
+    key = ("icegate_relay_slow_path_packets_total", (("reason", "no_flow"), ("verdict", "slow")))
+    assert found[key] == 1

@@ -127,6 +127,25 @@ def test_cluster_filter_and_unparsable_records(redis: RedisServer) -> None:
     asyncio.run(with_sync(redis, name, body, clusters=(1,)))
 
 
+def test_backend_addresses_outside_the_private_prefixes_are_refused(redis: RedisServer) -> None:
+    """Issue 12, finding 8: a registration naming a public address (or a backend moved
+    there) is refused, so Redis cannot send flows out of the public side."""
+    name = region()
+    keys = Keys(name)
+
+    async def body(sync: ClusterSync, r: redis_sync.Redis) -> None:
+        register(r, keys, reg(1, 1))
+        register(r, keys, reg(1, 2, addr="192.0.2.99"))
+        await sync.reconcile()
+        assert [(b.cluster, b.index) for b in sync.maps.backends()] == [(1, 1)]
+        register(r, keys, reg(1, 1, generation=2, addr="198.51.100.7"))  # moved out of the prefix
+        await sync.reconcile()
+        assert sync.maps.get_backend(1, 1) == Backend(1, 1, "10.70.0.11", 6081, BackendState.ACTIVE, 1)
+        assert sync.refused_total >= 2
+
+    asyncio.run(with_sync(redis, name, body, backend_prefixes=("10.70.0.0/16", "fd00:70::/32")))
+
+
 def test_dead_backends_are_kept_for_the_grace_period() -> None:
     current = [Backend(1, 1, "10.70.0.11", 6081, BackendState.ACTIVE, 4)]
     dead_since: dict[tuple[int, int], float] = {}

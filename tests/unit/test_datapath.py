@@ -29,7 +29,10 @@ def make_datapath(
     store = MemoryStore()
     load_vector_state(store, {**VECTORS["state"], **case.get("state", {})})
     on_event = events.append if events is not None else None
-    return Datapath(store, StaticNextHop(VECTORS["topology"]), on_event=on_event), store
+    state = {**VECTORS["state"], **case.get("state", {})}
+    return Datapath(
+        store, StaticNextHop(VECTORS["topology"]), on_event=on_event, roles=state.get("roles")
+    ), store
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -88,8 +91,10 @@ def test_events_on_confirmation_and_reroute() -> None:
     )
 
     events.clear()
-    datapath, _ = make_datapath(CASES["ICE restart re-routes a confirmed flow"], events)
-    for step in CASES["ICE restart re-routes a confirmed flow"]["steps"]:
+    datapath, _ = make_datapath(
+        CASES["ICE restart to another transceiver moves a confirmed flow once it answers"], events
+    )
+    for step in CASES["ICE restart to another transceiver moves a confirmed flow once it answers"]["steps"]:
         datapath.process_frame(bytes.fromhex(step["frame"]), step["ingress"])
     assert [(e.kind, e.index) for e in events] == [(FlowEventKind.REROUTED, 2)]
 

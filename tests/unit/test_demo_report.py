@@ -22,7 +22,7 @@ def good_result(**changes: Any) -> dict[str, Any]:
         "frames_sent": 100,
         "frames_received": 95,
         "rtp": {"up_packets_lost": 0, "down_packets_lost": 0},
-        "events": ["speech_started", "speech_stopped", "response_started", "response_done"],
+        "events": ["speech_started", "speech_stopped", "end_of_turn", "response_started", "response_done"],
     }
     return result | changes
 

@@ -138,10 +138,11 @@ def exposition(component: str) -> str:
 
         return generate_latest(TransceiverMetrics().registry).decode()
 
-    from transceiver.agents import make_app
+    from transceiver.agent.builtin import EchoAgent
+    from transceiver.agent.sdk import make_app
 
     async def fetch() -> str:
-        server = TestServer(make_app("echo"))
+        server = TestServer(make_app(EchoAgent))
         await server.start_server()
         try:
             async with aiohttp.ClientSession() as http:

@@ -60,3 +60,29 @@ def test_mono_converter_takes_stereo_s16_and_anything_else() -> None:
     planar.sample_rate = 48000
     converted = np.frombuffer(MonoConverter().convert(planar), "<i2")
     assert abs(dominant_frequency(converted) - 300.0) < 60.0  # resampled (and delayed) but the same tone
+
+
+def test_receive_prefetch_replaces_aiortcs_audio_jitter_buffer() -> None:
+    """Fails if an aiortc upgrade moves the receiver's private jitter buffer (transceiver.audio)."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from transceiver.audio import set_receive_prefetch
+
+    async def main() -> None:
+        caller, callee = RTCPeerConnection(), RTCPeerConnection()
+        try:
+            caller.addTransceiver("audio")
+            await caller.setLocalDescription(await caller.createOffer())
+            await callee.setRemoteDescription(RTCSessionDescription(caller.localDescription.sdp, "offer"))
+            [receiver] = [t.receiver for t in callee.getTransceivers()]
+            assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 4  # aiortc's own
+            set_receive_prefetch(callee, 1)
+            assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 1
+            assert receiver._RTCRtpReceiver__jitter_buffer.capacity == 16
+        finally:
+            await caller.close()
+            await callee.close()
+
+    asyncio.run(main())

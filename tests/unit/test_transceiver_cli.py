@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -60,9 +61,13 @@ def test_commands_are_wired() -> None:
         assert result.exit_code == 0, result.output
 
 
-def test_transceiver_and_agent_log_json_lines(procs: Processes) -> None:
+def test_transceiver_and_agent_log_json_lines(procs: Processes, tmp_path: Path) -> None:
     """``--log-json``: one JSON object per line, messages ``event key=value``; aioice's
-    per-check lines stay out at INFO. SIGTERM ends both with status 0."""
+    per-check lines stay out at INFO. SIGTERM ends both with status 0. The route key comes
+    from a file (issue 12: never on the command line), so no secret warning is logged."""
+    key_file = tmp_path / "route-key"
+    key_file.write_text("00" * 16 + "\n")
+    key_file.chmod(0o600)
     signaling, agent_port, tunnel = free_port(), free_port(), free_port(kind=socket.SOCK_DGRAM)
     agent = procs.start(
         [*ICEGATE, "agent", "run", "--kind", "echo", "--listen", f"127.0.0.1:{agent_port}", "--log-json"],
@@ -70,8 +75,9 @@ def test_transceiver_and_agent_log_json_lines(procs: Processes) -> None:
         text=True,
     )
     argv = [*ICEGATE, "transceiver", "run", "--cluster", "1", "--index", "2", "--relay", "192.0.2.10",
-            "--route-key", "00" * 16, "--listen", f"127.0.0.1:{signaling}", "--tunnel", f"127.0.0.1:{tunnel}",
-            "--agent-url", f"ws://127.0.0.1:{agent_port}/", "--log-json"]  # fmt: skip
+            "--route-key-file", str(key_file), "--listen", f"127.0.0.1:{signaling}",
+            "--tunnel", f"127.0.0.1:{tunnel}", "--agent-url", f"ws://127.0.0.1:{agent_port}/",
+            "--log-json"]  # fmt: skip
     tx = procs.start(argv, cwd=REPO, text=True)
     wait_for(lambda: http_get(f"http://127.0.0.1:{signaling}/readyz")[0] == 200, 15, what="transceiver ready")
     for proc in (tx, agent):
@@ -86,4 +92,5 @@ def test_transceiver_and_agent_log_json_lines(procs: Processes) -> None:
     running = [m for m in outputs["transceiver"] if m.startswith("transceiver running ")]
     assert len(running) == 1 and "cluster=1 index=2 " in running[0] and "relays=192.0.2.10:3478" in running[0]
     assert any(m.startswith("draining sessions=0 ") for m in outputs["transceiver"])
+    assert not any("secret" in m for m in outputs["transceiver"])
     assert outputs["agent"][0] == f"agent listening kind=echo url=ws://127.0.0.1:{agent_port}/"

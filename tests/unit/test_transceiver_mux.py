@@ -286,19 +286,50 @@ def test_closed_route_forgets_its_flows_and_ufrag() -> None:
 
 
 def test_a_client_address_reused_by_a_new_session_moves_the_flow() -> None:
-    old, new = Recorder(), Recorder()
-    other = "BAABAAdKXVR3FruGuX+P0BJ/"
+    """Once the old session is gone (closed, or idle past owner_idle_s) the address moves."""
+    old, new, third = Recorder(), Recorder(), Recorder()
+    other, another = "BAABAAdKXVR3FruGuX+P0BJ/", "CAABAAdKXVR3FruGuX+P0BJ/"
 
     async def scenario(mux: TunnelMux, bound: Addr, relay: RelaySide) -> None:
-        mux.open_route(UFRAG).receivers[VIP1] = old
+        mux.owner_idle_s = 0.05
+        old_route = mux.open_route(UFRAG)
+        old_route.receivers[VIP1] = old
         mux.open_route(other).receivers[VIP1] = new
+        mux.open_route(another).receivers[VIP1] = third
         relay.send(packet(CLIENT, VIP1, binding_request(f"{UFRAG}:a")), bound)
+        await settle(lambda: len(old.got) == 1)
+        mux.close_route(old_route)
         relay.send(packet(CLIENT, VIP1, binding_request(f"{other}:b")), bound)
         relay.send(packet(CLIENT, VIP1, dtls_record()), bound)
         await settle(lambda: mux.counters["in", "delivered"] == 3)
+        await asyncio.sleep(0.1)  # the owner falls idle: no timing asserted, only the order
+        relay.send(packet(CLIENT, VIP1, binding_request(f"{another}:c")), bound)
+        await settle(lambda: mux.counters["in", "delivered"] == 4)
 
     run(scenario)
-    assert len(old.got) == 1 and len(new.got) == 2
+    assert (len(old.got), len(new.got), len(third.got)) == (1, 2, 1)
+
+
+def test_an_address_owned_by_a_live_session_is_not_handed_to_another() -> None:
+    """Issue 12, findings 2 and 7: another session's authentic check from a live session's
+    address (a spoofed source) is not delivered, so aioice never answers it and the
+    relay never confirms or moves the flow; the victim's packets keep their session."""
+    victim, attacker = Recorder(), Recorder()
+    password = "attacker-password-22ch"
+
+    async def scenario(mux: TunnelMux, bound: Addr, relay: RelaySide) -> None:
+        mux.open_route(UFRAG).receivers[VIP1] = victim
+        mux.open_route(UFRAG_B, password).receivers[VIP1] = attacker
+        relay.send(packet(CLIENT, VIP1, binding_request(f"{UFRAG}:v")), bound)
+        await settle(lambda: len(victim.got) == 1)
+        for _ in range(3):
+            relay.send(packet(CLIENT, VIP1, signed_request(f"{UFRAG_B}:x", password)), bound)
+        relay.send(packet(CLIENT, VIP1, dtls_record()), bound)
+        await settle(lambda: len(victim.got) == 2)
+        assert mux.counters["in", "address_owned"] == 3
+
+    run(scenario)
+    assert not attacker.got and victim.got[1][0] == dtls_record()
 
 
 def test_ipv6_inner_packets() -> None:

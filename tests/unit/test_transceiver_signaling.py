@@ -57,7 +57,7 @@ def test_offer_is_answered_with_relay_candidates_and_a_token_ufrag() -> None:
                 assert resp.content_type == "application/sdp"
                 location = resp.headers["Location"]
                 answer = await resp.text()
-            assert re.fullmatch(r"/v1/sessions/[0-9a-f]{16}", location)
+            assert re.fullmatch(r"/v1/sessions/[0-9a-f]{32}", location)
             ufrag = re.search(r"^a=ice-ufrag:(\S+)", answer, re.M)
             assert ufrag is not None
             decoded = token.verify(ufrag.group(1), {3: bytes.fromhex(KEY)})
@@ -292,3 +292,53 @@ def test_redis_down_is_degraded_but_ready() -> None:
             await client.pc.close()
 
     run(scenario, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+
+
+def test_admin_listener_holds_the_session_list_and_metrics(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12, finding 9: with ``admin_port`` the public port lists nothing and exports
+    no metrics; a session is reached only through its Location (128 random bits), which
+    a guess or another session's id does not match; the admin listener has it all."""
+    admin_port = free_port()
+
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        admin = f"http://127.0.0.1:{admin_port}"
+        assert service.admin_address == ("127.0.0.1", admin_port)
+        client, offer = await client_offer()
+        auth = {"Authorization": "Bearer t0ken"}
+        try:
+            async with http.post(f"{url}/v1/sessions", data=offer, headers={**SDP, **auth}) as resp:
+                assert resp.status == 201
+                location = resp.headers["Location"]
+            for path in ("/v1/sessions", "/metrics"):
+                async with http.get(f"{url}{path}", headers=auth) as resp:
+                    assert resp.status in (404, 405), path  # not on the public port
+            session_id = location.rsplit("/", 1)[1]
+            guessed = session_id[:-1] + ("0" if session_id[-1] != "0" else "1")
+            async with http.delete(f"{url}/v1/sessions/{guessed}", headers=auth) as resp:
+                assert resp.status == 404
+            async with http.get(f"{admin}/v1/sessions") as resp:
+                assert [s["id"] for s in await resp.json()] == [session_id]
+            async with http.get(f"{admin}/metrics") as resp:
+                assert resp.status == 200 and "icegate_transceiver" in await resp.text()
+            async with http.get(f"{url}{location}", headers=auth) as resp:
+                assert resp.status == 200
+            async with http.delete(f"{url}{location}", headers=auth) as resp:
+                assert resp.status == 204
+        finally:
+            await client.hangup()
+
+    with caplog.at_level(logging.WARNING):
+        run(scenario, admin_port=admin_port, auth_token="t0ken", cors_origins=["https://app.example"])
+    assert "signaling open" not in caplog.text
+
+
+def test_open_signaling_is_warned_about_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(service: Transceiver, http: aiohttp.ClientSession, url: str) -> None:
+        return None
+
+    with caplog.at_level(logging.WARNING):
+        run(scenario)
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("signaling open")]
+    assert len(warned) == 3
+    assert any("no auth_token" in w for w in warned) and any("cors_origins '*'" in w for w in warned)
+    assert any("no admin_port" in w for w in warned)

@@ -214,14 +214,17 @@ def test_updates_are_written_back_to_stores_that_copy() -> None:
     assert not dp.live
     key: FlowKeyT = (inet.addr16(CLIENT[0]), CLIENT[1], 0)
     dp.from_client(*CLIENT, *VIP, check(T11))
-    dp.from_client(*CLIENT, *VIP, DTLS)
-    dp.from_backend("10.70.0.11", returned(DTLS))
+    dp.from_client(*CLIENT, *VIP, check(T11))
+    dp.from_backend("10.70.0.11", returned(check(username=b"cLnT:" + T11.encode())))
     pending = store.get_pending(key)
     assert pending is not None and (pending.packets_in, pending.packets_out) == (2, 1)
     dp.from_backend("10.70.0.11", returned(success(CLIENT)))
-    assert dp.from_client(*CLIENT, *VIP, check(T12)).stat is Stat.FWD_REROUTE
+    assert dp.from_client(*CLIENT, *VIP, DTLS).stat is Stat.FWD_FLOW
+    # another transceiver: the flow moves when it answers (§2.1 r1, §3 r9)
+    assert dp.from_client(*CLIENT, *VIP, check(T12)).stat is Stat.FWD_MOVE_PENDING
+    assert dp.from_backend("10.70.0.12", returned(success(CLIENT))).stat is Stat.FWD_MOVE_CONFIRM
     flow = store.get_flow(key)
-    assert flow is not None and (flow.index, flow.packets_in, flow.packets_out) == (2, 3, 2)
+    assert flow is not None and (flow.index, flow.packets_in, flow.packets_out) == (2, 3, 3)
 
 
 # ---- TwinRelay on loopback ----
@@ -355,3 +358,20 @@ def test_broken_slow_hook_does_not_stop_the_twin(caplog: pytest.LogCaptureFixtur
 
     asyncio.run(scenario())
     assert "slow-path hook failed" in caplog.text
+
+
+def test_socket_mode_checks_the_transceivers_geneve_port_and_keeps_pending_flows_to_stun() -> None:
+    """Issue 12 in socket mode: §3 r7 with the port the tunnel socket received from, and a
+    pending flow carries only STUN each way until the success response."""
+    dp = Datapath(make_store())
+    assert dp.from_client(*CLIENT, *VIP, check(T11)).stat is Stat.FWD_NEW_FLOW
+    assert dp.from_client(*CLIENT, *VIP, DTLS).stat is Stat.DROP_PENDING_NOT_STUN
+    wrong_port = dp.from_backend("10.70.0.11", returned(success(CLIENT)), outer_src_port=6082)
+    assert wrong_port.stat is Stat.DROP_RETURN_WRONG_BACKEND
+    assert (
+        dp.from_backend("10.70.0.11", returned(DTLS), outer_src_port=6081).stat is Stat.DROP_PENDING_NOT_STUN
+    )
+    confirmed = dp.from_backend("10.70.0.11", returned(success(CLIENT)), outer_src_port=6081)
+    assert confirmed.stat is Stat.FWD_CONFIRM
+    assert dp.from_client(*CLIENT, *VIP, DTLS).stat is Stat.FWD_FLOW
+    assert dp.from_backend("10.70.0.11", returned(DTLS), outer_src_port=6081).stat is Stat.FWD_RETURN

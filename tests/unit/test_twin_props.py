@@ -46,7 +46,7 @@ PENDING = [
     {"client": "2001:db8:100::5", "port": 40000, "vip_index": 1, "cluster": 1, "index": 1, "token_tag": 0}
 ]
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TO_BACKEND = {Stat.FWD_FLOW, Stat.FWD_PENDING, Stat.FWD_NEW_FLOW, Stat.FWD_REROUTE}
+TO_BACKEND = {Stat.FWD_FLOW, Stat.FWD_PENDING, Stat.FWD_NEW_FLOW, Stat.FWD_REROUTE, Stat.FWD_MOVE_PENDING}
 
 
 def fresh() -> tuple[Datapath, MemoryStore]:

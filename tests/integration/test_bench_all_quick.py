@@ -1,0 +1,60 @@
+"""`icegate bench all --quick`: every benchmark of DESIGN §9 that exists runs in its smoke
+form, in the lab of namespaces, with its real peers (coturn, the C forwarder, the twin),
+and writes its results and plots. No figure is asserted (speed belongs in bench/): this
+checks that the benchmarks run, that each measured what it names, and that the
+generator's self-check and the loss are recorded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit.support import REPO
+
+ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
+
+
+@pytest.mark.timeout(600)
+def test_bench_all_quick(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*ICEGATE, "bench", "all", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(results) >= {
+        "xdp_micro",
+        "profile_xdp",
+        "b1_cpu",
+        "b2_latency",
+        "b3_first_packets",
+        "b7_flow_table",
+    }
+    for name, data in results.items():
+        assert data["benchmark"] == name and data["environment"]["kernel"], name
+        assert (tmp_path / f"{name}.md").read_text().count("|") > 4, name
+    b1 = results["b1_cpu"]
+    peers = {r["peer"] for r in b1["rows"]}
+    assert peers == {"xdp", "twin (asyncio)", "twin (uvloop)", "coturn", "C forwarder", "direct"}
+    for row in b1["rows"]:
+        assert row["sent"] > 0 and "gen_kept_up" in row and row["loss"] is not None, row
+    assert all(r["xdp_runs"] > 0 for r in b1["rows"] if r["peer"] == "xdp")  # bpf_stats counted
+    b3 = results["b3_first_packets"]
+    assert {r["peer"] for r in b3["rows"]} == {"xdp", "twin (uvloop)"}
+    assert all("misrouted" in r and "lost" in r for r in b3["rows"])
+    b7 = results["b7_flow_table"]
+    assert [r["size"] for r in b7["rows"]] == [16, 10_000] and all(
+        r["bytes_per_flow"] > 0 for r in b7["rows"]
+    )
+    b10 = results["b10_floods"]
+    assert {r["flood"] for r in b10["rows"]} == {"junk", "forged token"}
+    assert all("flows_before" in r and "flows_after" in r for r in b10["rows"])
+    for png in ("b1_cpu.png", "b2_latency.png", "profile_xdp.png"):
+        assert (tmp_path / "img" / png).stat().st_size > 1000, png

@@ -1,0 +1,1 @@
+"""Voice agents for the transceiver's agent protocol: the SDK (:mod:`.sdk`) and agents built on it."""
