@@ -453,13 +453,17 @@ class Demo:
 
     def cached_flows(self) -> set[str]:
         """``client:port`` of every flow the relays wrote to their region's Redis flow cache."""
+        return set(self.cached_flow_ttls())
+
+    def cached_flow_ttls(self) -> dict[str, int]:
+        """``client:port`` -> seconds left (Redis TTL) of every cached flow record."""
         cfg = self.lab.config
         regions = [("dc", cfg.region, self.lab.redis_url, list(self.lab.vips))]
         if cfg.second_region is not None:
             r2 = cfg.second_region
             vips = [(v, cfg.public.vip_port) for r in r2.relays for v in (r.vip4, r.vip6)]
             regions.append(("dc2", r2.region, r2.redis_url, vips))
-        found = set()
+        found: dict[str, int] = {}
         for host, region, url, region_vips in regions:
             keys = Keys(region)
             with netns.entered(self.lab.namespace(host)):
@@ -469,7 +473,7 @@ class Demo:
                         prefix = len(keys.flow_pattern(address, port)) - 1
                         for key in r.scan_iter(match=keys.flow_pattern(address, port), count=1000):
                             client, client_port = key.decode()[prefix:].rsplit(":", 1)
-                            found.add(f"{client}:{client_port}")
+                            found[f"{client}:{client_port}"] = int(r.ttl(key))
                 finally:
                     r.close()
         return found
