@@ -53,9 +53,10 @@ import numpy as np
 from aiortc.jitterbuffer import JitterBuffer
 
 from bench import report
+from bench.lab.exits import lab_exit_codes
 from icegate.errors import IcegateError
 from labkit.clients import run_in_namespace
-from labkit.demo import AGENT_PORT, Demo, Options, Progress, http_get, terminate_as_interrupt, wait_until
+from labkit.demo import AGENT_PORT, Demo, Options, Progress, http_get, wait_until
 from transceiver.client import VoiceClient, loud, silence, tone
 
 NAME = "agent_latency"
@@ -270,20 +271,13 @@ def main() -> None:
     say = Progress()
     say(f"bench.agent_latency: relay mode {args.mode}, {args.turns} turns per run, lab {args.lab_name}")
     demo = Demo(Options(agent="tone", mode=args.mode, lab_name=args.lab_name), say)
-    try:
-        with terminate_as_interrupt():
-            try:
-                demo.up()
-                data = measure(demo, args.turns, say)
-            finally:
-                if demo.built:
-                    demo.lab.down()
-    except KeyboardInterrupt:
-        say("interrupted")
-        raise SystemExit(130) from None
-    except IcegateError as exc:
-        say(f"failed: {exc}")
-        raise SystemExit(1) from None
+    with lab_exit_codes(say):
+        try:
+            demo.up()
+            data = measure(demo, args.turns, say)
+        finally:
+            if demo.built:
+                demo.lab.down()
     data["turns"] = args.turns
     json_path, md_path = report.write(NAME, data, table(data), args.out)
     say(f"wrote {json_path} and {md_path}")

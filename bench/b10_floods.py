@@ -14,7 +14,6 @@ and whether any confirmed flow was evicted (target: none).
 from __future__ import annotations
 
 import argparse
-import os
 import struct
 import threading
 from pathlib import Path
@@ -46,45 +45,40 @@ def forged_check_prefix(size: int) -> str:
 
 
 def run(seconds: float, floods: tuple[int, ...]) -> list[dict[str, Any]]:
-    lab = nl.BenchLab(f"pb10{os.getpid() % 1000}-")
     rows = []
-    try:
-        lab.build()
-        with nl.xdp_relay(lab) as target:
-            store = target.store
-            for kind, prefix in (("junk", "63"), ("forged token", forged_check_prefix(SIZE))):
-                for flood_pps in floods:
-                    before = store.counters()
-                    flows_before = sum(1 for _ in store.flows())
-                    flood: dict[str, Any] = {}
+    with nl.bench_lab("pb10") as lab, nl.xdp_relay(lab) as target:
+        store = target.store
+        for kind, prefix in (("junk", "63"), ("forged token", forged_check_prefix(SIZE))):
+            for flood_pps in floods:
+                before = store.counters()
+                flows_before = sum(1 for _ in store.flows())
+                flood: dict[str, Any] = {}
 
-                    def blast(out: dict[str, Any] = flood, pps: int = flood_pps, pfx: str = prefix) -> None:
-                        source = (lab.gen_ns, nl.GEN_IP, FLOOD_BASE_PORT)
-                        out["gen"] = lab.gen(nl.VIP, nl.VIP_PORT, pps, seconds + 1, SIZE, pfx, 64, source)
+                def blast(out: dict[str, Any] = flood, pps: int = flood_pps, pfx: str = prefix) -> None:
+                    source = (lab.gen_ns, nl.GEN_IP, FLOOD_BASE_PORT)
+                    out["gen"] = lab.gen(nl.VIP, nl.VIP_PORT, pps, seconds + 1, SIZE, pfx, 64, source)
 
-                    thread = threading.Thread(target=blast)
-                    thread.start()
-                    row = nl.measure(lab, target, CALL_PPS, SIZE, seconds)
-                    thread.join()
-                    after = store.counters()
-                    moved = {
-                        Stat(i).name: a[0] - b[0]
-                        for i, (a, b) in enumerate(zip(after, before, strict=True))
-                        if a != b
-                    }
-                    row.update(
-                        flood=kind,
-                        flood_offered_pps=flood_pps,
-                        flood_sent_pps=round(flood["gen"].pps, 1),
-                        counters=moved,
-                        flows_before=flows_before,
-                        flows_after=sum(1 for _ in store.flows()),
-                        loadavg=nl.loadavg(),
-                    )
-                    print(row, flush=True)
-                    rows.append(row)
-    finally:
-        lab.remove()
+                thread = threading.Thread(target=blast)
+                thread.start()
+                row = nl.measure(lab, target, CALL_PPS, SIZE, seconds)
+                thread.join()
+                after = store.counters()
+                moved = {
+                    Stat(i).name: a[0] - b[0]
+                    for i, (a, b) in enumerate(zip(after, before, strict=True))
+                    if a != b
+                }
+                row.update(
+                    flood=kind,
+                    flood_offered_pps=flood_pps,
+                    flood_sent_pps=round(flood["gen"].pps, 1),
+                    counters=moved,
+                    flows_before=flows_before,
+                    flows_after=sum(1 for _ in store.flows()),
+                    loadavg=nl.loadavg(),
+                )
+                print(row, flush=True)
+                rows.append(row)
     return rows
 
 

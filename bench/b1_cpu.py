@@ -19,7 +19,6 @@ sent (NOTES.md): use it as a hint only.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -50,28 +49,23 @@ def peers(lab: nl.BenchLab, size: int) -> dict[str, Callable[[], AbstractContext
 def run(
     loads: tuple[int, ...], sizes: tuple[int, ...], seconds: float, rounds: int, only: tuple[str, ...] = ()
 ) -> list[dict[str, Any]]:
-    lab = nl.BenchLab(f"pb1{os.getpid() % 1000}-")
     rows: list[dict[str, Any]] = []
-    try:
-        lab.build()
-        with nl.bpf_stats_enabled():
-            for size in sizes:
-                for rnd in range(rounds):
-                    for name, make in peers(lab, size).items():
-                        if only and name not in only:
-                            continue
-                        with make() as target:
-                            for pps in loads:
-                                row = nl.measure(lab, target, pps, size, seconds)
-                                row.update(peer=name, round=rnd, loadavg=nl.loadavg())
-                                rows.append(row)
-                                print(
-                                    f"{name:16} {size}B {pps:>7} pps: sent {row['gen_pps']:>9} pps, "
-                                    f"loss {row['loss']}, {row.get('ns_per_pkt')} ns/pkt",
-                                    flush=True,
-                                )
-    finally:
-        lab.remove()
+    with nl.bench_lab("pb1") as lab, nl.bpf_stats_enabled():
+        for size in sizes:
+            for rnd in range(rounds):
+                for name, make in peers(lab, size).items():
+                    if only and name not in only:
+                        continue
+                    with make() as target:
+                        for pps in loads:
+                            row = nl.measure(lab, target, pps, size, seconds)
+                            row.update(peer=name, round=rnd, loadavg=nl.loadavg())
+                            rows.append(row)
+                            print(
+                                f"{name:16} {size}B {pps:>7} pps: sent {row['gen_pps']:>9} pps, "
+                                f"loss {row['loss']}, {row.get('ns_per_pkt')} ns/pkt",
+                                flush=True,
+                            )
     return rows
 
 

@@ -13,7 +13,6 @@ twin (uvloop), coturn (TURN ChannelData), the C recvmmsg/sendmmsg forwarder.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -88,10 +87,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
     seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)
-    lab = nl.BenchLab(f"pb2{os.getpid() % 1000}-")
     rows = []
-    try:
-        lab.build()
+    with nl.bench_lab("pb2") as lab:
         for rnd in range(rounds):
             for name, make in peers(lab).items():
                 with make() as target:
@@ -100,8 +97,6 @@ def main() -> None:
                         row.update(peer=name, round=rnd, loadavg=nl.loadavg())
                         print(row, flush=True)
                         rows.append(row)
-    finally:
-        lab.remove()
     summary = summarize(rows)
     text = table(summary)
     report.write(NAME, {"rows": rows, "summary": summary, "quick": args.quick}, text, args.out)

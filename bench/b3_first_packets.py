@@ -156,12 +156,8 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {nl.GEN_CPU})
     rates = QUICK_RATES if args.quick else RATES
-    lab = nl.BenchLab(f"pb3{os.getpid() % 1000}-")
-    try:
-        lab.build()
+    with nl.bench_lab("pb3") as lab:
         rows = run_peer(lab, "xdp", rates) + run_peer(lab, "twin (uvloop)", rates)
-    finally:
-        lab.remove()
     text = table(rows)
     report.write(NAME, {"rows": rows, "quick": args.quick}, text, args.out)
     print(text, end="")

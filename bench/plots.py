@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from bench import report
 
@@ -28,6 +29,13 @@ IMG = Path(__file__).parents[1] / "docs" / "img"
 def _load(results: Path, name: str) -> dict[str, Any] | None:
     path = results / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def b1(data: dict[str, Any], out: Path) -> Path:
@@ -48,11 +56,7 @@ def b1(data: dict[str, Any], out: Path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ns per packet (XDP: bpf_stats; others: process CPU)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "b1_cpu.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "b1_cpu.png")
 
 
 def profile(data: dict[str, Any], out: Path) -> Path:
@@ -75,11 +79,7 @@ def profile(data: dict[str, Any], out: Path) -> Path:
     ax.set_title("XDP program cost in place, per path")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "profile_xdp.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "profile_xdp.png")
 
 
 def b2(data: dict[str, Any], out: Path) -> Path:
@@ -97,11 +97,7 @@ def b2(data: dict[str, Any], out: Path) -> Path:
         ax.set_ylabel("one-way µs, generator to sink")
         ax.set_title(f"B2: latency at {rate:,} pps")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "b2_latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "b2_latency.png")
 
 
 def main() -> None:

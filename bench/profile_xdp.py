@@ -17,7 +17,6 @@ table gives the median over rounds.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -98,22 +97,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
     rates, seconds, rounds = (QUICK_RATES, 1.0, 1) if args.quick else (RATES, args.seconds, args.rounds)
-    lab = nl.BenchLab(f"ppx{os.getpid() % 1000}-")
     rows = []
-    try:
-        lab.build()
-        with nl.bpf_stats_enabled():
-            for rnd in range(rounds):
-                for cache in (True, False):
-                    with nl.xdp_relay(lab, nexthop_cache=cache) as target:
-                        for rate in rates:
-                            for path in ("flow hit", "return", "drop"):
-                                row = one(lab, target, path, rate, seconds)
-                                row.update(nexthop_cache=cache, round=rnd)
-                                print(row, flush=True)
-                                rows.append(row)
-    finally:
-        lab.remove()
+    with nl.bench_lab("ppx") as lab, nl.bpf_stats_enabled():
+        for rnd in range(rounds):
+            for cache in (True, False):
+                with nl.xdp_relay(lab, nexthop_cache=cache) as target:
+                    for rate in rates:
+                        for path in ("flow hit", "return", "drop"):
+                            row = one(lab, target, path, rate, seconds)
+                            row.update(nexthop_cache=cache, round=rnd)
+                            print(row, flush=True)
+                            rows.append(row)
     text = table(rows)
     report.write(NAME, {"rows": rows, "size": SIZE, "quick": args.quick}, text, args.out)
     print(text, end="")

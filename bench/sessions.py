@@ -57,9 +57,9 @@ import aiohttp
 import numpy as np
 
 from bench import report
-from icegate.errors import IcegateError
+from bench.lab.exits import lab_exit_codes
 from labkit.clients import run_in_namespace
-from labkit.demo import Demo, Options, Progress, http_get, terminate_as_interrupt, wait_until
+from labkit.demo import Demo, Options, Progress, http_get, wait_until
 from labkit.support import REPO
 from transceiver.client import RATE, VoiceClient, loud, silence, tone
 
@@ -361,15 +361,8 @@ def main() -> None:
         f"bench.sessions: relay modes {', '.join(modes)}, {args.sessions} sessions, "
         f"{args.seconds:g} s window, {args.rounds} set-up rounds, lab {args.lab_name}"
     )
-    try:
-        with terminate_as_interrupt():
-            data = run(modes, args.sessions, args.seconds, args.rounds, args.lab_name, say)
-    except KeyboardInterrupt:
-        say("interrupted")
-        raise SystemExit(130) from None
-    except IcegateError as exc:
-        say(f"failed: {exc}")
-        raise SystemExit(1) from None
+    with lab_exit_codes(say):
+        data = run(modes, args.sessions, args.seconds, args.rounds, args.lab_name, say)
     json_path, md_path = write_results(data, args.out)
     say(f"wrote {json_path} and {md_path}")
     print(table(data), end="")

@@ -247,6 +247,22 @@ static __always_inline __u32 route_new_flow(const struct stun_info *stun, struct
 	return CONTINUE;
 }
 
+/* The pending entry a new flow or a move starts as, having seen this one packet.
+ * Non-zero when the map refused it. */
+static __always_inline int add_pending(const struct packet *pkt, const struct route *r)
+{
+	struct flow_value value = {
+		.backend = r->backend,
+		.token_tag = r->tag,
+		.created_ns = pkt->now,
+		.last_seen_ns = pkt->now,
+		.packets_in = 1,
+		.bytes_in = pkt->l3.ip_len,
+	};
+
+	return pending.update(&r->key, &value);
+}
+
 /* §2.1 r4 and §2 r11, after the packet was encapsulated: record it. */
 static __always_inline __u32 commit_route(struct packet *pkt, const struct relay_config *cfg,
 					  struct route *r)
@@ -255,30 +271,12 @@ static __always_inline __u32 commit_route(struct packet *pkt, const struct relay
 
 	if (!flow && r->moving) {
 		/* §2.1 r1: a move towards another transceiver starts as a pending entry. */
-		struct flow_value value = {
-			.backend = r->backend,
-			.token_tag = r->tag,
-			.created_ns = pkt->now,
-			.last_seen_ns = pkt->now,
-			.packets_in = 1,
-			.bytes_in = pkt->l3.ip_len,
-		};
-
-		if (pending.update(&r->key, &value))
+		if (add_pending(pkt, r))
 			return STAT_DROP_INTERNAL;
 		return STAT_FWD_MOVE_PENDING;
 	}
 	if (!flow) {
-		struct flow_value value = {
-			.backend = r->backend,
-			.token_tag = r->tag,
-			.created_ns = pkt->now,
-			.last_seen_ns = pkt->now,
-			.packets_in = 1,
-			.bytes_in = pkt->l3.ip_len,
-		};
-
-		if (pending.update(&r->key, &value))
+		if (add_pending(pkt, r))
 			return STAT_DROP_INTERNAL;
 		if (cfg->source_interval_ns) {
 			if (r->source_tat)

@@ -14,9 +14,11 @@ completion: ``eval "$(_ICEGATE_COMPLETE=bash_source icegate)"`` (``zsh_source``,
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -46,6 +48,25 @@ class Renamed(click.Option):
             return super().get_help_record(ctx)
         finally:
             self.opts = names
+
+
+def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-o text|json`` (``--json`` is ``-o json``) -> the ``as_json`` keyword argument."""
+
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Output format.",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+    @functools.wraps(func)
+    def wrapper(output: str, as_json: bool, **kwargs: Any) -> Any:
+        return func(as_json=as_json or output == "json", **kwargs)
+
+    return wrapper
 
 
 class Group(click.Group):

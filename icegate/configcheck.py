@@ -36,6 +36,7 @@ from typing import Annotated, Any
 import click
 import yaml
 
+from icegate.cli import output_option
 from icegate.config import _ADDRESS, _PORT, nearest, problems
 
 SECTIONS_GROUP = "icegate.config_sections"
@@ -350,22 +351,14 @@ def config() -> None:
 @click.option(
     "--section", "only", multiple=True, help="A section the file must have (repeat; default: any known)."
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
-def config_check(files: tuple[Path, ...], only: tuple[str, ...], output: str, as_json: bool) -> None:
+@output_option
+def config_check(files: tuple[Path, ...], only: tuple[str, ...], as_json: bool) -> None:
     """Check FILES without starting anything: every problem at once, with file and line.
 
     Exits 1 when any file has a problem."""
     results = [(path, *check(path, only)) for path in files]
     bad = any(findings for _, findings, _ in results)
-    if as_json or output == "json":
+    if as_json:
         click.echo(
             json.dumps(
                 [

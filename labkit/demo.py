@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -44,7 +44,7 @@ from icegate.cli import Renamed
 from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
 from labkit import demo_report
-from labkit.lab import Lab, LabConfig
+from labkit.lab import Lab, LabConfig, TransceiverSettings
 from labkit.lab.config import DEFAULT_NAME, SecondRegionConfig
 from labkit.lab.geofiles import CATALOG_FILE
 
@@ -210,20 +210,9 @@ class Demo:
         )
         compiling = "" if opts.mode == "userspace" else "; bcc compiles the XDP program"
         self.say(f"relay starting in {lab.namespace('relay')} (mode {opts.mode}{compiling})")
+        consent = {} if opts.consent_window_s is None else {"consent_window_s": opts.consent_window_s}
         for tx in lab.transceivers():
-            agent = [*self.icegate, "agent", "run", "--kind", opts.agent,
-                     "--listen", f"127.0.0.1:{AGENT_PORT}", "--tone-hz", str(TONE_AGENT_HZ)]  # fmt: skip
-            lab.start_process(f"agent-{tx.name}", tx.name, agent)
-            section = tx.config_section() | {
-                "agent_url": f"ws://127.0.0.1:{AGENT_PORT}/",
-                "stats_interval_s": 1.0,
-                "drain_deadline_s": 1.0,  # teardown: SIGTERM drains; do not hold live sessions for minutes
-            }
-            if opts.consent_window_s is not None:
-                section["consent_window_s"] = opts.consent_window_s
-            path = lab.dir / f"{tx.name}.yaml"
-            path.write_text(yaml.safe_dump({"transceiver": section}, sort_keys=False))
-            lab.start_process(tx.name, tx.name, [*self.icegate, "transceiver", "run", "--config", str(path)])
+            self.start_transceiver(tx, consent)
             self.say(f"transceiver {tx.name} (cluster {tx.cluster}, index {tx.index}) + {opts.agent} agent")
 
         self.start_second_region()
@@ -253,6 +242,22 @@ class Demo:
         )
         self.say(f"transceivers ready; the relay routes to {count} backends")
         self.second_region_ready()
+
+    def start_transceiver(self, tx: TransceiverSettings, settings: Mapping[str, Any]) -> None:
+        """Start TX's voice agent, then TX itself; SETTINGS go into its config section."""
+        lab = self.lab
+        agent = [*self.icegate, "agent", "run", "--kind", self.options.agent,
+                 "--listen", f"127.0.0.1:{AGENT_PORT}", "--tone-hz", str(TONE_AGENT_HZ)]  # fmt: skip
+        lab.start_process(f"agent-{tx.name}", tx.name, agent)
+        section = tx.config_section() | {
+            "agent_url": f"ws://127.0.0.1:{AGENT_PORT}/",
+            "stats_interval_s": 1.0,
+            "drain_deadline_s": 1.0,  # teardown: SIGTERM drains; do not hold live sessions for minutes
+            **settings,
+        }
+        path = lab.dir / f"{tx.name}.yaml"
+        path.write_text(yaml.safe_dump({"transceiver": section}, sort_keys=False))
+        lab.start_process(tx.name, tx.name, [*self.icegate, "transceiver", "run", "--config", str(path)])
 
     # ---- the second region and the front door (`--regions 2`) ------------------------------
     def relays(self) -> list[tuple[str, Path]]:

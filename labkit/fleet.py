@@ -19,15 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from icegate.errors import DemoError, LinkError
 from labkit import demo_report
 from labkit.demo import (
-    AGENT_PORT,
     CLIENT_SLACK_S,
     READY_TIMEOUT_S,
-    TONE_AGENT_HZ,
     Demo,
     Options,
     Progress,
@@ -121,24 +117,14 @@ class FleetRun(Demo):
 
     # ---- the stack --------------------------------------------------------------------------
     def start_components(self) -> None:
-        lab, opts = self.lab, self.options
+        lab = self.lab
         lab.run("dc", [*self.icegate, "token", "init", "--redis-url", lab.redis_url,
                        "--region", lab.config.region])  # fmt: skip
         for node in self.nodes:
             self.start_relay(node)
         self.say(f"{len(self.nodes)} relay nodes starting (XDP; bcc compiles the program in each)")
         for tx in lab.transceivers():
-            agent = [*self.icegate, "agent", "run", "--kind", opts.agent,
-                     "--listen", f"127.0.0.1:{AGENT_PORT}", "--tone-hz", str(TONE_AGENT_HZ)]  # fmt: skip
-            lab.start_process(f"agent-{tx.name}", tx.name, agent)
-            section = tx.config_section() | {
-                "agent_url": f"ws://127.0.0.1:{AGENT_PORT}/",
-                "stats_interval_s": 1.0,
-                "drain_deadline_s": 1.0,
-            }
-            path = lab.dir / f"{tx.name}.yaml"
-            path.write_text(yaml.safe_dump({"transceiver": section}, sort_keys=False))
-            lab.start_process(tx.name, tx.name, [*self.icegate, "transceiver", "run", "--config", str(path)])
+            self.start_transceiver(tx, {})
         for tx in lab.transceivers():
 
             def tx_ready(name: str = tx.name, url: str = tx.signaling_url) -> bool:

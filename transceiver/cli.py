@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from icegate.cli import Renamed
+from icegate.cli import Renamed, output_option
 from icegate.config import load
 from icegate.logs import setup_logging
 from icegate.secrets import pick_secret
@@ -278,23 +278,15 @@ def agent_run(
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
-def agent_check(url: str, timeout: float, output: str, as_json: bool) -> None:
+@output_option
+def agent_check(url: str, timeout: float, as_json: bool) -> None:
     """Put the agent at URL (ws://...) through one call as the transceiver would; exit 1 on a problem."""
     import json
 
     from transceiver.agent.check import check
 
     report = asyncio.run(check(url, timeout=timeout))
-    if as_json or output == "json":
+    if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
         neg = report.get("negotiated") or {}

@@ -232,6 +232,18 @@ class UncachedLoader(Loader):
 
 
 @contextlib.contextmanager
+def bench_lab(tag: str) -> Iterator[BenchLab]:
+    """A built :class:`BenchLab` named TAG plus this process's id, removed on the way out
+    (also when building it failed half-way)."""
+    lab = BenchLab(f"{tag}{os.getpid() % 1000}-")
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.remove()
+
+
+@contextlib.contextmanager
 def xdp_relay(lab: BenchLab, nports: int = 64, nexthop_cache: bool = True) -> Iterator[Target]:
     config = relay_config(f"{lab.prefix}xdp")
     loader = Loader(config) if nexthop_cache else UncachedLoader(config)

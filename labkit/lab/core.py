@@ -32,6 +32,7 @@ from labkit.lab.config import (
     MAX_RELAYS,
     VETH_NATIVE_XDP_MAX_MTU,
     LabConfig,
+    TransceiverHostConfig,
     load_lab_config,
 )
 from labkit.lab.processes import STATE_FILE, LabProcess, Registry, end, identity, reap
@@ -436,15 +437,9 @@ class Lab:
         catalog = str(self.dir / geofiles.CATALOG_FILE) if cfg.second_region is not None else None
         fleet_size = MAX_RELAYS if cfg.relays > 1 else 1
         first = tuple(
-            TransceiverSettings(
-                name=t.name,
-                namespace=self.namespace(t.name),
-                address=t.address,
-                tunnel_port=priv.tunnel_port,
-                signaling_port=priv.signaling_port,
-                signaling_url=f"http://{t.address}:{priv.signaling_port}",
+            self._transceiver(
+                t,
                 cluster=cfg.cluster,
-                index=t.index,
                 region=cfg.region,
                 redis_url=self.redis_url,
                 relay_tunnel=priv.relay_address,
@@ -460,15 +455,9 @@ class Lab:
             return first
         vips = tuple((v, cfg.public.vip_port) for r in r2.relays for v in (r.vip4, r.vip6))
         return first + tuple(
-            TransceiverSettings(
-                name=t.name,
-                namespace=self.namespace(t.name),
-                address=t.address,
-                tunnel_port=priv.tunnel_port,
-                signaling_port=priv.signaling_port,
-                signaling_url=f"http://{t.address}:{priv.signaling_port}",
+            self._transceiver(
+                t,
                 cluster=r2.cluster,
-                index=t.index,
                 region=r2.region,
                 redis_url=r2.redis_url,
                 relay_tunnel=r2.relays[0].tunnel,
@@ -477,6 +466,37 @@ class Lab:
                 catalog=catalog,
             )
             for t in r2.transceivers
+        )
+
+    def _transceiver(
+        self,
+        t: TransceiverHostConfig,
+        *,
+        cluster: int,
+        region: str,
+        redis_url: str,
+        relay_tunnel: str,
+        vips: tuple[tuple[str, int], ...],
+        relay_tunnels: tuple[str, ...],
+        catalog: str | None,
+    ) -> TransceiverSettings:
+        """Transceiver host T's settings in the private network, with its region's."""
+        priv = self.config.private
+        return TransceiverSettings(
+            name=t.name,
+            namespace=self.namespace(t.name),
+            address=t.address,
+            tunnel_port=priv.tunnel_port,
+            signaling_port=priv.signaling_port,
+            signaling_url=f"http://{t.address}:{priv.signaling_port}",
+            cluster=cluster,
+            index=t.index,
+            region=region,
+            redis_url=redis_url,
+            relay_tunnel=relay_tunnel,
+            vips=vips,
+            relay_tunnels=relay_tunnels,
+            catalog=catalog,
         )
 
     def transceiver(self, which: int | str) -> TransceiverSettings:
