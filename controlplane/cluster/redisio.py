@@ -104,11 +104,14 @@ class RedisStore:
                 # Pooled connections to the Redis that went away are dead: drop them all, so
                 # the first command after the restore does not fail and flap the state.
                 await self._client.connection_pool.disconnect()
+            self._lost.clear()  # from here on, a failure of any command means "not restored"
             self._down = False  # let the probe and the restore hooks through
             try:
                 await self.ping()
                 for hook in self._hooks:
                     await hook()
+                if self._lost.is_set():  # another task's command failed while the hooks ran
+                    raise StoreError(f"redis lost during the restore ({self.last_error})")
             except StoreError as exc:
                 self._down = True
                 log.debug("redis still unreachable retry_in_s=%.2f error=%s", delay, exc)
@@ -118,7 +121,6 @@ class RedisStore:
             outage = time.monotonic() - self.down_since if self.down_since is not None else 0.0
             self._up, self.down_since = True, None
             self.restores_total += 1
-            self._lost.clear()
             self._up_event.set()
             log.info("redis reachable url=%s outage_s=%.2f", self._safe_url, outage)
 

@@ -17,6 +17,7 @@ import aiohttp
 import redis as redis_sync
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.cluster.redisio import RedisStore
 from controlplane.config import RedisConfig, RelayConfig, TunnelConfig, VipConfig
 from controlplane.datapath.engine import Datapath
 from controlplane.datapath.layout import BackendState, Stat
@@ -169,3 +170,34 @@ def test_redis_outage_degrades_and_recovers(procs: Processes) -> None:
 
 async def _async(value: Any) -> Any:
     return value
+
+
+def test_a_command_lost_while_restoring_is_not_reported_restored(procs: Processes) -> None:
+    """A command of another task that fails while the restore hooks run (Redis flapping)
+    means the store is not back: the supervisor probes again instead of reporting up with
+    every command still refused (the state it used to end in: up, and fail-fast forever)."""
+    with redis_server(procs) as server:
+        store = RedisStore(RedisConfig(url=server.url, region="flap", timeout_s=0.2, retry_min_s=0.05))
+        hook_runs = 0
+
+        async def flapping_hook() -> None:
+            nonlocal hook_runs
+            hook_runs += 1
+            if hook_runs == 1:  # as if the sync task's command failed right now
+                store._failed("HGETALL", ConnectionError("connection reset"))
+
+        store.on_restore(flapping_hook)
+
+        async def body() -> None:
+            task = asyncio.create_task(store.supervise())
+            try:
+                await asyncio.wait_for(store.wait_up(), 5)
+                assert hook_runs == 2, "the flapped restore was reported up"
+                assert not store.degraded
+                await store.ping()  # commands go through, nothing left refusing them
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await store.close()
+
+        asyncio.run(body())
