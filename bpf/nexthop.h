@@ -33,14 +33,12 @@ BPF_TABLE_PINNED("lru_hash", struct nexthop_key, struct nexthop_value, nexthops,
 BPF_TABLE_PINNED("array", __u32, __u32, nexthop_generation, 1, PIN_DIR "/nexthop_generation");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, nexthop_stats, NEXTHOP_STAT_MAX, PIN_DIR "/nexthop_stats");
 
-/* The lookup's key and the new value live here rather than on the stack: xdp_relay() is
- * at the 512-byte stack limit (clang 14, bcc 0.26). The answer goes to struct packet's
- * `fib` (relay.c's packet_scratch). Holds nothing between packets: not pinned. */
+/* The lookup's key and the new value: part of relay.c's per-CPU struct packet (its
+ * packet_scratch), not the stack, which xdp_relay() has used up (clang 14, bcc 0.26). */
 struct nexthop_work {
 	struct nexthop_key key;
 	struct nexthop_value value;
 };
-BPF_TABLE("percpu_array", __u32, struct nexthop_work, nexthop_scratch, 1);
 
 /* An address of shared.h's form is IPv4 when it is ::ffff:a.b.c.d. */
 static __always_inline __u8 addr_family(const __u8 *addr)

@@ -21,6 +21,7 @@
 struct packet {
 	struct ip_udp l3;           /* the IP/UDP headers as received */
 	struct bpf_fib_lookup fib;  /* next hop, valid once cached_next_hop() returned CONTINUE */
+	struct nexthop_work nh;     /* cached_next_hop()'s key and new entry (nexthop.h) */
 	__u32 frame_len;            /* bytes as received: what the counters count */
 	__u64 now;                  /* bpf_ktime_get_ns(), read only where a map needs it */
 };
@@ -47,14 +48,13 @@ static __always_inline const __u8 *tunnel_source(const struct relay_config *cfg,
 static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *pkt, const __u8 *src,
 					     const __u8 *dst, __u32 tot_len)
 {
-	struct nexthop_work *w;
+	struct nexthop_work *w = &pkt->nh;
 	struct nexthop_value *hop;
 	__u32 zero = 0, generation = 0, which, stat;
 	__u32 *current_generation;
 	__u64 now, *count;
 
-	w = nexthop_scratch.lookup(&zero);
-	if (!NEXTHOP_CACHE || !w) /* compiled out: the benchmarks' "before" (bench/lab/netlab.py) */
+	if (!NEXTHOP_CACHE) /* compiled out: the benchmarks' "before" (bench/lab/netlab.py) */
 		return next_hop(ctx, addr_family(dst), src, dst, tot_len, &pkt->fib);
 	current_generation = nexthop_generation.lookup(&zero);
 	if (!pkt->now)
