@@ -22,10 +22,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from geo.decide import ClusterHealth, HealthView
+from icegate import redisurl
 from icegate.catalog import Catalog
 from icegate.errors import StoreError
 from icegate.schema import Keys, Registration
@@ -61,7 +61,7 @@ class RegionHealth:
         self.keys = Keys(region)
         self.interval_s = interval_s
         self.stale_after_s = max(STALE_AFTER_S, 4 * interval_s)
-        self._redis = aioredis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._redis = redisurl.client(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.clusters: dict[str, ClusterHealth] = {}
         self.reachable = False
         self.updated = 0.0  # monotonic time of the last successful read

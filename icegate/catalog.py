@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from icegate import redisurl
 from icegate.config import Address, Port, load
 from icegate.errors import ConfigError
 from icegate.geneve import GENEVE_PORT
@@ -72,8 +73,8 @@ class Region:
 
     def validate(self, path: str) -> None:
         _name(path, self.name)
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"{path}.redis_url", f"expected a redis:// URL, got {self.redis_url!r}")
+        if problem := redisurl.check(self.redis_url):
+            raise ConfigError(f"{path}.redis_url", problem)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,23 @@ def check(url: str) -> str | None:
             parse_sentinel(url)
         except ValueError as exc:
             return str(exc)
+        return None
+    return _connection_options_problem(url)
+
+
+def _connection_options_problem(url: str) -> str | None:
+    """Build (never open) the connection redis-py would make for ``url``: an option its
+    scheme does not take (``ssl_ca_certs`` on ``redis://``, a typo) or a bad value
+    surfaces here, at start, instead of as a TypeError on the first command."""
+    try:
+        pool = aioredis.ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        option = str(exc).rpartition("argument ")[2].strip("'") or str(exc)
+        hint = " (TLS options need rediss://)" if option.startswith("ssl") else ""
+        return f"option {option!r} is not accepted by a {url.partition('://')[0]}:// connection{hint}"
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

@@ -55,6 +55,13 @@ def test_world_catalog_loads() -> None:
     assert syd == ["syd-r1", "sin-r1"]  # equal priority: the nearer relay first
 
 
+def test_region_redis_may_be_tls_or_sentinel() -> None:
+    for url in ("rediss://h:6380/0?ssl_ca_certs=/ca.pem", "redis+sentinel://s1:26379,s2/icg/1"):
+        raw = copy.deepcopy(BASE)
+        raw["regions"][0]["redis_url"] = url
+        assert build(Catalog, raw, "catalog").regions[0].redis_url == url
+
+
 def test_relays_ordered_by_priority_then_nearness() -> None:
     data = copy.deepcopy(BASE)
     cat = build(Catalog, data, "catalog")
@@ -108,6 +115,16 @@ def _broken(path: str, value: Any) -> dict[str, Any]:
         ("relays.2.region", "eu", r"catalog\.relays\[2\] \(iad-r1\)\.serves\[0\]: .*never crosses"),
         ("relays.0.port", 70000, r"catalog\.relays\[0\]\.port: expected an integer 1-65535"),
         ("regions.1.redis_url", "http://x", r"catalog\.regions\[1\]\.redis_url"),
+        (
+            "regions.0.redis_url",
+            "redis://h/0?ssl_ca_certs=/ca",
+            r"catalog\.regions\[0\]\.redis_url: .*rediss://",
+        ),
+        (
+            "regions.0.redis_url",
+            "redis+sentinel://h:1",
+            r"catalog\.regions\[0\]\.redis_url: .*names the service",
+        ),
         ("rtt_ms", {"Germany": {"fra1": 5}}, r"catalog\.rtt_ms\.Germany: expected an ISO 3166"),
         ("rtt_ms", {"DE": {"nope": 5}}, r"catalog\.rtt_ms\.DE\.nope: unknown cluster"),
         ("relays", [], r"catalog\.clusters \(fra1\): no relay serves this cluster"),

@@ -35,6 +35,10 @@ def test_sentinel_urls(url: str, expected: SentinelUrl) -> None:
         ("redis+sentinel://:1/svc", "no host"),
         ("redis+sentinel://a/svc/zero", "db number"),
         ("http://a/svc", "expected redis://"),
+        ("redis://h/0?ssl_ca_certs=/ca.pem", "need rediss://"),
+        ("redis://h/0?socket_tiemout=1", "'socket_tiemout'"),
+        ("redis://h:99999/0", "Port out of range"),
+        ("redis://h/0?socket_timeout=abc", "socket_timeout"),
     ],
 )
 def test_bad_urls_say_why(url: str, reason: str) -> None:
@@ -46,6 +50,11 @@ def test_bad_sentinel_url_fails_at_start_naming_the_field() -> None:
     with pytest.raises(ConfigError) as caught:
         build(RedisConfig, {"url": "redis+sentinel://a:1"}, "relay.redis")
     assert "relay.redis.url" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        build(RedisConfig, {"url": "redis://h/0?ssl_ca_certs=/ca.pem"}, "relay.redis")
+    assert "relay.redis.url" in str(caught.value) and "rediss://" in str(caught.value)
+    for good in ("rediss://h/0?ssl_ca_certs=/ca.pem", "unix:///run/redis.sock?db=2", "redis://u:p@h:6379/1"):
+        assert check(good) is None, good
     ok = build(RedisConfig, {"url": "redis+sentinel://a:1,b:2/icg"}, "relay.redis")
     assert ok.url.startswith("redis+sentinel://")
 
