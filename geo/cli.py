@@ -16,6 +16,7 @@ from geo.config import GeoConfig
 from icegate.catalog import Catalog, load_catalog
 from icegate.config import load
 from icegate.logs import setup_logging
+from icegate.output import emit, json_option
 
 F = Callable[..., Any]
 
@@ -172,6 +173,26 @@ def serve(
     asyncio.run(main())
 
 
+def _ms(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1f}"
+
+
+PROBE_COLUMNS: dict[str, Any] = {
+    "CLUSTER": lambda r: r["cluster"],
+    "RELAY": lambda r: r["relay"],
+    "VIP": lambda r: r["vip"],
+    "OK": lambda r: "yes" if r["ok"] else "NO",
+    "SETUP_MS": lambda r: _ms(r["setup_ms"]),
+    "LOSS": lambda r: None if r["loss_pct"] is None else f"{r['loss_pct']:.1f}%",
+    "ERROR": lambda r: r["error"],
+}
+PROBE_WIDE: dict[str, Any] = {
+    "SENT": lambda r: r["packets_sent"],
+    "RECV": lambda r: r["packets_received"],
+    "LOST": lambda r: r["packets_lost"],
+}
+
+
 @click.command(short_help="a real synthetic session through each relay of a cluster")
 @_files
 @click.option("--cluster", "clusters", multiple=True, help="Cluster to probe (repeatable; default: all).")
@@ -181,7 +202,7 @@ def serve(
 @click.option("--signaling-url", help="Override the cluster's signaling URL (one cluster only).")
 @click.option("--talk", type=float, default=0.6, show_default=True, help="Seconds of audio each way.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds for set-up (per VIP).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@json_option
 def probe(
     config_file: Path | None,
     catalog_file: Path | None,
@@ -214,19 +235,6 @@ def probe(
         return out
 
     results = asyncio.run(run())
-    if as_json:
-        click.echo(json.dumps([r.to_json() for r in results], indent=2))
-    else:
-        click.echo(
-            f"{'CLUSTER':10} {'RELAY':12} {'VIP':26} {'OK':3} {'SETUP_MS':>8} {'SENT':>5} {'RECV':>5} LOSS"
-        )
-        for r in results:
-            loss = "-" if r.loss_pct is None else f"{r.loss_pct:.1f}%"
-            setup = "-" if r.setup_ms is None else f"{r.setup_ms:.1f}"
-            line = (
-                f"{r.cluster:10} {r.relay:12} {r.vip:26} {'yes' if r.ok else 'NO':3} {setup:>8} "
-                f"{r.packets_sent:>5} {r.packets_received:>5} {loss}"
-            )
-            click.echo(line + (f"  {r.error}" if r.error else ""))
+    emit([r.to_json() for r in results], as_json, PROBE_COLUMNS, "no relay to probe", PROBE_WIDE)
     if not all(r.ok for r in results):
         raise SystemExit(1)

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 from labkit.lab.kernel import redis_server_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def unique_region(prefix: str) -> str:
+    """A Redis region (key prefix) no other test of any process shares: tests share one
+    redis-server, and a module counter restarts when pytest imports the module twice."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:

@@ -8,9 +8,10 @@ from collections import Counter
 import click
 
 from controlplane.operator import views
-from controlplane.operator.cli_common import Target, emit, env_of, json_option, run_redis, target_options
+from controlplane.operator.cli_common import Target, env_of, run_redis, target_options
 from icegate.cli import Group
 from icegate.errors import RelayNotRunning, StoreError
+from icegate.output import dump_json, emit, json_option
 
 clock_ns = time.monotonic_ns  # CLOCK_MONOTONIC, the flows' last_seen_ns clock (bpf_ktime_get_ns)
 
@@ -74,6 +75,6 @@ def backends_drain(target: Target, as_json: bool, backend: str) -> None:
             f"transceiver {cluster}:{index} is not registered in region {target.redis.region}"
         )
     if as_json:
-        click.echo(views.dump_json({"backend": f"{cluster}:{index}", "state": state}))
+        click.echo(dump_json({"backend": f"{cluster}:{index}", "state": state}))
         return
     click.echo(f"transceiver {cluster}:{index} {state}")

@@ -31,7 +31,6 @@ from controlplane.node import snapshot
 from controlplane.node.metrics import CounterSource, map_capacity
 from controlplane.node.runners import xdp_mode
 from controlplane.node.snapshot import SnapshotStore
-from controlplane.operator import views
 from icegate.config import load
 from icegate.errors import DependencyError, LinkError, ReadOnlyState, RelayNotRunning
 
@@ -223,32 +222,6 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-OUTPUT_KEY = "icegate.output"
-
-
-def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``-o table|wide|json`` (``--json`` is ``-o json``) and ``--no-headers`` -> the
-    ``as_json`` keyword argument; :func:`emit` reads the rest (kubectl's conventions)."""
-
-    @click.option(
-        "-o",
-        "--output",
-        type=click.Choice(["table", "wide", "json"]),
-        default="table",
-        show_default=True,
-        help="Output format: a table, a table with every column, or JSON.",
-    )
-    @click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
-    @click.option("--no-headers", is_flag=True, help="Print tables without their header line.")
-    @functools.wraps(func)
-    def wrapper(output: str, as_json: bool, no_headers: bool, **kwargs: Any) -> Any:
-        output = "json" if as_json else output
-        click.get_current_context().meta[OUTPUT_KEY] = (output, no_headers)
-        return func(as_json=output == "json", **kwargs)
-
-    return wrapper
-
-
 def run_redis(target: Target, work: Callable[[RedisStore], Awaitable[T]]) -> T:
     async def main() -> T:
         store = RedisStore(target.redis)
@@ -258,26 +231,3 @@ def run_redis(target: Target, work: Callable[[RedisStore], Awaitable[T]]) -> T:
             await store.close()
 
     return asyncio.run(main())
-
-
-def emit(
-    rows: Any,
-    as_json: bool,
-    columns: dict[str, Any] | None = None,
-    empty: str = "",
-    wide: dict[str, Any] | None = None,
-) -> None:
-    """Print ``rows`` as ``-o`` asks: JSON, a table (``wide``: plus the ``wide`` columns)."""
-    ctx = click.get_current_context(silent=True)
-    output, no_headers = ctx.meta.get(OUTPUT_KEY, ("table", False)) if ctx else ("table", False)
-    if as_json:
-        click.echo(views.dump_json(rows))
-    elif columns is not None:
-        if output == "wide" and wide:
-            columns = {**columns, **wide}
-        if rows:
-            click.echo(views.table(rows, columns, headers=not no_headers))
-        elif empty and not no_headers:
-            click.echo(empty)
-    else:
-        click.echo(rows)

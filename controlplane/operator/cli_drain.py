@@ -19,10 +19,10 @@ import click
 
 from controlplane.config import HttpConfig
 from controlplane.node.http import drain_path
-from controlplane.operator import views
-from controlplane.operator.cli_common import Target, json_option, target_options
+from controlplane.operator.cli_common import Target, target_options
 from controlplane.operator.cli_relay import relay
 from icegate.errors import RelayNotRunning
+from icegate.output import dump_json, json_option
 
 
 def call(http: HttpConfig, method: str, idle_s: float, timeout: float = 3.0) -> dict[str, Any]:
@@ -64,13 +64,13 @@ def relay_drain(
             report = call(target.http, "GET", idle_s)
     except RelayNotRunning as exc:
         if as_json:
-            click.echo(views.dump_json({"error": str(exc)}))
+            click.echo(dump_json({"error": str(exc)}))
         else:
             click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     done = bool(report.get("empty"))
     if as_json:
-        click.echo(views.dump_json(report))
+        click.echo(dump_json(report))
     elif done:
         click.echo(f"drained: no live flows (idle {idle_s:g} s); {report['removed']} idle flows removed")
     else:

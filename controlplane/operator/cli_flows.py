@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from controlplane.operator import views
-from controlplane.operator.cli_common import Target, emit, env_of, json_option, target_options
+from controlplane.operator.cli_common import Target, env_of, target_options
 from icegate.cli import Group
+from icegate.output import dump_json, emit, json_option
 
 
 @click.group(cls=Group, short_help="list, show and flush relay flows")
@@ -63,7 +64,7 @@ def flows_show(ctx: click.Context, target: Target, as_json: bool, client: str) -
     if not rows:
         raise click.ClickException(f"no flow for {client}")
     if as_json:
-        click.echo(views.dump_json(rows))
+        click.echo(dump_json(rows))
         return
     for i, row in enumerate(rows):
         if i:
@@ -84,5 +85,5 @@ def flows_flush(ctx: click.Context, target: Target, as_json: bool, yes: bool) ->
         click.confirm(f"Delete every flow of relay {target.name}?", abort=True)
     flushed = maps.flush_flows()
     click.echo(
-        views.dump_json({"relay": target.name, "flushed": flushed}) if as_json else f"flushed {flushed} flows"
+        dump_json({"relay": target.name, "flushed": flushed}) if as_json else f"flushed {flushed} flows"
     )

@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from controlplane.node.metrics import map_fill
-from controlplane.operator import views
-from controlplane.operator.cli_common import Target, env_of, json_option, target_options
+from controlplane.operator.cli_common import Target, env_of, target_options
 from icegate.cli import Group
+from icegate.output import dump_json, json_option
 
 
 class RelayGroup(Group):
@@ -55,7 +55,7 @@ def relay_status(ctx: click.Context, target: Target, as_json: bool) -> None:
     }
     status["healthy"] = status["control_plane"] == "ready" and status.get("mode") != "detached"
     if as_json:
-        click.echo(views.dump_json(status))
+        click.echo(dump_json(status))
         ctx.exit(0 if status["healthy"] else 1)
     for key, value in status.items():
         if key == "maps":
@@ -86,6 +86,6 @@ def relay_detach(ctx: click.Context, target: Target, as_json: bool) -> None:
     """Detach the XDP program and remove the pinned maps (flows are lost)."""
     removed = env_of(ctx).detach(target)
     if as_json:
-        click.echo(views.dump_json({"relay": target.name, "removed": removed}))
+        click.echo(dump_json({"relay": target.name, "removed": removed}))
         return
     click.echo(f"relay {target.name} detached; removed: {', '.join(removed) if removed else 'nothing'}")

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import click
 
 from controlplane.operator import views
-from controlplane.operator.cli_common import Target, emit, env_of, json_option, target_options
+from controlplane.operator.cli_common import Target, env_of, target_options
+from icegate.output import emit, json_option
 
 
 @click.command(cls=click.Command, short_help="live relay counters with rates")

@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from controlplane.operator import views
-from controlplane.operator.cli_common import Target, env_of, json_option, run_redis, target_options
+from controlplane.operator.cli_common import Target, env_of, run_redis, target_options
 from icegate import token as tokens
 from icegate.cli import Group
 from icegate.errors import RelayNotRunning, StoreError, TokenError
+from icegate.output import dump_json, json_option
 from icegate.schema import RouteKeySet
 
 DEFAULT_GRACE_S = 600.0
@@ -54,7 +54,7 @@ def token_mint(
         key_id, key = keys.current, keys.keys[keys.current]
     ufrag = tokens.mint(key_id, key, cluster, index)
     if as_json:
-        click.echo(views.dump_json({"ufrag": ufrag, "cluster": cluster, "index": index, "key_id": key_id}))
+        click.echo(dump_json({"ufrag": ufrag, "cluster": cluster, "index": index, "key_id": key_id}))
         return
     click.echo(ufrag)
 
@@ -100,7 +100,7 @@ def token_decode(ctx: click.Context, target: Target, as_json: bool, ufrag: str, 
     for note in notes:
         click.echo(f"icegate: {note}", err=True)
     if as_json:
-        click.echo(views.dump_json(row))
+        click.echo(dump_json(row))
     else:
         click.echo("\n".join(f"{k + ':':<11} {'-' if v is None else v}" for k, v in row.items()))
     if row["mac_valid"] is False or row["key_state"] in REFUSED_KEY_STATES:
@@ -167,7 +167,7 @@ def token_init(target: Target, as_json: bool) -> None:
         return current if current is not None else RouteKeySet({0: tokens.new_key()}, 0)
 
     keys = run_redis(target, lambda store: store.update_route_keys(change))
-    click.echo(views.dump_json(_key_set_view(keys)) if as_json else f"route keys: current id {keys.current}")
+    click.echo(dump_json(_key_set_view(keys)) if as_json else f"route keys: current id {keys.current}")
 
 
 @token.command("rotate")
@@ -179,7 +179,7 @@ def token_rotate(target: Target, grace: float, as_json: bool) -> None:
     """Make a new current route key; the old one is accepted for --grace seconds."""
     keys = run_redis(target, lambda store: store.update_route_keys(_rotate(grace)))
     if as_json:
-        click.echo(views.dump_json(_key_set_view(keys)))
+        click.echo(dump_json(_key_set_view(keys)))
     elif keys.previous is None:
         click.echo(f"route keys: created current id {keys.current}")
     else:

@@ -8,7 +8,6 @@ same keys under upper-case headers.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -215,33 +214,3 @@ def si(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.1f}{unit}"
     return f"{value:.0f}"
-
-
-def table(rows: Sequence[Row], columns: Mapping[str, Any], headers: bool = True) -> str:
-    """A left-aligned text table (numbers right-aligned); ``-`` for missing values;
-    without its header line when ``headers`` is false (``--no-headers``)."""
-    cells = [[_cell(get(r)) for get in columns.values()] for r in rows]
-    numeric = [all(_is_number(c) for c in col) and bool(col) for col in zip(*cells, strict=False)] or [
-        False
-    ] * len(columns)
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(columns)]
-    lines = []
-    for line in [list(columns), *cells] if headers else cells:
-        parts = [
-            value.rjust(width) if is_num else value.ljust(width)
-            for value, width, is_num in zip(line, widths, numeric, strict=True)
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _is_number(text: str) -> bool:
-    return text == "-" or text.replace(".", "", 1).isdigit()
-
-
-def dump_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
-import itertools
 import json
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -26,11 +24,10 @@ from icegate import token as tokens
 from icegate.errors import RelayNotRunning
 from icegate.inet import addr16
 from icegate.schema import Keys, Registration, RouteKeySet
-from labkit.support import RedisServer, free_port
+from labkit.support import RedisServer, free_port, unique_region
 
 S = 10**9
 NOW = 1000 * S
-_regions = itertools.count()
 
 
 class Counters:
@@ -240,7 +237,7 @@ def test_readiness_of_a_port_nobody_listens_on_is_not_running() -> None:
 
 
 def region() -> str:
-    return f"cli{os.getpid()}x{next(_regions)}"
+    return unique_region("cli")
 
 
 def test_backends_ls_merges_map_and_redis(redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:

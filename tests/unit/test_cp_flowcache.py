@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -18,16 +16,15 @@ from controlplane.datapath.layout import BackendState, FlowEventKind
 from controlplane.datapath.store import Backend, Flow, FlowEvent, MemoryStore, Vip
 from icegate.inet import addr16
 from icegate.schema import CachedFlow, Keys
-from labkit.support import RedisServer
+from labkit.support import RedisServer, unique_region
 
-_regions = itertools.count()
 VIP = Vip("192.0.2.10", 3478, 0)
 VIP6 = Vip("2001:db8::10", 3478, 1)
 CFG = FlowCacheConfig(ttl_s=300, refresh_s=30, idle_s=120)
 
 
 def region() -> str:
-    return f"fc{os.getpid()}x{next(_regions)}"
+    return unique_region("fc")
 
 
 def maps_with_vips() -> MemoryStore:

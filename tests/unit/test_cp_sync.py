@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,13 +15,11 @@ from controlplane.datapath.layout import BackendState
 from controlplane.datapath.store import Backend, MemoryStore
 from icegate import token
 from icegate.schema import Keys, Registration, RouteKeySet
-from labkit.support import RedisServer
-
-_regions = itertools.count()
+from labkit.support import RedisServer, unique_region
 
 
 def region() -> str:
-    return f"sync{os.getpid()}x{next(_regions)}"
+    return unique_region("sync")
 
 
 def reg(

@@ -73,3 +73,26 @@ def test_serve_fails_at_start_on_a_bad_catalog(tmp_path: Path) -> None:
 def test_probe_refuses_an_unknown_cluster() -> None:
     done = icegate("probe", "--catalog", str(WORLD), "--cluster", "nowhere")
     assert done.returncode == 2 and "unknown cluster 'nowhere'" in done.stderr
+
+
+def test_probe_prints_a_table_json_or_wide_and_fails_on_a_dead_cluster() -> None:
+    # Signaling on a closed loopback port: every VIP fails before any ICE packet leaves.
+    dead = [
+        "--catalog",
+        str(WORLD),
+        "--cluster",
+        "fra1",
+        "--signaling-url",
+        f"http://127.0.0.1:{free_port()}/whip",
+    ]
+    table = icegate("probe", *dead, "--timeout", "2")
+    assert table.returncode == 1, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["CLUSTER", "RELAY", "VIP", "OK", "SETUP_MS", "LOSS", "ERROR"]
+    assert len(rows) == 4 and all(row.split()[3] == "NO" for row in rows)
+    wide = icegate("probe", *dead, "--timeout", "2", "-o", "wide", "--no-headers")
+    assert wide.returncode == 1 and "CLUSTER" not in wide.stdout
+    assert [line.split()[-3:] for line in wide.stdout.splitlines()] == [["0", "0", "0"]] * 4
+    as_json = json.loads(icegate("probe", *dead, "--timeout", "2", "--json").stdout)
+    assert {r["relay"] for r in as_json} == {"fra-r1", "ams-r1"} and not any(r["ok"] for r in as_json)
+    assert all("Cannot connect" in r["error"] for r in as_json)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,11 +12,10 @@ import redis.asyncio as aioredis
 from icegate import token
 from icegate.config import load
 from icegate.schema import Keys, Registration, RouteKeySet
-from labkit.support import Processes, RedisServer, free_port, redis_server
+from labkit.support import Processes, RedisServer, free_port, redis_server, unique_region
 from transceiver.config import TransceiverConfig
 from transceiver.registry import Registry
 
-_regions = itertools.count()
 KEY_A, KEY_B = bytes(range(16)), bytes(range(16, 32))
 
 
@@ -25,7 +23,7 @@ def config(redis_url: str, **overrides: Any) -> TransceiverConfig:
     base: dict[str, Any] = {
         "cluster": 4,
         "index": 9,
-        "region": f"reg{next(_regions)}",
+        "region": unique_region("reg"),
         "relays": [{"address": "192.0.2.10"}],
         "redis_url": redis_url,
         "heartbeat_interval_s": 0.1,
