@@ -28,7 +28,10 @@ ETHTOOL_STXCSUM = 0x17
 ETHTOOL_GGRO = 0x2B
 ETHTOOL_SGRO = 0x2C
 AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
 MAIN_TABLE = 254
+RTN_UNICAST = 1
+SCOPE_LINK = 253
 # IFLA_XDP_ATTACHED (include/uapi/linux/if_link.h: XDP_ATTACHED_*), as numbers and as
 # the names pyroute2 decodes them to.
 XDP_MODES: dict[int | str, str] = {
@@ -135,11 +138,13 @@ def qdisc_delay(ns: str, ifname: str) -> str | None:
 
 
 def read_host(ns: str) -> dict[str, Any]:
-    """Interfaces (addresses, MAC, MTU, state, XDP, offloads) and main-table routes of ``ns``."""
+    """Interfaces (addresses, MAC, MTU, state, XDP, offloads) and main-table unicast routes
+    of ``ns``, IPv4 then IPv6 (link-local addresses and routes left out)."""
     with netns.ns(ns) as h:
         links = h.link("dump")
-        addrs = h.addr("dump", family=AF_INET)
-        routes = h.route("dump", family=AF_INET)
+        addrs = [a for family in (AF_INET, AF_INET6) for a in h.addr("dump", family=family)]
+        routes = [r for family in (AF_INET, AF_INET6) for r in h.route("dump", family=family)]
+    addrs = [a for a in addrs if a["scope"] != SCOPE_LINK]
     names = {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in links}
     interfaces = []
     with netns.entered(ns), socket.socket(AF_INET, socket.SOCK_DGRAM) as sock:
@@ -169,9 +174,11 @@ def read_host(ns: str) -> dict[str, Any]:
             )
     table = []
     for r in routes:
-        if r.get("RTA_TABLE", r["table"]) != MAIN_TABLE:
-            continue
         dst = r.get("RTA_DST")
+        if r.get("RTA_TABLE", r["table"]) != MAIN_TABLE or r["type"] != RTN_UNICAST:
+            continue
+        if dst and str(dst).startswith("fe80:"):
+            continue
         oif = r.get("RTA_OIF")
         table.append(
             {

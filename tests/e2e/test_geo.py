@@ -86,6 +86,11 @@ def test_each_region_is_steered_to_its_own_region_and_relay(stack: Demo) -> None
     flow = c3["relay_flow"]
     assert flow["client"] == "2001:db8:c3::2" and flow["vip"] == "2001:db8:2a::10"
     assert flow["backend"] == "2:1" and flow["packets_in"] > 20 and flow["packets_out"] > 20
+    # `lab status` shows that IPv6 path too: c3's address and its IPv6 default route.
+    host = stack.lab.status()["hosts"]["c3"]
+    eth0 = next(i for i in host["interfaces"] if i["name"] == "eth0")
+    assert "2001:db8:c3::2/64" in eth0["addresses"]
+    assert any(r["dst"] == "default" and ":" in (r["gateway"] or "") for r in host["routes"]), host["routes"]
 
 
 def test_probe_reports_every_relay_vip(stack: Demo) -> None:
