@@ -13,7 +13,11 @@ the CLI calls) puts the node in drain:
    clients now reach other nodes (which recover their flows from Redis) or have hung up.
    Flows idle that long are then removed from the maps, so ``relay status`` shows 0.
 
-There is no undrain: a drained node is restarted (``relay run``), which starts ready.
+``icegate relay undrain`` (``DELETE /v1/drain``) cancels a drain, say the wrong node was
+drained: readiness comes back, the backends this drain held draining are active again at
+once (unless Redis meanwhile said otherwise: the service runs a full sync right after),
+and the node takes new flows. Flows already removed as idle are recovered from Redis by
+their next packet, like on any node.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Drain:
         self._clock_ns = clock_ns
         self.started_ns: int | None = None
         self.removed = 0
+        self._held: set[tuple[int, int, int]] = set()  # (cluster, index, generation) made draining here
 
     @property
     def draining(self) -> bool:
@@ -76,17 +81,36 @@ class Drain:
             self.started_ns = self._clock_ns()
         self.hold_backends()
 
+    def stop(self) -> int:
+        """Leave drain (idempotent): the backends this drain held draining are active again;
+        returns how many. The next sync writes whatever Redis says."""
+        self.started_ns = None
+        self.removed = 0
+        restored = 0
+        for b in self.maps.backends():
+            if b.state == BackendState.DRAINING and (b.cluster, b.index, b.generation) in self._held:
+                self.maps.put_backend(
+                    Backend(b.cluster, b.index, b.address, b.port, BackendState.ACTIVE, b.generation)
+                )
+                restored += 1
+        self._held.clear()
+        return restored
+
     def adjust(self, b: Backend) -> Backend:
         """What sync writes for backend ``b`` as Redis has it (``ClusterSync.adjust``): in drain,
         active backends are held draining in this node's maps."""
         if not self.draining or b.state != BackendState.ACTIVE:
+            self._held.discard((b.cluster, b.index, b.generation))  # Redis's own state: not ours to undo
             return b
+        self._held.add((b.cluster, b.index, b.generation))
         return Backend(b.cluster, b.index, b.address, b.port, BackendState.DRAINING, b.generation)
 
-    def handle(self, start: bool, idle_s: float) -> dict[str, Any]:
-        """``POST /v1/drain`` (start) and ``GET /v1/drain`` (report only)."""
-        if start:
+    def handle(self, method: str, idle_s: float) -> dict[str, Any]:
+        """``POST /v1/drain`` starts a drain, ``DELETE`` ends it, ``GET`` only reports."""
+        if method == "POST":
             self.start()
+        elif method == "DELETE":
+            self.stop()
         return self.report(idle_s).to_json()
 
     def hold_backends(self) -> int:

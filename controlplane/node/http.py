@@ -6,7 +6,7 @@ probe that fails on a Redis outage would restart a relay that is forwarding fine
 names each problem, one per line (``redis: ...``, ``datapath: ...``).
 ``/v1/state`` (the userspace twin only) serves its in-process maps as JSON for the
 operator CLI (:mod:`controlplane.node.snapshot`); route keys never leave the process.
-``/v1/drain`` (``POST`` starts a drain, ``GET`` reports it; :mod:`controlplane.node.drain`).
+``/v1/drain`` (``POST`` starts a drain, ``DELETE`` ends it, ``GET`` reports; :mod:`controlplane.node.drain`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ snapshot_path = "/v1/state"
 
 Problems = Callable[[], list[str]]
 State = Callable[[], dict[str, Any]]
-DrainHandler = Callable[[bool, float], dict[str, Any]]  # (start?, idle seconds) -> report
+DrainHandler = Callable[[str, float], dict[str, Any]]  # (HTTP method, idle seconds) -> report
 drain_path = "/v1/drain"
 
 
@@ -59,7 +59,7 @@ def make_app(
             return web.Response(status=400, text="idle_s: expected seconds\n")
         if not 0 < idle_s <= 3600:
             return web.Response(status=400, text="idle_s: expected 0 < seconds <= 3600\n")
-        return web.json_response(drain(request.method == "POST", idle_s))
+        return web.json_response(drain(request.method, idle_s))
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
@@ -70,6 +70,7 @@ def make_app(
     if drain is not None:  # the endpoint listens on loopback by default (HttpConfig.address)
         app.router.add_get(drain_path, drain_json)
         app.router.add_post(drain_path, drain_json)
+        app.router.add_delete(drain_path, drain_json)
     return app
 
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -132,13 +133,30 @@ class RelayService:
         )
         register_process(self.registry, "relay")
         port = cfg.http.port if http_port is None else http_port
-        app = make_app(self.registry, self.problems, state, self.drain.handle)
+        app = make_app(self.registry, self.problems, state, self._drain_request)
         app.middlewares.append(http_responses(self.registry, "icegate_relay"))
         self.http = HttpServer(app, cfg.http.address, port)
         self.tasks: list[asyncio.Task[None]] = []  # run forever; the daemon watches them
+        self._undrain_sync: asyncio.Task[None] | None = None
 
     async def _resync(self) -> None:
         await self.sync.reconcile()
+
+    def _drain_request(self, method: str, idle_s: float) -> dict[str, Any]:
+        """``/v1/drain``; after an undrain a full sync puts Redis's word over the restored states."""
+        report = self.drain.handle(method, idle_s)
+        if method == "DELETE":
+            log.info("drain cancelled: taking new flows again")
+            self._undrain_sync = asyncio.get_running_loop().create_task(self._sync_after_undrain())
+        elif method == "POST":
+            log.info("drain started: refusing new flows, readiness failing")
+        return report
+
+    async def _sync_after_undrain(self) -> None:
+        try:
+            await self.sync.reconcile()
+        except StoreError as exc:  # Redis down: the periodic sync does it when Redis is back
+            log.warning("sync after undrain failed error=%s", exc)
 
     def problems(self) -> list[str]:
         """What keeps the relay from being ready, one line each; empty when ready."""

@@ -1,10 +1,12 @@
-"""``icegate relay drain``: take this node out of the fleet gracefully (:mod:`controlplane.node.drain`).
+"""``icegate relay drain|undrain``: take this node out of the fleet gracefully, or cancel that
+(:mod:`controlplane.node.drain`).
 
 It asks the running control plane (``POST /v1/drain`` on its HTTP endpoint, loopback by
 default: run it on the node, as a Kubernetes ``preStop`` hook does) to fail readiness and
 refuse new flows, then with ``--wait`` polls until no flow has carried a packet for
 ``--idle`` seconds. Exit status: 0 drained (or, without ``--wait``, drain started), 1 still
-live flows at ``--timeout``, 2 the control plane does not answer.
+live flows at ``--timeout``, 2 the control plane does not answer. ``undrain`` is
+``DELETE /v1/drain``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -27,7 +29,7 @@ from icegate.output import dump_json, json_option
 
 def call(http: HttpConfig, method: str, idle_s: float, timeout: float = 3.0) -> dict[str, Any]:
     url = f"http://{http.address}:{http.port}{drain_path}?idle_s={idle_s:g}"
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    request = urllib.request.Request(url, method=method, data=b"" if method != "GET" else None)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             data = json.loads(reply.read())
@@ -36,6 +38,14 @@ def call(http: HttpConfig, method: str, idle_s: float, timeout: float = 3.0) -> 
     if not isinstance(data, dict):
         raise RelayNotRunning(f"{url} answered {data!r}")
     return data
+
+
+def unreachable(exc: RelayNotRunning, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(dump_json({"error": str(exc)}))
+    else:
+        click.echo(f"error: {exc}", err=True)
+    raise SystemExit(2) from None
 
 
 @relay.command("drain")
@@ -63,11 +73,7 @@ def relay_drain(
             time.sleep(interval)
             report = call(target.http, "GET", idle_s)
     except RelayNotRunning as exc:
-        if as_json:
-            click.echo(dump_json({"error": str(exc)}))
-        else:
-            click.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
+        unreachable(exc, as_json)
     done = bool(report.get("empty"))
     if as_json:
         click.echo(dump_json(report))
@@ -76,3 +82,18 @@ def relay_drain(
     else:
         click.echo(f"draining: {report['live']} live flows of {report['flows']} remain")
     raise SystemExit(0 if done or not wait else 1)
+
+
+@relay.command("undrain")
+@target_options
+@json_option
+def relay_undrain(target: Target, as_json: bool) -> None:
+    """Cancel a drain: readiness back, the held backends active again, new flows taken."""
+    try:
+        report = call(target.http, "DELETE", 5.0)
+    except RelayNotRunning as exc:
+        unreachable(exc, as_json)
+    if as_json:
+        click.echo(dump_json(report))
+    else:
+        click.echo(f"ready for new flows: drain cancelled; {report['flows']} flows in the map")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from pathlib import Path
 
+from click.testing import CliRunner
 from prometheus_client.registry import CollectorRegistry
 
 from controlplane.cluster.sync import ClusterSync
@@ -19,10 +21,18 @@ from controlplane.datapath.store import Flow, MemoryStore
 from controlplane.node.drain import Drain
 from controlplane.node.http import HttpServer, make_app
 from controlplane.node.metrics import ControlPlane, RelayCollector
+from controlplane.operator import cli
 from icegate.schema import Keys
 from labkit.support import RedisServer
 from tests.unit.test_cp_sync import reg, region, register, state_of, until, with_sync
 
+RELAY_YAML = """
+relay:
+  name: edge1
+  vips: [{{address: 192.0.2.10}}]
+  tunnel: {{address4: 10.70.0.1}}
+  http: {{address: 127.0.0.1, port: {port}}}
+"""
 KEY_LIVE = (bytes(12) + bytes([100, 64, 1, 2]), 40000, 0)
 KEY_IDLE = (bytes(12) + bytes([100, 64, 1, 3]), 40001, 0)
 
@@ -58,6 +68,30 @@ def test_drain_holds_backends_draining_through_sync(redis: RedisServer) -> None:
     asyncio.run(with_sync(redis, name, body))
 
 
+def test_undrain_restores_what_the_drain_held_and_redis_keeps_the_last_word(redis: RedisServer) -> None:
+    name = region()
+    keys = Keys(name)
+
+    async def body(sync: ClusterSync, r: object) -> None:
+        register(r, keys, reg(1, 1))  # type: ignore[arg-type]
+        register(r, keys, reg(1, 2))  # type: ignore[arg-type]
+        await until(lambda: state_of(sync, 1, 1) == state_of(sync, 1, 2) == BackendState.ACTIVE)
+        drain = Drain(sync.maps)
+        sync.adjust = drain.adjust
+        drain.start()
+        assert state_of(sync, 1, 1) == state_of(sync, 1, 2) == BackendState.DRAINING
+        register(r, keys, reg(1, 2, state="draining"))  # the transceiver drains itself meanwhile
+        await sync.reconcile()
+        assert drain.stop() == 1  # only 1:1: 1:2 is draining by Redis's word, not the node's
+        assert (state_of(sync, 1, 1), state_of(sync, 1, 2)) == (BackendState.ACTIVE, BackendState.DRAINING)
+        assert not drain.draining and drain.problem() is None
+        await sync.reconcile()  # what the service runs after an undrain: no change left to make
+        assert (state_of(sync, 1, 1), state_of(sync, 1, 2)) == (BackendState.ACTIVE, BackendState.DRAINING)
+        assert drain.stop() == 0  # idempotent
+
+    asyncio.run(with_sync(redis, name, body))
+
+
 def test_empty_once_no_flow_carries_packets_then_idle_flows_are_removed() -> None:
     now = [10_000_000_000]
     maps = MemoryStore()
@@ -77,7 +111,7 @@ def test_empty_once_no_flow_carries_packets_then_idle_flows_are_removed() -> Non
     assert list(maps.flows()) == []
 
 
-def test_drain_endpoint_post_starts_get_reports() -> None:
+def test_drain_endpoint_post_starts_delete_ends_get_reports(tmp_path: Path) -> None:
     async def main() -> None:
         maps = MemoryStore()
         drain = Drain(maps)
@@ -95,7 +129,7 @@ def test_drain_endpoint_post_starts_get_reports() -> None:
 
         def fetch(path: str, method: str = "GET") -> tuple[int, str]:
             request = urllib.request.Request(
-                base + path, method=method, data=b"" if method == "POST" else None
+                base + path, method=method, data=b"" if method != "GET" else None
             )
             try:
                 with urllib.request.urlopen(request, timeout=3) as reply:
@@ -118,6 +152,23 @@ def test_drain_endpoint_post_starts_get_reports() -> None:
             assert status == 503 and "draining" in body
             assert "icegate_relay_draining 1.0" in (await loop.run_in_executor(None, fetch, "/metrics"))[1]
             assert (await loop.run_in_executor(None, fetch, "/v1/drain?idle_s=x"))[0] == 400
+            # The CLI, with a config naming this endpoint: undrain, then drain again.
+            config = tmp_path / "relay.yaml"
+            config.write_text(RELAY_YAML.format(port=server.port))
+            undrain = await loop.run_in_executor(
+                None, CliRunner().invoke, cli.relay, ["undrain", "--config", str(config), "--json"]
+            )
+            assert undrain.exit_code == 0, undrain.output
+            assert json.loads(undrain.output)["draining"] is False and not drain.draining
+            assert (await loop.run_in_executor(None, fetch, "/readyz"))[0] == 200
+            text = await loop.run_in_executor(
+                None, CliRunner().invoke, cli.relay, ["undrain", "--config", str(config)]
+            )
+            assert text.exit_code == 0 and text.output.startswith("ready for new flows")
+            again = await loop.run_in_executor(
+                None, CliRunner().invoke, cli.relay, ["drain", "--config", str(config), "--json"]
+            )
+            assert again.exit_code == 0 and json.loads(again.output)["draining"] is True
         finally:
             await server.stop()
 

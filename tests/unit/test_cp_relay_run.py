@@ -109,6 +109,17 @@ def check_cli_over_http(config: Path, cport: int, vip_port: int) -> None:
     assert "1:1" in run(cli.backends, "ls")
     assert "can read them over HTTP but not flush them" in run(cli.flows, "flush", "--yes", code=1)
     assert "runs the userspace twin: nothing is attached" in run(cli.relay, "detach", code=1)
+    # Drain and undrain the running relay: the map's backend follows, readiness too.
+    assert json.loads(run(cli.relay, "drain", "--json"))["draining"] is True
+    (backend,) = json.loads(run(cli.backends, "ls", "--json"))
+    assert (backend["map_state"], backend["redis_state"]) == ("draining", "active")
+    assert json.loads(run(cli.relay, "status", "--json", code=1))["control_plane"].startswith("draining")
+    assert run(cli.relay, "undrain").startswith("ready for new flows")
+    (backend,) = json.loads(run(cli.backends, "ls", "--json"))
+    assert (backend["map_state"], backend["redis_state"]) == ("active", "active")
+    wait_for(
+        lambda: json.loads(run(cli.relay, "status", "--json"))["control_plane"] == "ready", 5, what="ready"
+    )
 
 
 @dataclass
