@@ -42,6 +42,7 @@ from geo.health import FleetHealth
 from geo.locate import Location, Locator, MaxMind, parse_coordinate
 from geo.probe import ProbeResult, probe_cluster, relay_verdicts
 from icegate.catalog import Catalog
+from icegate.observe import http_responses, register_process
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class FrontDoor:
         self.health = FleetHealth(catalog, config.health_interval_s)
         self.last_probes: list[ProbeResult] = []
         self.registry = CollectorRegistry()
+        register_process(self.registry, "geo")
         self.decisions = Counter(
             "icegate_geo_decisions_total",
             "Decisions by region, reason and location source",
@@ -251,6 +253,7 @@ class FrontDoor:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.cors] if self.config.cors_origins else [])
+        app.middlewares.append(http_responses(self.registry, "icegate_geo"))
         app.router.add_route("OPTIONS", "/v1/sessions", self.preflight)
         app.router.add_post("/v1/sessions", self.post_session)
         app.router.add_get("/v1/route", self.get_route)

@@ -221,6 +221,9 @@ def test_redirect_explain_failover_and_503(redis: RedisServer) -> None:
             unavailable_total = re.search(r"^icegate_geo_unavailable_total (\S+)$", text, re.M)
             assert unavailable_total is not None and float(unavailable_total.group(1)) >= 2
             assert f'icegate_geo_region_up{{region="{tag}eu"}} 1.0' in text
+            # Like every component: process metrics, build info, HTTP responses by route and code.
+            assert 'icegate_build_info{component="geo"' in text and "process_cpu_seconds_total" in text
+            assert 'icegate_geo_http_responses_total{code="503",path="/v1/sessions"}' in text
             assert door.health.view().clusters["fra1"].live == 0
         await client.aclose()
 
