@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
+    OutputAudioRawFrame,
     OutputTransportMessageFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -41,6 +44,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from examples import pipecat_echo
 from icegate.errors import WireError
+from labkit.support import REPO, Processes, free_port, wait_for
 from transceiver.agent.check import check
 from transceiver.agent.pipecat_transport import (
     Bot,
@@ -428,3 +432,65 @@ def test_a_bad_hello_is_refused_with_negotiation() -> None:
     assert reply["type"] == "error" and reply["code"] == "negotiation"
     assert "hello.version" in reply["message"]
     assert code == 1002
+
+
+class Bare(FrameProcessor):
+    """Answers with plain ``OutputAudioRawFrame``s (no TTS framing), in two bursts 1 s apart."""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, UserStoppedSpeakingFrame):
+            pcm = tone(400.0, 200).tobytes()  # 48 kHz: the output transport resamples to 24 kHz
+            await self.push_frame(OutputAudioRawFrame(audio=pcm, sample_rate=48000, num_channels=1))
+            self.create_task(self._later(pcm))
+
+    async def _later(self, pcm: bytes) -> None:
+        await asyncio.sleep(1.0)
+        await self.push_frame(OutputAudioRawFrame(audio=pcm, sample_rate=48000, num_channels=1))
+
+
+def test_bare_output_audio_is_a_response_per_burst() -> None:
+    """Audio that no TTS announced still arrives as responses: each pause of
+    ``RESPONSE_IDLE_S`` ends one, so the client's response_done comes after each burst."""
+    record = Record()
+
+    async def main() -> Channel:
+        async with served(recording_bot(record, lambda: [Bare()]), IcegateParams()) as url:
+            async with bridged(url) as (bridge, channel):
+                await speak(bridge, np.concatenate([tone(300.0, 400), silence(600)]))
+                deadline = time.monotonic() + 5
+                while channel.types().count("response_done") < 2:
+                    assert time.monotonic() < deadline, channel.events
+                    await asyncio.sleep(0.02)
+                    bridge.next_playout_frame()
+            await asyncio.wait_for(record.done.wait(), 5)
+        return channel
+
+    channel = asyncio.run(main())
+    assert channel.types()[3:] == ["response_started", "response_done", "response_started", "response_done"]
+    assert [e["response"] for e in channel.events[3:]] == [1, 1, 2, 2]
+    assert not any(e["interrupted"] for e in channel.events if e["type"] == "response_done")
+
+
+def test_the_example_runs_and_icegate_agent_check_passes(procs: Processes) -> None:
+    """``python examples/pipecat_echo.py --listen`` then ``icegate agent check``, as docs/PIPECAT.md says."""
+    port = free_port()
+    procs.start([sys.executable, "examples/pipecat_echo.py", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"ws://127.0.0.1:{port}/"
+
+    def listening() -> bool:
+        import socket
+
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, 30, what="the example to listen")
+    out = subprocess.run(
+        [sys.executable, "-c", "from icegate.cli import main; main()", "agent", "check", url, "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] is True and report["negotiated"]["output"] == {"rate": 24000, "frame_ms": 20}
