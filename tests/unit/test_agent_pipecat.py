@@ -28,6 +28,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
+    LLMContextFrame,
     OutputAudioRawFrame,
     OutputTransportMessageFrame,
     TranscriptionFrame,
@@ -39,7 +40,13 @@ from pipecat.frames.frames import (
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
 from examples import pipecat_echo
@@ -121,7 +128,11 @@ class Speaker(FrameProcessor):
             await self.push_frame(OutputTransportMessageFrame(message={"heard": frame.text}))
 
 
-def recording_bot(record: Record, make: Callable[[], list[FrameProcessor]]) -> Bot:
+def recording_bot(
+    record: Record,
+    make: Callable[[], list[FrameProcessor]],
+    after: Callable[[], list[FrameProcessor]] = list,
+) -> Bot:
     async def bot(transport: IcegateTransport) -> None:
         send_event = transport.send_event
 
@@ -139,7 +150,7 @@ def recording_bot(record: Record, make: Callable[[], list[FrameProcessor]]) -> B
         async def on_disconnected(_: IcegateTransport, reason: str) -> None:
             record.disconnected.append(reason)
 
-        pipeline = Pipeline([transport.input(), Watch(record), *make(), transport.output()])
+        pipeline = Pipeline([transport.input(), Watch(record), *make(), transport.output(), *after()])
         worker = PipelineWorker(
             pipeline, params=transport.pipeline_params(), enable_rtvi=False, idle_timeout_secs=None
         )
@@ -494,3 +505,60 @@ def test_the_example_runs_and_icegate_agent_check_passes(procs: Processes) -> No
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["ok"] is True and report["negotiated"]["output"] == {"rate": 24000, "frame_ms": 20}
+
+
+class ParrotLLM(FrameProcessor):
+    """Stands in for an LLM and a TTS: answers the user's last message with it, spoken as a tone."""
+
+    def __init__(self, heard: list[list[dict[str, Any]]]) -> None:
+        super().__init__()
+        self._heard = heard
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if not isinstance(frame, LLMContextFrame):
+            await self.push_frame(frame, direction)
+            return
+        messages = list(frame.context.get_messages())
+        self._heard.append(messages)
+        await self.push_frame(TTSStartedFrame())
+        await self.push_frame(TTSTextFrame(text=f"you said: {messages[-1]['content']}", text_type="sentence"))
+        pcm = tone(600.0, 300)[::2].tobytes()  # 24 kHz
+        await self.push_frame(TTSAudioRawFrame(audio=pcm, sample_rate=24000, num_channels=1))
+        await self.push_frame(TTSStoppedFrame())
+
+
+def test_pipecats_context_aggregators_take_the_transceivers_turns() -> None:
+    """The usual Pipecat shape, user aggregator -> LLM -> TTS -> output -> assistant aggregator,
+    with ``ExternalUserTurnStrategies``: the transceiver's turn and the client's words (standing
+    in for an STT) make one user message; the answer reaches the caller with its transcript."""
+    record = Record()
+    heard: list[list[dict[str, Any]]] = []
+    pair: list[LLMContextAggregatorPair] = []
+
+    def before() -> list[FrameProcessor]:
+        strategies = LLMUserAggregatorParams(user_turn_strategies=ExternalUserTurnStrategies())
+        pair.append(LLMContextAggregatorPair(LLMContext(), user_params=strategies))
+        return [pair[0].user(), ParrotLLM(heard)]
+
+    def after() -> list[FrameProcessor]:
+        return [pair[0].assistant()]
+
+    async def main() -> tuple[Channel, list[bytes]]:
+        async with served(recording_bot(record, before, after), IcegateParams()) as url:
+            async with bridged(url) as (bridge, channel):
+                await speak(bridge, tone(300.0, 400))
+                bridge.client_message(
+                    event(EventType.TRANSCRIPT, role="user", text="what time is it").encode()
+                )
+                await speak(bridge, silence(600))
+                heard_audio = await hear_until(bridge, channel, "response_done")
+            await asyncio.wait_for(record.done.wait(), 5)
+        return channel, heard_audio
+
+    channel, audio = asyncio.run(main())
+    assert heard == [[{"role": "user", "content": "what time is it"}]]
+    assert channel.types()[3:] == ["transcript", "response_started", "response_done"]
+    assert channel.events[3] == {"type": "transcript", "role": "agent", "text": "you said: what time is it"}
+    assert abs(len(audio) - 15) <= 1  # 300 ms
+    assert abs(dominant_frequency(np.frombuffer(b"".join(audio[1:-1]), "<i2")) - 600) < 5
