@@ -334,7 +334,7 @@ class IcegateInputTransport(BaseInputTransport):
                 await self.broadcast_frame(UserStoppedSpeakingFrame)
             case EventType.BARGE_IN:
                 # The transceiver has already cut the response; Pipecat stops producing it.
-                await self._transport.output().end_response()
+                await self._transport.output().end_response(until_interrupted=True)
                 await self.broadcast_interruption()
                 await self._transport._call("on_barge_in", f.get("response"), f["heard_ms"])
             case EventType.TRANSCRIPT if f["role"] == "user":
@@ -368,6 +368,9 @@ class IcegateOutputTransport(BaseOutputTransport):
         self._wrote = asyncio.Event()
         self._idle: asyncio.Task[None] | None = None
         self._hung_up = False
+        # After a barge-in, until the interruption has come down the pipeline and emptied the
+        # media sender's queue: what is still queued belongs to the cut response, not a new one.
+        self._muted = False
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
@@ -394,6 +397,7 @@ class IcegateOutputTransport(BaseOutputTransport):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
+            self._muted = False
             await self.end_response()
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
@@ -422,6 +426,8 @@ class IcegateOutputTransport(BaseOutputTransport):
         await self._transport.send_event(event(EventType.DATA, payload=message))
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        if self._muted:
+            return True  # taken, and dropped: the tail of a response the caller cut
         audio = frame.audio
         size = self._fmt.frame_bytes
         if len(audio) % size:
@@ -442,8 +448,10 @@ class IcegateOutputTransport(BaseOutputTransport):
         self._wrote.set()
         return True
 
-    async def end_response(self) -> None:
-        """``response_done`` for the response being sent, if any."""
+    async def end_response(self, *, until_interrupted: bool = False) -> None:
+        """``response_done`` for the response being sent, if any; ``until_interrupted``: and
+        drop output audio until an interruption reaches this transport."""
+        self._muted = self._muted or until_interrupted
         response, self.response, self._tts = self.response, None, False
         if response is not None:
             await self._transport.send_event(event(EventType.RESPONSE_DONE, response=response))
