@@ -214,10 +214,6 @@ class IcegateTransport(BaseTransport):
 
     # -- the socket -------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._ws.closed
-
     async def send_audio(self, frame: bytes) -> bool:
         if self._ws.closed:
             return False
@@ -264,9 +260,11 @@ class IcegateTransport(BaseTransport):
             reason = "protocol error"
             await self.send_event(event(EventType.ERROR, code="protocol", message=str(exc)))
             await self._ws.close(code=WS_CLOSE_PROTOCOL)
-        finally:
-            self.hung_up = reason
-            await self._input.disconnected(reason)
+        except ConnectionError as exc:
+            reason = f"connection lost: {exc}"
+        # (Not when cancelled: the bot has returned and run_call is closing the socket.)
+        self.hung_up = reason
+        await self._input.disconnected(reason)
 
     async def _call(self, handler: str, *args: Any) -> None:
         await self._call_event_handler(handler, *args)
