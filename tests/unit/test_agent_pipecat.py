@@ -73,6 +73,7 @@ class Record:
     """What the agent side saw: the frames in its pipeline, what it sent, how the call ended."""
 
     frames: list[Frame] = field(default_factory=list)
+    heard: list[InputAudioRawFrame] = field(default_factory=list)  # the caller's audio, as Pipecat got it
     sent: list[dict[str, Any]] = field(default_factory=list)  # events the agent sent, with a time
     barge_ins: list[tuple[Any, int]] = field(default_factory=list)
     disconnected: list[str] = field(default_factory=list)
@@ -94,7 +95,9 @@ class Watch(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if not isinstance(frame, InputAudioRawFrame):
+        if isinstance(frame, InputAudioRawFrame):
+            self._record.heard.append(frame)
+        else:
             self._record.frames.append(frame)
         await self.push_frame(frame, direction)
 
@@ -264,6 +267,10 @@ def test_the_echo_example_at_16k_in_24k_out_through_the_bridge() -> None:
     assert abs(dominant_frequency(pcm) - 300) < 5
     loud = [f for f in heard if np.abs(np.frombuffer(f, "<i2")).max() > 3000]
     assert 18 <= len(loud) <= 22  # the 400 ms of tone, 20 ms frames, through two resamplers
+    # the caller's voice reached Pipecat as 20 ms frames at 16 kHz, at its pitch
+    assert {(f.sample_rate, len(f.audio)) for f in record.heard} == {(16000, 640)}
+    caller = np.frombuffer(b"".join(f.audio for f in record.heard[:20]), "<i2")
+    assert abs(dominant_frequency(caller, rate=16000) - 300) < 5
     # turns as the transceiver decided them, then its hang-up as a cancellation
     kinds = record.kinds()
     assert kinds.index("VADUserStartedSpeakingFrame") < kinds.index("UserStartedSpeakingFrame")
