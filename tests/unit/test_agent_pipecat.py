@@ -51,7 +51,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from examples import pipecat_echo
 from icegate.errors import WireError
-from labkit.support import REPO, Processes, free_port, wait_for
+from labkit.support import REPO, Processes, free_port, http_get, metric_sample, wait_for
 from transceiver.agent.check import check
 from transceiver.agent.pipecat_transport import (
     Bot,
@@ -512,6 +512,10 @@ def test_the_example_runs_and_icegate_agent_check_passes(procs: Processes) -> No
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["ok"] is True and report["negotiated"]["output"] == {"rate": 24000, "frame_ms": 20}
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    assert metric_sample(text, "icegate_agent_sessions_total") == 1
+    assert metric_sample(text, "icegate_agent_connections") == 0
 
 
 class ParrotLLM(FrameProcessor):

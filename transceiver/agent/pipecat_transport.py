@@ -97,8 +97,10 @@ from pipecat.processors.frameworks.rtvi.models import MESSAGE_LABEL as RTVI_LABE
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from icegate.errors import WireError
+from icegate.observe import http_responses, register_process
 from transceiver.agent_protocol import (
     FRAME_MS_CHOICES,
     MAX_DATA_BYTES,
@@ -523,17 +525,33 @@ async def run_call(ws: web.WebSocketResponse, bot: Bot, params: IcegateParams) -
 
 
 def make_app(bot: Bot, params: IcegateParams | None = None) -> web.Application:
-    """An aiohttp application serving ``bot`` on ``GET /``, one call per WebSocket."""
+    """An aiohttp application serving ``bot`` on ``GET /``, one call per WebSocket, and its
+    metrics on ``GET /metrics`` (the SDK's agents' ``icegate_agent_*`` and ``process_*``)."""
     chosen = params or IcegateParams()
+    registry = CollectorRegistry(auto_describe=True)
+    register_process(registry, "agent")
+    connections = Gauge(
+        "icegate_agent_connections", "Sessions connected to this agent now.", registry=registry
+    )
+    sessions = Counter("icegate_agent_sessions", "Sessions this agent served.", registry=registry)
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=65536)
         await ws.prepare(request)
-        await run_call(ws, bot, chosen)
+        connections.inc()
+        sessions.inc()
+        try:
+            await run_call(ws, bot, chosen)
+        finally:
+            connections.dec()
         return ws
 
-    app = web.Application()
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[http_responses(registry, "icegate_agent")])
     app.router.add_get("/", handle)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
