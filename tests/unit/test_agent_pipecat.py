@@ -573,3 +573,30 @@ def test_pipecats_context_aggregators_take_the_transceivers_turns() -> None:
     assert channel.events[3] == {"type": "transcript", "role": "agent", "text": "you said: what time is it"}
     assert abs(len(audio) - 15) <= 1  # 300 ms
     assert abs(dominant_frequency(np.frombuffer(b"".join(audio[1:-1]), "<i2")) - 600) < 5
+
+
+def test_a_bot_that_takes_its_time_to_start_keeps_the_call() -> None:
+    """A bot that spends 1 s before its pipeline runs (loading models): the transceiver's
+    pings are answered meanwhile (it would declare the agent lost within 0.6 s), and the
+    turn spoken during that second is answered once the pipeline is up."""
+    record = Record()
+    inner = recording_bot(record, lambda: [pipecat_echo.Echo()])
+
+    async def slow(transport: IcegateTransport) -> None:
+        await asyncio.sleep(1.0)
+        await inner(transport)
+
+    async def main() -> tuple[Channel, list[bytes], str]:
+        async with served(slow, pipecat_echo.PARAMS) as url:
+            async with bridged(url) as (bridge, channel):
+                await speak(bridge, np.concatenate([tone(300.0, 400), silence(600)]))
+                await asyncio.sleep(1.2)
+                state = bridge.agent_state
+                heard = await hear_until(bridge, channel, "response_done")
+            await asyncio.wait_for(record.done.wait(), 5)
+        return channel, heard, state
+
+    channel, heard, state = asyncio.run(main())
+    assert state == "connected"
+    assert channel.types()[3:] == ["data", "transcript", "response_started", "response_done"]
+    assert abs(len(heard) * 20 - channel.events[3]["payload"]["echo_ms"]) <= 40
