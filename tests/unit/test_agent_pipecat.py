@@ -491,10 +491,22 @@ def test_bare_output_audio_is_a_response_per_burst() -> None:
     assert not any(e["interrupted"] for e in channel.events if e["type"] == "response_done")
 
 
-def test_the_example_runs_and_icegate_agent_check_passes(procs: Processes) -> None:
-    """``python examples/pipecat_echo.py --listen`` then ``icegate agent check``, as docs/PIPECAT.md says."""
+ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [sys.executable, "examples/pipecat_echo.py"],
+        [*ICEGATE, "agent", "run", "--pipecat", "examples.pipecat_echo:bot"],
+    ],
+    ids=["script", "icegate-agent-run"],
+)
+def test_the_example_runs_and_icegate_agent_check_passes(procs: Processes, argv: list[str]) -> None:
+    """``python examples/pipecat_echo.py --listen`` (or ``icegate agent run --pipecat``), then
+    ``icegate agent check``, as docs/PIPECAT.md says."""
     port = free_port()
-    procs.start([sys.executable, "examples/pipecat_echo.py", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
+    procs.start([*argv, "--listen", f"127.0.0.1:{port}"], cwd=REPO,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"ws://127.0.0.1:{port}/"
 
@@ -506,7 +518,7 @@ def test_the_example_runs_and_icegate_agent_check_passes(procs: Processes) -> No
 
     wait_for(listening, 30, what="the example to listen")
     out = subprocess.run(
-        [sys.executable, "-c", "from icegate.cli import main; main()", "agent", "check", url, "--json"],
+        [*ICEGATE, "agent", "check", url, "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
@@ -600,3 +612,20 @@ def test_a_bot_that_takes_its_time_to_start_keeps_the_call() -> None:
     assert state == "connected"
     assert channel.types()[3:] == ["data", "transcript", "response_started", "response_done"]
     assert abs(len(heard) * 20 - channel.events[3]["payload"]["echo_ms"]) <= 40
+
+
+def test_icegate_agent_run_pipecat_names_what_is_wrong() -> None:
+    from click.testing import CliRunner
+
+    from transceiver.cli import agent
+
+    runner = CliRunner()
+    for args, problem in [
+        (["--pipecat", "examples.pipecat_echo:bot", "--kind", "echo"], "give it without --kind and --app"),
+        (["--pipecat", "nocolon"], "expected module:function"),
+        (["--pipecat", "no.such.module:bot"], "cannot import no.such.module"),
+        (["--pipecat", "examples.pipecat_echo:Echo"], "Echo is not an async function"),
+        (["--pipecat", "examples.pipecat_echo:bot", "--input-rate", "44100"], "input_rate: expected one of"),
+    ]:
+        result = runner.invoke(agent, ["run", *args])
+        assert result.exit_code == 2 and problem in result.output, result.output

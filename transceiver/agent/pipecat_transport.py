@@ -59,6 +59,8 @@ frames are announced here, so a Pipecat user aggregator should use
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import json
 import logging
 import time
@@ -512,7 +514,10 @@ async def run_call(ws: web.WebSocketResponse, bot: Bot, params: IcegateParams) -
         dict(hello.get("endpointing") or {}),
         dict(hello.get("flow") or {}),
     )
-    logger.info("call started session=%s negotiated=%s", call.session, negotiated)
+    logger.info(
+        "call started session=%s input=%d/%dms output=%d/%dms", call.session,
+        negotiated.input.rate, negotiated.input.frame_ms, negotiated.output.rate, negotiated.output.frame_ms,
+    )  # fmt: skip
     transport = IcegateTransport(ws, call, params)
     # Read from now on, before the pipeline exists: the transceiver's pings need answers (§7).
     reader = asyncio.create_task(transport.read(), name=f"icegate-read-{call.session}")
@@ -553,6 +558,21 @@ def make_app(bot: Bot, params: IcegateParams | None = None) -> web.Application:
     app.router.add_get("/", handle)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+def load_bot(spec: str) -> Bot:
+    """``module:function`` -> the bot, ``async function(transport)``; ValueError saying what is wrong."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"{spec!r}: expected module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{spec!r}: cannot import {module_name}: {exc}") from exc
+    bot = getattr(module, name, None)
+    if not inspect.iscoroutinefunction(bot):
+        raise ValueError(f"{spec!r}: {name} is not an async function (the bot: async def {name}(transport))")
+    return bot
 
 
 async def serve(bot: Bot, host: str, port: int, params: IcegateParams | None = None) -> web.AppRunner:
