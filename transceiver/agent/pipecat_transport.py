@@ -10,8 +10,9 @@ with the rates the bot asked for (:class:`IcegateParams`), then hands an
 
     async def bot(transport: IcegateTransport) -> None:
         pipeline = Pipeline([transport.input(), MyProcessor(), transport.output()])
-        worker = PipelineWorker(pipeline, params=transport.pipeline_params())
-        await WorkerRunner(handle_sigint=False).run(worker)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(PipelineWorker(pipeline, params=transport.pipeline_params()))
+        await runner.run()  # until either side hangs up
 
 What crosses the socket, and what it becomes:
 
