@@ -322,7 +322,9 @@ class IcegateInputTransport(BaseInputTransport):
             rate = self._transport.call.negotiated.input.rate
             await self.push_audio_frame(InputAudioRawFrame(audio=item, sample_rate=rate, num_channels=1))
             return
-        # An event follows the audio it describes (§4.1): let the frames queued before it out first.
+        # An event follows the audio it describes (§4.1): let the frames queued before it out
+        # first. BaseInputTransport's audio queue and task are its internals (as of 1.14); the
+        # echo tests' lengths fail if a later Pipecat reorders them.
         if self._audio_task is not None and not self._audio_task.done():
             await self._audio_in_queue.join()
         f = item.fields
