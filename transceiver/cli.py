@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -18,6 +18,9 @@ from icegate.config import load
 from icegate.logs import setup_logging
 from icegate.secrets import pick_secret
 from transceiver.config import VIP_PORT, TransceiverConfig
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 logger = logging.getLogger("transceiver.cli")
 
@@ -217,6 +220,16 @@ def agent() -> None:
 )
 @click.option("--app", "app_spec", metavar="MODULE:CLASS", help="Serve your own Agent subclass instead.")
 @click.option(
+    "--pipecat",
+    "pipecat_spec",
+    metavar="MODULE:FUNCTION",
+    help="Serve a Pipecat bot, async FUNCTION(transport), instead (docs/PIPECAT.md).",
+)
+@click.option(
+    "--input-rate", type=int, default=16000, show_default=True, help="--pipecat: the caller's voice."
+)
+@click.option("--output-rate", type=int, default=24000, show_default=True, help="--pipecat: the bot's voice.")
+@click.option(
     "--listen",
     default="127.0.0.1:8090",
     show_default=True,
@@ -229,6 +242,9 @@ def agent() -> None:
 def agent_run(
     kind: str | None,
     app_spec: str | None,
+    pipecat_spec: str | None,
+    input_rate: int,
+    output_rate: int,
     listen: str,
     tone_hz: float,
     tone_ms: int,
@@ -238,10 +254,16 @@ def agent_run(
     """Serve an agent on ws://HOST:PORT/ until SIGTERM/SIGINT (one instance per session)."""
     from transceiver.agent import builtin, sdk
 
-    if (kind is None) == (app_spec is None):
+    if pipecat_spec is not None:
+        if kind is not None or app_spec is not None:
+            raise click.UsageError("--pipecat serves a Pipecat bot: give it without --kind and --app")
+    elif (kind is None) == (app_spec is None):
         raise click.UsageError("give exactly one of --kind and --app")
-    factory: type[sdk.Agent]
-    if app_spec is not None:
+    factory: type[sdk.Agent] | None = None
+    if pipecat_spec is not None:
+        _pipecat_logs(debug)  # before Pipecat is imported: it logs on import
+        start = _pipecat_server(pipecat_spec, input_rate, output_rate)
+    elif app_spec is not None:
         try:
             factory = sdk.load_app(app_spec)
         except ValueError as exc:
@@ -262,8 +284,8 @@ def agent_run(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):  # before warm_up: a stop while loading is clean
             loop.add_signal_handler(signum, stop.set)
-        runner = await sdk.serve(factory, host, port)
-        logger.info("agent listening kind=%s url=ws://%s:%d/", kind or app_spec, host, port)
+        runner = await sdk.serve(factory, host, port) if factory is not None else await start(host, port)
+        logger.info("agent listening kind=%s url=ws://%s:%d/", kind or app_spec or pipecat_spec, host, port)
         try:
             await stop.wait()
         finally:
@@ -271,6 +293,45 @@ def agent_run(
                 await runner.cleanup()
 
     asyncio.run(main())
+
+
+def _pipecat_logs(debug: bool) -> None:
+    """Pipecat logs with loguru (DEBUG to stderr unless told otherwise): its lines go to the
+    ``logging`` module instead, as ``pipecat.*`` loggers, so ``--log-json`` formats them too."""
+    try:
+        from loguru import logger as loguru_logger
+    except ImportError as exc:
+        raise click.UsageError(f"--pipecat needs Pipecat: pip install 'icegate[pipecat]' ({exc})") from None
+
+    def sink(message: Any) -> None:
+        record = message.record
+        logging.getLogger(record["name"] or "pipecat").log(record["level"].no, "%s", record["message"])
+
+    loguru_logger.remove()
+    loguru_logger.add(sink, level="DEBUG" if debug else "INFO", format="{message}")
+
+
+def _pipecat_server(
+    spec: str, input_rate: int, output_rate: int
+) -> Callable[[str, int], Awaitable[web.AppRunner]]:
+    """``--pipecat``: the bot and its rates, checked before anything listens."""
+    try:
+        from transceiver.agent import pipecat_transport
+    except ImportError as exc:
+        raise click.UsageError(f"--pipecat needs Pipecat: pip install 'icegate[pipecat]' ({exc})") from None
+    try:
+        bot = pipecat_transport.load_bot(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--pipecat") from None
+    try:
+        params = pipecat_transport.IcegateParams(input_rate=input_rate, output_rate=output_rate)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input-rate/--output-rate") from None
+
+    async def start(host: str, port: int) -> web.AppRunner:
+        return await pipecat_transport.serve(bot, host, port, params)
+
+    return start
 
 
 @agent.command("check")
