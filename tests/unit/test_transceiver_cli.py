@@ -80,6 +80,8 @@ def test_transceiver_and_agent_log_json_lines(procs: Processes, tmp_path: Path) 
             "--log-json"]  # fmt: skip
     tx = procs.start(argv, cwd=REPO, text=True)
     wait_for(lambda: http_get(f"http://127.0.0.1:{signaling}/readyz")[0] == 200, 15, what="transceiver ready")
+    # The agent serves once its SIGTERM handler is set: a signal before that would kill it (-15).
+    wait_for(lambda: http_get(f"http://127.0.0.1:{agent_port}/metrics")[0] == 200, 15, what="agent serving")
     for proc in (tx, agent):
         proc.send_signal(signal.SIGTERM)
     outputs = {}
