@@ -160,6 +160,17 @@ class PcmConverter:
         self._pending = self._pending[whole:]
         return frames
 
+    def flush(self) -> list[bytes]:
+        """The end of the stream: what is buffered (the resampler's delay, a partial frame)
+        as whole frames, the last padded with silence; then ready for a new stream."""
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                self._pending += bytes(out.planes[0])[: out.samples * 2]
+        size = self.dst.frame_bytes
+        tail = self._pending + bytes(-len(self._pending) % size)
+        self.reset()
+        return [tail[i : i + size] for i in range(0, len(tail), size)]
+
     def reset(self) -> None:
         """Drop what is buffered (a cut response must not leak into the next one)."""
         self._pending = b""

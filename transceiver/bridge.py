@@ -212,6 +212,11 @@ class MediaBridge:
                 "max_queued_ms": self.link.max_queued_ms,
                 "max_input_queued_ms": self.link.max_input_queued_ms,
             },
+            link={
+                "handshake_timeout_s": self.link.handshake_timeout_s,
+                "heartbeat_s": self.link.heartbeat_s,
+                "pong_timeout_s": self.link.heartbeat_s / 2,
+            },
         )
 
     def attach_input(self, track: MediaStreamTrack) -> None:
@@ -436,8 +441,11 @@ class MediaBridge:
     def agent_frame(self, pcm: bytes) -> None:
         if self._receiving is not None and self._receiving == self._muted:
             return
+        self._queue_playout(self._from_agent_out.push(pcm))
+
+    def _queue_playout(self, frames: list[bytes]) -> None:
         limit = self.link.max_queued_ms // FRAME_MS
-        for frame in self._from_agent_out.push(pcm):
+        for frame in frames:
             if self._queued >= limit:
                 self._count("output_dropped")
                 if self._overflowed != self._receiving:
@@ -461,11 +469,14 @@ class MediaBridge:
             self._from_agent_out.reset()
             self._playout.append(ev)
         elif ev.type is EventType.RESPONSE_DONE:
-            self._receiving = None
             if response == self._muted:
                 self._muted = None  # the client was told at the barge-in
+                self._from_agent_out.reset()
             else:
+                # The resampler's delay and a partial frame: the response's last few ms.
+                self._queue_playout(self._from_agent_out.flush())
                 self._playout.append(event(EventType.RESPONSE_DONE, response=response, interrupted=False))
+            self._receiving = None
         elif ev.type is EventType.HANGUP:
             self._hangup_reason = f"agent: {ev.get('reason')}"
             self._playout.append(ev)  # after the goodbye the agent queued

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,10 +21,19 @@ import numpy as np
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from labkit.support import Processes, free_port, wait_for
 from transceiver.agent_protocol import FRAME_SAMPLES
 from transceiver.bridge import SILENCE, MediaBridge
 from transceiver.client import dominant_frequency, silence, tone
 from transceiver.config import VadConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
 
 LOG: list[dict[str, Any]] = []  # events the agent received
 FRAMES: list[int] = []  # frames of caller audio it received, per call
@@ -121,3 +134,27 @@ def test_an_agent_written_from_the_document() -> None:
     assert frames >= 20  # 1 s of caller audio at 40 ms frames, minus the resampler's delay
     assert [e["type"] for e in sent][3:] == ["transcript", "response_started", "response_done"]
     assert sent[-1] == {"type": "response_done", "response": "answer-1", "interrupted": False}
+
+
+def test_the_agent_an_outsider_wrote_from_the_document_passes_the_check(procs: Processes) -> None:
+    """examples/raw_protocol_agent.py was written from the document alone by someone who had
+    not seen the code (issue 17's check); it must keep passing ``icegate agent check``: the
+    16/24 kHz negotiation, its transcripts and data, and all 700 ms of its answer."""
+    port = free_port()
+    agent = procs.start(
+        [sys.executable, str(REPO / "examples" / "raw_protocol_agent.py"), "--port", str(port)]
+    )
+    wait_for(lambda: agent.poll() is None and port_open(port), 10, what="the example agent listening")
+    done = subprocess.run(
+        [sys.executable, "-c", "from icegate.cli import main; main()", "agent", "check",
+         f"ws://127.0.0.1:{port}/", "--json"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"], report
+    assert report["negotiated"] == {
+        "input": {"rate": 16000, "frame_ms": 20},
+        "output": {"rate": 24000, "frame_ms": 20},
+    }
+    assert report["response_ms"] == 700
+    assert report["events"][3:] == ["transcript", "transcript", "data", "response_started", "response_done"]

@@ -61,18 +61,21 @@ def test_agent_check_passes_a_good_agent_and_names_a_broken_ones_problem() -> No
             await self._link.ws.send_str(event(EventType.RESPONSE_STARTED, response=1).encode())
             await self._link.ws.send_bytes(bytes(1000))  # not one 20 ms frame at 48 kHz
 
-    async def main() -> tuple[dict[str, object], dict[str, object]]:
+    class Tone24k(builtin.tone_agent(500.0, 200)):  # type: ignore[misc]
+        output_rate = 24000
+
+    async def main() -> tuple[dict[str, object], dict[str, object], dict[str, object]]:
         reports = []
-        for app in (builtin.tone_agent(500.0, 200), WrongSize):
+        for app in (builtin.tone_agent(500.0, 200), WrongSize, Tone24k):
             server = TestServer(sdk.make_app(app))
             await server.start_server()
             try:
                 reports.append(await check(str(server.make_url("/")).replace("http", "ws"), timeout=3.0))
             finally:
                 await server.close()
-        return reports[0], reports[1]
+        return reports[0], reports[1], reports[2]
 
-    good, broken = asyncio.run(main())
+    good, broken, at24k = asyncio.run(main())
     assert good["ok"] is True and good["problems"] == []
     assert good["events"] == [
         "speech_started",
@@ -86,6 +89,10 @@ def test_agent_check_passes_a_good_agent_and_names_a_broken_ones_problem() -> No
         "input": {"rate": 16000, "frame_ms": 20},
         "output": {"rate": 48000, "frame_ms": 20},
     }
+    # Resampled by the transceiver (24 -> 48 kHz): every millisecond of the answer is played,
+    # the resampler's delay and last partial frame flushed at response_done.
+    assert at24k["ok"] is True and at24k["negotiated"]["output"] == {"rate": 24000, "frame_ms": 20}  # type: ignore[index]
+    assert at24k["response_ms"] == 200
     assert broken["ok"] is False
     assert "agent_bad_message: 1" in broken["problems"]
     assert any("audio frame of 1000 bytes, expected 1920" in p for p in broken["problems"])

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 from av import AudioFrame
 
-from transceiver.audio import RING_OUT_FRAMES, MonoConverter, VoiceEncoder, silence_payload
+from transceiver.audio import (
+    RING_OUT_FRAMES,
+    AudioFormat,
+    MonoConverter,
+    PcmConverter,
+    VoiceEncoder,
+    silence_payload,
+)
 from transceiver.bridge import SILENCE
 from transceiver.client import dominant_frequency, tone
 
@@ -86,3 +94,20 @@ def test_receive_prefetch_replaces_aiortcs_audio_jitter_buffer() -> None:
             await callee.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("rate", "frame_ms"), [(8000, 20), (16000, 20), (24000, 10), (24000, 40), (48000, 20)]
+)
+def test_a_stream_flushed_at_its_end_keeps_every_sample(rate: int, frame_ms: int) -> None:
+    """700 ms at the agent's rate -> 35 frames of 20 ms at 48 kHz, none of it left inside the
+    resampler (an agent's answer lost its last ~20 ms before flush existed)."""
+    converter = PcmConverter(AudioFormat(rate, frame_ms), AudioFormat(48000, 20))
+    pcm = (np.sin(2 * np.pi * 523 * np.arange(rate * 7 // 10) / rate) * 8000).astype("<i2").tobytes()
+    step = rate * frame_ms // 1000 * 2
+    frames = [f for i in range(0, len(pcm), step) for f in converter.push(pcm[i : i + step])]
+    frames += converter.flush()
+    assert len(frames) == 35 and all(len(f) == 1920 for f in frames)
+    heard = np.frombuffer(b"".join(frames), dtype="<i2").astype(np.float32)
+    assert dominant_frequency(heard, 48000) == pytest.approx(523, abs=5)
+    assert converter.flush() == [] and converter.push(pcm[:step]) is not None  # ready for the next stream

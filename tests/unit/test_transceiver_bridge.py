@@ -501,6 +501,8 @@ def test_a_failed_handshake_is_reported_to_both_sides(reply: str | None, problem
 
     async def answer(hello: dict[str, Any]) -> str | None:
         assert hello["version"] == 1 and hello["session"] == "s1"
+        # An agent can know its time budgets (§1, §2): the link's timers are in hello.
+        assert hello["link"] == {"handshake_timeout_s": 0.5, "heartbeat_s": 0.4, "pong_timeout_s": 0.2}
         return reply
 
     async def main() -> Channel:

@@ -59,9 +59,9 @@ async def check(url: str, *, timeout: float = 10.0, metadata: dict[str, str] | N
             described = bridge.describe()
             report["negotiated"] = {"input": described["input"], "output": described["output"]}
             if bridge.agent_state != "connected":
-                problems.append(
-                    f"handshake: {channel.events[0][1].get('message') if channel.events else 'failed'}"
-                )
+                said = str(channel.events[0][1].get("message")) if channel.events else "failed"
+                problems.append(said if said.startswith("handshake") else f"handshake: {said}")
+                report["events"] = channel.types()
                 return report
             for chunk in _utterance().reshape(-1, FRAME_SAMPLES):
                 await bridge.input_frame(chunk.tobytes())

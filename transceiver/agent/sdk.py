@@ -232,9 +232,7 @@ class Agent:
             return
         out = link.negotiated.output
         converter = PcmConverter(AudioFormat(rate, out.frame_ms), out)
-        raw = np.asarray(pcm, dtype="<i2").tobytes()
-        flush = bytes(out.frame_bytes * rate // out.rate) if rate != out.rate else b""  # the filter's delay
-        frames = converter.push(raw + flush)
+        frames = converter.push(np.asarray(pcm, dtype="<i2").tobytes()) + converter.flush()
         lead_s = min(MAX_LEAD_MS, int(link.flow.get("max_queued_ms", 2 * MAX_LEAD_MS)) // 2) / 1000
         self.response_id = response
         await link.ws.send_str(event(EventType.RESPONSE_STARTED, response=response).encode())
