@@ -43,7 +43,7 @@ from icegate import netns
 from icegate.cli import Renamed
 from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
-from labkit import demo_report
+from labkit import demo_report, loadclient
 from labkit.lab import Lab, LabConfig, TransceiverSettings
 from labkit.lab.config import DEFAULT_NAME, SecondRegionConfig
 from labkit.lab.geofiles import CATALOG_FILE
@@ -168,6 +168,8 @@ class Demo:
         self.built = False  # this run created the lab (so it, and only it, tears it down)
         self.table = ""
         self.relay_config = Path()  # written by start_components
+        self.load_clients: dict[str, dict[str, Any]] = {}  # client host -> the load client's self-check
+        self.cpu: dict[str, float] = {}  # lab process -> CPU seconds when the sessions ended
 
     # ---- steps ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -176,7 +178,9 @@ class Demo:
         timings = self.up()
         before = self.relay_counters()
         plans = self.plan()
+        clients_started = time.monotonic()
         results = self.run_clients(plans)
+        timings["clients_s"] = round(time.monotonic() - clients_started, 2)
         timings["sessions_done_s"] = round(time.monotonic() - started, 2)
         summary = self.conclude(plans, results, before)
         summary["timings"] = timings
@@ -332,42 +336,75 @@ class Demo:
         return plans
 
     def run_clients(self, plans: list[demo_report.Plan]) -> dict[int, dict[str, Any]]:
+        """One load client (:mod:`labkit.loadclient`) per client host runs that host's sessions."""
         opts = self.options
-        self.say(f"{len(plans)} clients: turns for {opts.duration_s:g} s each, {opts.agent} agent answering")
-        outputs = {}
+        hosts = sorted({p.client for p in plans}, key=lambda h: [p.client for p in plans].index(h))
+        self.say(
+            f"{len(plans)} sessions from {len(hosts)} load clients ({', '.join(hosts)}): "
+            f"turns for {opts.duration_s:g} s each, {opts.agent} agent answering"
+        )
         results_dir = self.lab.dir / "results"  # not beside the process records (<name>.json)
         results_dir.mkdir(exist_ok=True)
-        for p in plans:
-            out = results_dir / f"client-{p.index}.json"
-            argv = [sys.executable, "-m", "transceiver.client", p.url, "--hz", str(p.tone_hz),
-                    "--duration", str(opts.duration_s), "--out", str(out)]  # fmt: skip
-            if opts.agent == "speech":
-                start = (p.index - 1) % len(SPEECH_SCRIPT)
-                argv += ["--speech", "|".join(SPEECH_SCRIPT[start:] + SPEECH_SCRIPT[:start])]
-            self.lab.start_process(f"client-{p.index}", p.client, argv)
-            outputs[p.index] = out
-        # Each client imports aiortc at start (~1 s of CPU): many at once on a small host take a while.
-        deadline = time.monotonic() + opts.duration_s + CLIENT_SLACK_S + len(plans)
-        running = {p.index for p in plans}
+        cpu_before = self.cpu_seconds()
+        outputs = {}
+        for host in hosts:
+            mine = [p for p in plans if p.client == host]
+            plan_file, out = results_dir / f"plan-{host}.json", results_dir / f"loadclient-{host}.json"
+            loadclient.write_plan(plan_file, [self.session_plan(p) for p in mine])
+            argv = [sys.executable, "-m", "labkit.loadclient", str(plan_file), "--out", str(out)]
+            self.lab.start_process(f"loadclient-{host}", host, argv)
+            outputs[host] = out
+        # All sessions start at once; the slowest may need its whole connect timeout.
+        deadline = time.monotonic() + opts.duration_s + CLIENT_SLACK_S + len(plans) / 4
+        running = set(hosts)
         while running and time.monotonic() < deadline:
-            for index in sorted(running):
-                record = self.lab.process(f"client-{index}")
+            for host in sorted(running):
+                record = self.lab.process(f"loadclient-{host}")
                 if record is None or not record.alive:
-                    running.discard(index)
-                    self.say(f"session {index} finished: {brief(read_json(outputs[index]))}")
+                    running.discard(host)
+                    done = read_json(outputs[host]) or {}
+                    for index, result in sorted(done.get("sessions", {}).items(), key=lambda kv: int(kv[0])):
+                        self.say(f"session {index} finished: {brief(result)}")
+                    if "self_check" in done:
+                        self.say(f"load client {host}: {loadclient.describe(done['self_check'])}")
             time.sleep(0.05)
-        results = {}
-        for p in plans:
-            result = read_json(outputs[p.index])
-            if result is None:
-                still = " (still running, ended)" if p.index in running else ""
-                result = {
-                    "error": f"the client wrote no result{still}:\n{log_tail(self.log(f'client-{p.index}'))}"
-                }
-            results[p.index] = result
-        for index in running:
-            self.lab.stop_process(f"client-{index}")
+        self.cpu = {
+            name: round(cpu - cpu_before.get(name, 0.0), 2) for name, cpu in self.cpu_seconds().items()
+        }
+        results: dict[int, dict[str, Any]] = {}
+        for host in hosts:
+            done = read_json(outputs[host]) or {}
+            if "self_check" in done:
+                self.load_clients[host] = done["self_check"]
+            for p in plans:
+                if p.client != host:
+                    continue
+                result = done.get("sessions", {}).get(str(p.index))
+                if result is None:
+                    still = " (still running, ended)" if host in running else ""
+                    log = log_tail(self.log(f"loadclient-{host}"))
+                    result = {"error": f"load client {host} wrote no result{still}:\n{log}"}
+                results[p.index] = result
+        for host in running:
+            self.lab.stop_process(f"loadclient-{host}")
         return results
+
+    def session_plan(self, p: demo_report.Plan) -> loadclient.SessionPlan:
+        speech: tuple[str, ...] = ()
+        if self.options.agent == "speech":
+            start = (p.index - 1) % len(SPEECH_SCRIPT)
+            speech = SPEECH_SCRIPT[start:] + SPEECH_SCRIPT[:start]
+        return loadclient.SessionPlan(p.index, p.url, p.tone_hz, self.options.duration_s, speech)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system, all threads) each live lab process has used so far (a load
+        client that has exited is not counted here: it reports its own in its self-check)."""
+        out = {}
+        for record in self.lab.processes():
+            if record.alive:
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    out[record.name] = process_cpu_seconds(record.pid)
+        return out
 
     def conclude(
         self, plans: list[demo_report.Plan], results: dict[int, dict[str, Any]], before: dict[str, int]
@@ -398,6 +435,10 @@ class Demo:
             "sessions": [s.to_json() for s in sessions],
             "stats": demo_report.session_stats(sessions),
             "relay": total,
+            "load_clients": self.load_clients,
+            "load_clients_ok": bool(self.load_clients)
+            and not any(c["bottleneck"] for c in self.load_clients.values()),
+            "cpu_s": self.cpu,
         }
 
     # ---- reading the components ------------------------------------------------------------
@@ -512,6 +553,12 @@ def describe_datapath(mode: str, reason: str) -> str:
     return f"datapath {mode}"
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of ``pid`` (``/proc/<pid>/stat`` fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -542,6 +589,15 @@ def render(summary: dict[str, Any], table: str) -> str:
     if summary["agent"] == "speech":
         lines += ["", "spoken turns (said -> the agent heard -> the agent answered -> the client heard):"]
         lines += demo_report.spoken_lines(summary["sessions"])
+    for host, check in summary.get("load_clients", {}).items():
+        lines.append(f"load client {host}: {loadclient.describe(check)}")
+    if summary.get("cpu_s"):
+        used = ", ".join(
+            f"{name} {cpu:.1f}" for name, cpu in sorted(summary["cpu_s"].items()) if name != "redis"
+        )
+        lines.append(
+            f"CPU seconds used: {used} (in the {summary['timings'].get('clients_s', 0):g} s the clients ran)"
+        )
     failed = [s for s in summary["sessions"] if not s["ok"]]
     for s in failed:
         lines.append(f"session {s['index']} FAILED: " + "; ".join(s["problems"]))
@@ -553,7 +609,7 @@ def render(summary: dict[str, Any], table: str) -> str:
 @click.command(short_help="voice sessions through the relay in the lab")
 @click.option(
     "--sessions",
-    type=click.IntRange(1, 32),
+    type=click.IntRange(1, 128),
     default=4,
     show_default=True,
     help="Concurrent voice sessions (spread over both client hosts).",
