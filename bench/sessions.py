@@ -58,6 +58,7 @@ import numpy as np
 
 from bench import report
 from bench.lab.exits import lab_exit_codes
+from labkit import loadclient
 from labkit.clients import run_in_namespace
 from labkit.demo import Demo, Options, Progress, http_get, wait_until
 from labkit.support import REPO
@@ -73,6 +74,7 @@ CLIENT_HOST = "c1"
 PLAIN_PORT = 8081  # beside tx1's signaling port (8080), on tx1's address
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15.0)  # a signaling request that hangs fails the run
 WARMUP_ROUNDS = 1
+CONNECTING = 8  # sessions set up at once by the load client (the rest wait their turn)
 SATURATED = 0.9  # of a core: the answerer may have wanted more than it got
 SETTLE_S = 2.0  # connected sessions talk this long before the window opens
 # One turn: 400 ms of speech, then long enough for tx1's echo agent to endpoint (600 ms)
@@ -111,10 +113,11 @@ def cpu_seconds(pid: int) -> float:
 async def setup_rounds(urls: Mapping[str, str], rounds: int) -> dict[str, list[float]]:
     """Seconds from offer POSTed to ``connected``, per answerer, interleaved; warm-ups dropped."""
     times: dict[str, list[float]] = {name: [] for name in urls}
+    certificate = loadclient.shared_certificate()
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         for r in range(WARMUP_ROUNDS + rounds):
             for name in list(urls) if r % 2 == 0 else list(reversed(urls)):
-                client = VoiceClient(urls[name])
+                client = loadclient.load_voice_client(urls[name], certificate)
                 try:
                     seconds = await client.connect(http)
                 finally:
@@ -132,22 +135,33 @@ class Window:
     cpu_shares: dict[str, float]  # per measured process: CPU seconds / window seconds
     frames_per_s: list[float]  # per client, received
     with_audio: int  # clients that heard a loud frame (their own echoed voice) in the window
+    client: dict[str, Any]  # the load client's self-check over the window (labkit.loadclient)
 
 
 async def talk(url: str, sessions: int, seconds: float, pids: Mapping[str, int]) -> Window:
-    """``sessions`` clients of the answerer at ``url``, all talking; after ``SETTLE_S``, what they
-    received over ``seconds`` and the CPU time the processes ``pids`` (name -> pid) used."""
-    clients = [VoiceClient(url) for _ in range(sessions)]
+    """``sessions`` clients of the answerer at ``url`` (one load client: this thread's event loop,
+    a shared certificate, encoded audio), all talking; after ``SETTLE_S``, what they received
+    over ``seconds``, the CPU time the processes ``pids`` (name -> pid) used, and whether the
+    load client kept up (its self-check over the same window)."""
+    certificate = loadclient.shared_certificate()
+    clients = [loadclient.load_voice_client(url, certificate) for _ in range(sessions)]
     script = np.tile(UTTERANCE, math.ceil((SETTLE_S + seconds + 5.0) * RATE / UTTERANCE.size))
+    gate = asyncio.Semaphore(CONNECTING)
+
+    async def connect(client: VoiceClient) -> None:
+        async with gate:
+            await client.connect(http)
+        client.mic.play(script)
+
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         try:
-            for client in clients:
-                await client.connect(http)
-            for client in clients:
-                client.mic.play(script)
+            await asyncio.gather(*(connect(c) for c in clients))
             await asyncio.sleep(SETTLE_S)
             counts = [len(c.heard.frames) for c in clients]
+            sent = [(c.mic.frames_sent, c.mic.frames_late) for c in clients]
             used = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            check = loadclient.SelfCheck()
+            check.start()
             started = time.monotonic()
             await asyncio.sleep(seconds)
             elapsed = time.monotonic() - started
@@ -156,9 +170,14 @@ async def talk(url: str, sessions: int, seconds: float, pids: Mapping[str, int])
             audible = sum(
                 any(loud(f) for f in c.heard.frames[n:]) for c, n in zip(clients, counts, strict=True)
             )
+            frames = [
+                {"frames_sent": c.mic.frames_sent - s, "frames_late": c.mic.frames_late - late}
+                for c, (s, late) in zip(clients, sent, strict=True)
+            ]
+            client = await check.finish(frames)
         finally:
             await asyncio.gather(*(c.hangup(http) for c in clients), return_exceptions=True)
-    return Window(elapsed, shares, rates, audible)
+    return Window(elapsed, shares, rates, audible, client)
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -190,6 +209,7 @@ def load_summary(answerer: str, sessions: int, window: Window) -> dict[str, Any]
         "sessions_with_audio_back": window.with_audio,
         "saturated": share >= SATURATED,
         "relay_core_pct": None if relay is None else round(relay * 100, 1),
+        "client": {k: v for k, v in window.client.items() if k not in ("limits", "stalls", "pid")},
     }
 
 
@@ -233,7 +253,7 @@ def measure(
         load[name] = result = load_summary(name, sessions, window)
         say(
             f"{name}: {result['core_pct']}% of a core, {result['core_pct_per_session']}% per session, "
-            f"frames/s min {result['frames_per_s_min']}"
+            f"frames/s min {result['frames_per_s_min']}; load client: {loadclient.describe(window.client)}"
         )
 
         def drained(url: str = urls[name]) -> bool:
@@ -285,7 +305,7 @@ def run(
 
 SETUP_COLUMNS = ("relay mode", "answerer", "median ms", "p90 ms", "rounds", "icegate/plain")
 LOAD_COLUMNS = ("relay mode", "answerer", "% of a core", "% core/session", "sessions/core", "frames/s min",
-                "frames/s median", "audio back", "relay % core", "icegate/plain")  # fmt: skip
+                "frames/s median", "audio back", "relay % core", "icegate/plain", "load client")  # fmt: skip
 
 
 def mode_label(m: Mapping[str, Any]) -> str:
@@ -304,7 +324,17 @@ def load_row(m: Mapping[str, Any], name: str) -> list[Any]:
     relay = "" if r["relay_core_pct"] is None else r["relay_core_pct"]
     audio = f"{r['sessions_with_audio_back']}/{r['sessions']}"
     return [mode_label(m), LABELS[name], r["core_pct"], r["core_pct_per_session"], r["sessions_per_core"],
-            r["frames_per_s_min"], r["frames_per_s_median"], audio, relay, shown_ratio]  # fmt: skip
+            r["frames_per_s_min"], r["frames_per_s_median"], audio, relay, shown_ratio,
+            client_cell(r["client"])]  # fmt: skip
+
+
+def client_cell(check: Mapping[str, Any]) -> str:
+    """The load client's self-check over the window, in one cell."""
+    figures = (
+        f"{check['cpu_share'] * 100:.0f}% core, lag p99 {check['loop_lag_ms_p99']} ms, "
+        f"late {check['frames_late_share'] * 100:.1f}%"
+    )
+    return f"BOTTLENECK: {figures}" if check["bottleneck"] else f"kept up: {figures}"
 
 
 def table(data: Mapping[str, Any]) -> str:
@@ -316,6 +346,14 @@ def table(data: Mapping[str, Any]) -> str:
         for m in data["modes"]
         for name in ANSWERERS
         if m["load"][name]["saturated"]
+    ]
+    saturated += [
+        f"\n{mode_label(m)}, {LABELS[name]}: the load client was a bottleneck "
+        f"({', '.join(m['load'][name]['client']['over_limits'])} over its limits): the frames/s "
+        "may be its own, not the answerer's\n"
+        for m in data["modes"]
+        for name in ANSWERERS
+        if m["load"][name]["client"]["bottleneck"]
     ]
     others = ",".join(map(str, data["other_cpus"]))
     setup_title = (

@@ -63,7 +63,13 @@ SPEECH_SCRIPT = (
     "goodbye",
 )
 READY_TIMEOUT_S = 45.0  # bcc compiles the XDP program at start: seconds on a busy 2-core host
+# Between session starts in one load client: a DTLS handshake holds its event loop for
+# milliseconds, and 32 at once made the other sessions' frames late (its self-check).
+RAMP_S = 0.025
 CLIENT_SLACK_S = 45.0  # start-up (importing aiortc), connect, last answer, hang-up
+TX_METRIC_RE = re.compile(
+    r"^icegate_transceiver_(?P<name>mux_packets|sessions)_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
+)
 METRIC_RE = re.compile(r"^icegate_relay_packets_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
@@ -351,7 +357,8 @@ class Demo:
             mine = [p for p in plans if p.client == host]
             plan_file, out = results_dir / f"plan-{host}.json", results_dir / f"loadclient-{host}.json"
             loadclient.write_plan(plan_file, [self.session_plan(p) for p in mine])
-            argv = [sys.executable, "-m", "labkit.loadclient", str(plan_file), "--out", str(out)]
+            argv = [sys.executable, "-m", "labkit.loadclient", str(plan_file), "--out", str(out),
+                    "--ramp", str(RAMP_S)]  # fmt: skip
             self.lab.start_process(f"loadclient-{host}", host, argv)
             outputs[host] = out
         # All sessions start at once; the slowest may need its whole connect timeout.
@@ -439,6 +446,7 @@ class Demo:
             "load_clients_ok": bool(self.load_clients)
             and not any(c["bottleneck"] for c in self.load_clients.values()),
             "cpu_s": self.cpu,
+            "transceivers": {tx.name: self.transceiver_counters(tx) for tx in self.lab.transceivers()},
         }
 
     # ---- reading the components ------------------------------------------------------------
@@ -471,6 +479,23 @@ class Demo:
             if line.startswith('icegate_relay_backends{state="active"} '):
                 return int(float(line.rsplit(" ", 1)[1]))
         return 0
+
+    def transceiver_counters(self, tx: TransceiverSettings) -> dict[str, int]:
+        """``in/delivered``, ``in/closed``, ``in/no_flow``... (its mux) and ``session/<outcome>``,
+        from the transceiver's ``/metrics``."""
+        status, body = http_get(self.lab.namespace(tx.name), f"{tx.signaling_url}/metrics", timeout=3.0)
+        out = {}
+        for line in body.splitlines() if status == 200 else []:
+            m = TX_METRIC_RE.match(line)
+            if m and int(float(m["value"])):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+                key = (
+                    f"session/{labels['outcome']}"
+                    if m["name"] == "sessions"
+                    else (f"{labels.get('direction')}/{labels.get('result')}")
+                )
+                out[key] = int(float(m["value"]))
+        return out
 
     def relay_counters(self) -> dict[str, int]:
         """``verdict/reason`` -> packets, from the relay's ``icegate_relay_packets_total``."""
@@ -591,6 +616,9 @@ def render(summary: dict[str, Any], table: str) -> str:
         lines += demo_report.spoken_lines(summary["sessions"])
     for host, check in summary.get("load_clients", {}).items():
         lines.append(f"load client {host}: {loadclient.describe(check)}")
+    for name, counters in summary.get("transceivers", {}).items():
+        shown = [f"{k} {v}" for k, v in sorted(counters.items()) if k.startswith(("in/", "session/"))]
+        lines.append(f"transceiver {name}: {', '.join(shown)}")
     if summary.get("cpu_s"):
         used = ", ".join(
             f"{name} {cpu:.1f}" for name, cpu in sorted(summary["cpu_s"].items()) if name != "redis"

@@ -195,16 +195,26 @@ class LoopLag:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
 
 
+def waited_for_cpu_s() -> float:
+    """Seconds this thread was runnable but waiting for a CPU (``/proc/thread-self/schedstat``,
+    field 2; 0 where the kernel keeps no scheduler statistics)."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 @dataclass
 class SelfCheck:
-    """Was this process the bottleneck? Started before the sessions, read after."""
+    """Was this process the bottleneck? Started before the sessions, read after (on the loop's thread)."""
 
     lag: LoopLag = field(default_factory=LoopLag)
     _wall: float = 0.0
     _cpu: float = 0.0
+    _waited: float = 0.0
 
     def start(self) -> None:
-        self._wall, self._cpu = time.monotonic(), time.process_time()
+        self._wall, self._cpu, self._waited = time.monotonic(), time.process_time(), waited_for_cpu_s()
         self.lag.start()
 
     async def finish(self, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -219,12 +229,16 @@ class SelfCheck:
             "frames_late_share": round(late / sent, 4) if sent else 0.0,
         }
         over = [name for name, limit in LIMITS.items() if figures[name] >= limit]
+        waited = waited_for_cpu_s() - self._waited
         return {
             "pid": os.getpid(),
             "sessions": len(results),
             "seconds": round(wall, 2),
             "cpu_s": round(cpu, 2),
             **figures,
+            # The loop's thread was ready to run but every CPU was busy (other processes, the
+            # system under test): lag that is the machine's, not this process's own work.
+            "waited_for_cpu_share": round(waited / wall, 3) if wall > 0 else 0.0,
             "loop_lag_ms_p50": self.lag.percentile_ms(0.5),
             "loop_lag_ms_max": self.lag.percentile_ms(1.0),
             "frames_sent": sent,
@@ -239,13 +253,18 @@ class SelfCheck:
 
 def describe(check: dict[str, Any]) -> str:
     """One line for a self-check: its figures and the verdict."""
-    verdict = (
-        f"BOTTLENECK ({', '.join(check['over_limits'])} over the limit: its figures include its own delays)"
-        if check["bottleneck"]
-        else "not the bottleneck"
-    )
+    verdict = "not the bottleneck"
+    if check["bottleneck"]:
+        verdict = (
+            f"BOTTLENECK ({', '.join(check['over_limits'])} over the limit: the figures include "
+            "the client's own delays"
+        )
+        if check.get("waited_for_cpu_share", 0.0) >= check["cpu_share"] / 2:
+            verdict += "; it waited for a busy CPU more than half as long as it ran: the machine is saturated"
+        verdict += ")"
     return (
         f"{check['sessions']} sessions, {check['cpu_share'] * 100:.0f}% of a core, "
+        f"waited for a CPU {check.get('waited_for_cpu_share', 0.0) * 100:.0f}% of the time, "
         f"loop lag p99 {check['loop_lag_ms_p99']} ms, "
         f"frames late {check['frames_late']}/{check['frames_sent']}: {verdict}"
     )
