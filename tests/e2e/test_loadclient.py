@@ -1,6 +1,6 @@
 """labkit.loadclient end to end: one process, several real WebRTC sessions through the relay
 to both transceivers of a lab, each heard back at its own pitch, and the self-check in the
-result. ``ICEGATE_LONG_TESTS=1`` runs 32 sessions from one process instead of 6."""
+result. ``ICEGATE_LONG=1`` runs 32 sessions from one process instead of 6."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from labkit.demo import PITCHES, Demo, Options, Progress
 from labkit.loadclient import LIMITS, SessionPlan, write_plan
 from labkit.support import REPO
 
-SESSIONS = 32 if os.environ.get("ICEGATE_LONG_TESTS") == "1" else 6
+SESSIONS = 32 if os.environ.get("ICEGATE_LONG") == "1" else 6
 VIP = "192.0.2.10:3478"
 
 
