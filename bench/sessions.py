@@ -1,6 +1,6 @@
 """Voice sessions through the relay against a plain aiortc answerer: set-up time and sessions per core (root).
 
-    sudo .venv/bin/python -m bench.sessions [--mode xdp|userspace|both] [--sessions 12] [--seconds 8]
+    sudo .venv/bin/python -m bench.sessions [--mode xdp|userspace|both] [--sessions 64] [--seconds 8]
                                             [--rounds 10] [--out bench/results] [--lab-name icgb]
 
 For each relay mode, a lab of its own started the way the demo starts it
@@ -10,8 +10,10 @@ echo agent beside each), and beside transceiver tx1, in its namespace, the peer:
 its own per session, the client's audio echoed back, no relay, no tunnel mux, no agent).
 tx1 and the peer are pinned to one CPU, the first this process may use; everything
 else (this process, which runs every client session, the relay, the agents, Redis) runs
-on the others. The clients are :class:`transceiver.client.VoiceClient` in namespace
-c1, the same code against both answerers.
+on the others. The clients are one load client (:mod:`labkit.loadclient`: every session
+a :class:`transceiver.client.VoiceClient` on one event loop in a thread of this process,
+in namespace c1, one shared DTLS certificate, pre-encoded Opus, audio decoded on the
+loop, its thread preferred by the scheduler), the same code against both answerers.
 
 1. **Set-up time**: offer POSTed -> ``connected``, through the relay's VIP to tx1, and
    straight to the peer (HTTP to the same host, ICE to its host candidate through the
@@ -29,6 +31,12 @@ c1, the same code against both answerers.
    tx1's echo agent, a process of its own on the other CPUs, is not counted. For icegate
    the relay process's share in the window is reported too: in userspace mode that is
    the forwarding; with XDP the forwarding runs in softirqs, which no process's time shows.
+   Sessions connect ``CONNECTING`` at a time. **The load client checks itself** over the
+   same window (:class:`labkit.loadclient.SelfCheck`: its share of a core, its event
+   loop's lag, its microphones' late frames, the time it waited for a busy CPU): a row
+   whose client was a bottleneck says so, and its frames/s may be the client's, not the
+   answerer's. An answerer whose clients received fewer than ``REAL_TIME_FPS`` frames/s
+   did not hold its sessions in real time: its row says so.
 
 Numbers are reported, never judged: speed is measured here, not asserted in tests
 (``tests/e2e/test_bench_sessions.py`` only checks that this runs and what it writes).
@@ -76,6 +84,7 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15.0)  # a signaling request that han
 WARMUP_ROUNDS = 1
 CONNECTING = 8  # sessions set up at once by the load client (the rest wait their turn)
 SATURATED = 0.9  # of a core: the answerer may have wanted more than it got
+REAL_TIME_FPS = 45.0  # every client must receive at least this many of the 50 frames/s
 SETTLE_S = 2.0  # connected sessions talk this long before the window opens
 # One turn: 400 ms of speech, then long enough for tx1's echo agent to endpoint (600 ms)
 # and answer (~450 ms) before the next one, so no turn is cut short by a barge-in.
@@ -143,6 +152,7 @@ async def talk(url: str, sessions: int, seconds: float, pids: Mapping[str, int])
     a shared certificate, encoded audio), all talking; after ``SETTLE_S``, what they received
     over ``seconds``, the CPU time the processes ``pids`` (name -> pid) used, and whether the
     load client kept up (its self-check over the same window)."""
+    loadclient.prefer_this_thread()
     certificate = loadclient.shared_certificate()
     clients = [loadclient.load_voice_client(url, certificate) for _ in range(sessions)]
     script = np.tile(UTTERANCE, math.ceil((SETTLE_S + seconds + 5.0) * RATE / UTTERANCE.size))
@@ -208,6 +218,7 @@ def load_summary(answerer: str, sessions: int, window: Window) -> dict[str, Any]
         "frames_per_s_median": round(statistics.median(rates), 1),
         "sessions_with_audio_back": window.with_audio,
         "saturated": share >= SATURATED,
+        "real_time": min(rates) >= REAL_TIME_FPS,
         "relay_core_pct": None if relay is None else round(relay * 100, 1),
         "client": {k: v for k, v in window.client.items() if k not in ("limits", "stalls", "pid")},
     }
@@ -348,6 +359,14 @@ def table(data: Mapping[str, Any]) -> str:
         if m["load"][name]["saturated"]
     ]
     saturated += [
+        f"\n{mode_label(m)}, {LABELS[name]}: did not hold real time (a client received "
+        f"{m['load'][name]['frames_per_s_min']} of 50 frames/s): its sessions per core are not "
+        "sessions it held\n"
+        for m in data["modes"]
+        for name in ANSWERERS
+        if not m["load"][name].get("real_time", True)
+    ]
+    saturated += [
         f"\n{mode_label(m)}, {LABELS[name]}: the load client was a bottleneck "
         f"({', '.join(m['load'][name]['client']['over_limits'])} over its limits): the frames/s "
         "may be its own, not the answerer's\n"
@@ -383,7 +402,7 @@ def main() -> None:
     parser.add_argument(
         "--mode", choices=[*MODES, "both"], default="both", help="relay datapath (default both)"
     )
-    parser.add_argument("--sessions", type=int, default=12, help="concurrent sessions (default 12)")
+    parser.add_argument("--sessions", type=int, default=64, help="concurrent sessions (default 64)")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured window (default 8)")
     parser.add_argument("--rounds", type=int, default=10, help="set-up rounds per answerer (default 10)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")

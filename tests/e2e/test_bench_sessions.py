@@ -19,7 +19,7 @@ SETUP_KEYS = {"median_ms", "p90_ms", "rounds", "samples_ms"}
 LOAD_KEYS = {
     "sessions", "window_s", "cpu_share", "core_pct", "core_pct_per_session", "sessions_per_core",
     "frames_per_s_min", "frames_per_s_median", "sessions_with_audio_back", "saturated", "relay_core_pct",
-    "client",
+    "client", "real_time",
 }  # fmt: skip
 CLIENT_KEYS = {"sessions", "cpu_share", "waited_for_cpu_share", "loop_lag_ms_p99", "frames_late_share",
                "frames_sent", "frames_late", "over_limits", "bottleneck"}  # fmt: skip
