@@ -293,6 +293,7 @@ def run_mode(
 def run(
     modes: Sequence[str], sessions: int, seconds: float, rounds: int, lab_name: str, say: Progress
 ) -> dict[str, Any]:
+    load_before = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: say how busy it was
     cpu, others = cpu_split()
     if others == {cpu}:
         say(f"only CPU {cpu} available: the answerers share it with the clients and the relay")
@@ -311,6 +312,7 @@ def run(
         "answerer_cpu": cpu,
         "other_cpus": sorted(others),
         "modes": results,
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
     }
 
 
@@ -382,7 +384,7 @@ def table(data: Mapping[str, Any]) -> str:
     load_title = (
         f"\n{data['sessions']} two-way voice sessions on one answerer pinned to CPU {data['answerer_cpu']} "
         f"(clients, relay, agents, Redis on CPU {others}): {data['seconds']:g} s measured after "
-        f"{data['settle_s']:g} s\n\n"
+        f"{data['settle_s']:g} s; load average {load_line(data)}\n\n"
     )
     return (
         setup_title
@@ -391,6 +393,12 @@ def table(data: Mapping[str, Any]) -> str:
         + report.markdown_table(LOAD_COLUMNS, load_rows)
         + "".join(saturated)
     )
+
+
+def load_line(data: Mapping[str, Any]) -> str:
+    """The 1-minute load average before and after the run (older results have none)."""
+    load = data.get("load_average")
+    return "not recorded" if not load else f"{load['before'][0]} before, {load['after'][0]} after"
 
 
 def write_results(data: Mapping[str, Any], out_dir: Path = report.RESULTS) -> tuple[Path, Path]:
