@@ -7,14 +7,19 @@
    (cluster 1, index 1 and 2) and an agent (``echo`` or ``tone``) beside each. Ready when
    the relay's ``/readyz`` and both transceivers' ``/readyz`` answer 200 and the relay
    has synced both backends from Redis.
-3. N clients at once, each its own process (``python -m transceiver.client``) in a
-   client namespace, spread over both client hosts and both transceivers. Each client
-   speaks a pitch of its own for a few turns and writes a JSON result.
+3. N sessions at once, spread over both client hosts and both transceivers: one load
+   client per client host (``python -m labkit.loadclient``: every session of that host
+   on one event loop, sessions started ``RAMP_S`` apart). Each session speaks a pitch of
+   its own for a few turns; the load client writes every session's JSON result and its
+   self-check (was it the bottleneck?). A process per session, as before issue 15, spent
+   most of a 2-core machine on the clients themselves.
 4. The relay's side: its datapath counters (``/metrics``, the same numbers as
    ``icegate stats``), its flows with their packet counters (``icegate flows ls --json``
    in its namespace: the pinned maps, or the twin's maps over its HTTP endpoint) and the
    flow-cache records it wrote to Redis.
-5. A summary (table or ``--json``), then ``lab down`` (always, also on Ctrl-C, unless
+5. A summary (table or ``--json``, with the load clients' self-checks, each transceiver's
+   mux counters and session outcomes, and the CPU seconds of every lab process while the
+   clients ran), then ``lab down`` (always, also on Ctrl-C, unless
    ``--keep``). Exit 0 only if every session carried audio both ways through the relay.
 """
 
