@@ -28,7 +28,14 @@ The self-check (:class:`SelfCheck`): this process's share of a core over the run
 event loop's lag (a 10 ms ticker's oversleep), and how many 20 ms frames the
 microphones handed to their senders late (:data:`transceiver.client.LATE_S`). The run
 says ``bottleneck: true`` when any passes its limit (:data:`LIMITS`): its sessions' set-up
-and turn times then include its own queueing, and the figures are not the system's.
+and turn times then include its own queueing, and the figures are not the system's. It
+also reports how long the loop's thread waited for a busy CPU (scheduler statistics):
+when that is long, the cause is the machine (the system under test and everything else
+on the same cores), not the client's own work.
+
+``--ramp S`` starts the sessions S seconds apart: a DTLS handshake holds the loop for
+milliseconds, and dozens at the same instant make every running session's frames late.
+:func:`prefer_this_thread` (B6 uses it) raises the loop thread's scheduling priority.
 """
 
 from __future__ import annotations
