@@ -22,7 +22,8 @@ starting Python and importing aiortc, then on per-frame work):
   encoded once per script, silence as one cached packet, so aiortc's sender only
   packetises and encrypts;
 - **received audio decoded on the loop** (:class:`InlineDecoding`) instead of on a thread per
-  session, kept as one mono numpy view per frame (no resampler).
+  session, kept as one mono numpy view per frame (no resampler); the transceiver's
+  encoded silence is recognised and not decoded at all.
 
 The self-check (:class:`SelfCheck`): this process's share of a core over the run, the
 event loop's lag (a 10 ms ticker's oversleep), and how many 20 ms frames the
@@ -61,8 +62,16 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcdtlstransport import RTCCertificate
 from av import AudioFrame
 
-from transceiver.audio import MonoConverter
-from transceiver.client import EncodedScriptTrack, Heard, Microphone, SpokenTurns, VoiceClient, converse
+from transceiver.audio import MonoConverter, silence_payload
+from transceiver.client import (
+    FRAME,
+    EncodedScriptTrack,
+    Heard,
+    Microphone,
+    SpokenTurns,
+    VoiceClient,
+    converse,
+)
 
 T = TypeVar("T")
 TICK_S = 0.01  # the lag probe's period
@@ -74,6 +83,9 @@ LIMITS = {
     "frames_late_share": 0.01,  # frames handed to the sender over 20 ms after they were due
 }
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30.0)
+SILENCE_PAYLOAD = silence_payload()
+SILENT_FRAME = np.zeros(FRAME, np.int16)
+SILENT_FRAME.flags.writeable = False  # shared by every silent frame heard
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,14 @@ class InlineDecoding:
             self._stopped.set()
             return
         codec, encoded = item
+        now = time.monotonic()
+        if encoded.data == SILENCE_PAYLOAD:
+            # The transceiver's encoded silence (transceiver.audio), most of what a quiet agent
+            # sends: heard as silence without decoding. The decoder misses those packets; its
+            # first frame after them may differ a little, which neither loudness nor pitch notices.
+            self.heard.frames.append(SILENT_FRAME)
+            self.heard.arrivals.append(now)
+            return
         if self._decoder is None:
             self._decoder = get_decoder(codec)
         try:
@@ -132,7 +152,6 @@ class InlineDecoding:
         except av.FFmpegError:
             self.errors += 1
             return
-        now = time.monotonic()
         for frame in frames:
             assert isinstance(frame, AudioFrame)
             self.heard.frames.append(np.frombuffer(self._converter.convert(frame), np.int16))

@@ -87,6 +87,8 @@ def test_inline_decoding_records_what_the_receiver_hands_over() -> None:
         assert isinstance(queue, InlineDecoding)
         for i, payload in enumerate(encoded_script(tone(392.0, 200).tobytes())):
             queue.put((OPUS, JitterFrame(payload, i * FRAME)))
+        for i in range(10, 13):  # the transceiver's encoded silence: heard as silence, not decoded
+            queue.put((OPUS, JitterFrame(silence_payload(), i * FRAME)))
         waiting = asyncio.get_running_loop().run_in_executor(None, queue.get)  # aiortc's decoder thread
         await asyncio.sleep(0.05)
         blocked = not waiting.done()
@@ -97,8 +99,9 @@ def test_inline_decoding_records_what_the_receiver_hands_over() -> None:
 
     heard, blocked = asyncio.run(scenario())
     assert blocked  # the thread waited for the stop, it decoded nothing
-    assert len(heard.frames) == 10 and all(f.size == FRAME for f in heard.frames)
-    assert abs(dominant_frequency(heard.pcm()[FRAME * 4 :]) - 392.0) < 5.0
+    assert len(heard.frames) == 13 and all(f.size == FRAME for f in heard.frames)
+    assert abs(dominant_frequency(heard.pcm()[FRAME * 4 : FRAME * 10]) - 392.0) < 5.0
+    assert all(not f.any() for f in heard.frames[10:])
 
 
 def test_self_check_passes_an_idle_loop_and_flags_a_blocked_one() -> None:
