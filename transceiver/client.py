@@ -235,6 +235,7 @@ class VoiceClient:
     setup_s: float | None = None  # POST sent -> connected
     pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set by every event message
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/sdp"}
@@ -251,6 +252,7 @@ class VoiceClient:
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
             self.events.append((time.monotonic(), json.loads(message)))
+            self._arrived.set()
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -303,9 +305,15 @@ class VoiceClient:
             times = self.event_times(kind)
             if len(times) >= count:
                 return times[count - 1]
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise AssertionError(f"no {count}x {kind} within {timeout}s; got {self.event_types()}")
-            await asyncio.sleep(0.01)
+            # Woken by the next message, not by polling: dozens of sessions in one load client
+            # would otherwise wake the loop thousands of times a second for nothing.
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
 
     def ice_transport(self) -> RTCIceTransport | None:
         """The ICE transport the audio runs on (the bundled one)."""

@@ -122,3 +122,31 @@ def test_self_check_passes_an_idle_loop_and_flags_a_blocked_one() -> None:
     assert {"loop_lag_ms_p99", "frames_late_share"} <= set(blocked["over_limits"])
     assert blocked["bottleneck"] is True and blocked["stalls"]
     assert "BOTTLENECK" in loadclient.describe(blocked)
+
+
+def test_wait_event_wakes_on_the_next_message() -> None:
+    """VoiceClient.wait_event sleeps until a message arrives (no 10 ms polling per session)."""
+
+    async def scenario() -> tuple[float, float, str]:
+        client = LoadVoiceClient("unused")
+        loop = asyncio.get_running_loop()
+
+        def arrive(kind: str) -> None:
+            client.events.append((time.monotonic(), {"type": kind}))
+            client._arrived.set()  # what the data channel's message handler does
+
+        loop.call_later(0.05, arrive, "speech_started")
+        loop.call_later(0.1, arrive, "response_done")
+        started = time.monotonic()
+        at = await client.wait_event("response_done", timeout=2.0)
+        waited = time.monotonic() - started
+        try:
+            await client.wait_event("response_done", count=2, timeout=0.1)
+        except AssertionError as exc:
+            error = str(exc)
+        await client.pc.close()
+        return at - started, waited, error
+
+    at, waited, error = asyncio.run(scenario())
+    assert 0.09 < at < 0.5 and waited < 0.5
+    assert error.startswith("no 2x response_done within 0.1s")
