@@ -40,6 +40,7 @@ FRAME = 960  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
 SPEECH_MS = 600  # one utterance of a scripted turn
 JITTER_TAIL_S = 0.3  # after response_done: the answer's last frames still on their way to the speaker
+MIC_START_S = 5.0  # a played script's first frame must reach the sender within this (it is due in 20 ms)
 LATE_S = 0.02  # a frame handed to the sender this much after it was due counts as late
 LOUD = 0.05  # RMS (fraction of full scale) above which a heard frame counts as the agent's voice
 
@@ -362,16 +363,27 @@ class VoiceClient:
         await asyncio.sleep(0.05)
 
 
+async def speaking(mic: Microphone, timeout: float = MIC_START_S) -> float:
+    """Wait for the sender to take the first frame of the script just played; its time."""
+    deadline = time.monotonic() + timeout
+    while mic.script_started is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the microphone did not start within {timeout:g} s: the sender took no frame "
+                "(a starved event loop: see the load client's self-check)"
+            )
+        await asyncio.sleep(0.005)
+    return mic.script_started
+
+
 async def take_turn(client: VoiceClient, number: int, hz: float, timeout: float) -> dict[str, Any]:
     """Say ``SPEECH_MS`` of ``hz`` and wait for answer ``number``.
 
     Round trip: end of speech -> first loud frame of the answer at the client.
     """
     client.mic.play(np.concatenate([tone(hz, SPEECH_MS), silence(100)]))
-    async with asyncio.timeout(1.0):
-        while client.mic.script_started is None:
-            await asyncio.sleep(0.005)
-    end_of_speech = client.mic.script_started + SPEECH_MS / 1000
+    started = await speaking(client.mic)
+    end_of_speech = started + SPEECH_MS / 1000
     done = await client.wait_event("response_done", count=number, timeout=timeout)
     first = client.heard.first_loud_after(end_of_speech)
     answer = client.heard.between(first, done) if first is not None else np.zeros(0, np.int16)
@@ -406,10 +418,7 @@ class SpokenTurns:
         said_ms = (int(voiced[-1]) + 1 if voiced.size else voice.size) * 1000 // RATE
         before = len(client.events)
         client.mic.play(np.concatenate([voice, silence(100)]))
-        async with asyncio.timeout(1.0):
-            while client.mic.script_started is None:
-                await asyncio.sleep(0.005)
-        end_of_speech = client.mic.script_started + said_ms / 1000
+        end_of_speech = await speaking(client.mic) + said_ms / 1000
         done = await client.wait_event("response_done", count=number, timeout=timeout)
         await asyncio.sleep(JITTER_TAIL_S)  # the answer's last frames are still in the jitter buffer
         first = client.heard.first_loud_after(end_of_speech, threshold=0.01)
