@@ -6,7 +6,8 @@ with the arrival time of every frame, and collects the turn events of the ``even
 data channel. :func:`converse` runs a whole scripted session (connect, N turns of
 "say a tone, wait for the agent's answer", RTCP statistics, hang up) and returns a
 JSON-ready result; ``python -m transceiver.client URL --out result.json`` runs it as a
-process (``icegate demo`` starts one per session in the lab's client namespaces).
+process. ``icegate demo`` and B6 run many on one event loop through the load client
+(``labkit.loadclient``), with :class:`EncodedScriptTrack` as the microphone.
 
 The client never uses a STUN server (``iceServers=[]``): it offers its host candidates
 and the transceiver learns its address from the checks that arrive through the relay.
