@@ -1,6 +1,6 @@
 """Voice sessions through the relay against a plain aiortc answerer: set-up time and sessions per core (root).
 
-    sudo .venv/bin/python -m bench.sessions [--mode xdp|userspace|both] [--sessions 12] [--seconds 8]
+    sudo .venv/bin/python -m bench.sessions [--mode xdp|userspace|both] [--sessions 64] [--seconds 8]
                                             [--rounds 10] [--out bench/results] [--lab-name icgb]
 
 For each relay mode, a lab of its own started the way the demo starts it
@@ -10,8 +10,10 @@ echo agent beside each), and beside transceiver tx1, in its namespace, the peer:
 its own per session, the client's audio echoed back, no relay, no tunnel mux, no agent).
 tx1 and the peer are pinned to one CPU, the first this process may use; everything
 else (this process, which runs every client session, the relay, the agents, Redis) runs
-on the others. The clients are :class:`transceiver.client.VoiceClient` in namespace
-c1, the same code against both answerers.
+on the others. The clients are one load client (:mod:`labkit.loadclient`: every session
+a :class:`transceiver.client.VoiceClient` on one event loop in a thread of this process,
+in namespace c1, one shared DTLS certificate, pre-encoded Opus, audio decoded on the
+loop, its thread preferred by the scheduler), the same code against both answerers.
 
 1. **Set-up time**: offer POSTed -> ``connected``, through the relay's VIP to tx1, and
    straight to the peer (HTTP to the same host, ICE to its host candidate through the
@@ -29,6 +31,12 @@ c1, the same code against both answerers.
    tx1's echo agent, a process of its own on the other CPUs, is not counted. For icegate
    the relay process's share in the window is reported too: in userspace mode that is
    the forwarding; with XDP the forwarding runs in softirqs, which no process's time shows.
+   Sessions connect ``CONNECTING`` at a time. **The load client checks itself** over the
+   same window (:class:`labkit.loadclient.SelfCheck`: its share of a core, its event
+   loop's lag, its microphones' late frames, the time it waited for a busy CPU): a row
+   whose client was a bottleneck says so, and its frames/s may be the client's, not the
+   answerer's. An answerer whose clients received fewer than ``REAL_TIME_FPS`` frames/s
+   did not hold its sessions in real time: its row says so.
 
 Numbers are reported, never judged: speed is measured here, not asserted in tests
 (``tests/e2e/test_bench_sessions.py`` only checks that this runs and what it writes).
@@ -58,6 +66,7 @@ import numpy as np
 
 from bench import report
 from bench.lab.exits import lab_exit_codes
+from labkit import loadclient
 from labkit.clients import run_in_namespace
 from labkit.demo import Demo, Options, Progress, http_get, wait_until
 from labkit.support import REPO
@@ -73,7 +82,9 @@ CLIENT_HOST = "c1"
 PLAIN_PORT = 8081  # beside tx1's signaling port (8080), on tx1's address
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15.0)  # a signaling request that hangs fails the run
 WARMUP_ROUNDS = 1
+CONNECTING = 8  # sessions set up at once by the load client (the rest wait their turn)
 SATURATED = 0.9  # of a core: the answerer may have wanted more than it got
+REAL_TIME_FPS = 45.0  # every client must receive at least this many of the 50 frames/s
 SETTLE_S = 2.0  # connected sessions talk this long before the window opens
 # One turn: 400 ms of speech, then long enough for tx1's echo agent to endpoint (600 ms)
 # and answer (~450 ms) before the next one, so no turn is cut short by a barge-in.
@@ -111,10 +122,11 @@ def cpu_seconds(pid: int) -> float:
 async def setup_rounds(urls: Mapping[str, str], rounds: int) -> dict[str, list[float]]:
     """Seconds from offer POSTed to ``connected``, per answerer, interleaved; warm-ups dropped."""
     times: dict[str, list[float]] = {name: [] for name in urls}
+    certificate = loadclient.shared_certificate()
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         for r in range(WARMUP_ROUNDS + rounds):
             for name in list(urls) if r % 2 == 0 else list(reversed(urls)):
-                client = VoiceClient(urls[name])
+                client = loadclient.load_voice_client(urls[name], certificate)
                 try:
                     seconds = await client.connect(http)
                 finally:
@@ -132,22 +144,34 @@ class Window:
     cpu_shares: dict[str, float]  # per measured process: CPU seconds / window seconds
     frames_per_s: list[float]  # per client, received
     with_audio: int  # clients that heard a loud frame (their own echoed voice) in the window
+    client: dict[str, Any]  # the load client's self-check over the window (labkit.loadclient)
 
 
 async def talk(url: str, sessions: int, seconds: float, pids: Mapping[str, int]) -> Window:
-    """``sessions`` clients of the answerer at ``url``, all talking; after ``SETTLE_S``, what they
-    received over ``seconds`` and the CPU time the processes ``pids`` (name -> pid) used."""
-    clients = [VoiceClient(url) for _ in range(sessions)]
+    """``sessions`` clients of the answerer at ``url`` (one load client: this thread's event loop,
+    a shared certificate, encoded audio), all talking; after ``SETTLE_S``, what they received
+    over ``seconds``, the CPU time the processes ``pids`` (name -> pid) used, and whether the
+    load client kept up (its self-check over the same window)."""
+    loadclient.prefer_this_thread()
+    certificate = loadclient.shared_certificate()
+    clients = [loadclient.load_voice_client(url, certificate) for _ in range(sessions)]
     script = np.tile(UTTERANCE, math.ceil((SETTLE_S + seconds + 5.0) * RATE / UTTERANCE.size))
+    gate = asyncio.Semaphore(CONNECTING)
+
+    async def connect(client: VoiceClient) -> None:
+        async with gate:
+            await client.connect(http)
+        client.mic.play(script)
+
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         try:
-            for client in clients:
-                await client.connect(http)
-            for client in clients:
-                client.mic.play(script)
+            await asyncio.gather(*(connect(c) for c in clients))
             await asyncio.sleep(SETTLE_S)
             counts = [len(c.heard.frames) for c in clients]
+            sent = [(c.mic.frames_sent, c.mic.frames_late) for c in clients]
             used = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            check = loadclient.SelfCheck()
+            check.start()
             started = time.monotonic()
             await asyncio.sleep(seconds)
             elapsed = time.monotonic() - started
@@ -156,9 +180,14 @@ async def talk(url: str, sessions: int, seconds: float, pids: Mapping[str, int])
             audible = sum(
                 any(loud(f) for f in c.heard.frames[n:]) for c, n in zip(clients, counts, strict=True)
             )
+            frames = [
+                {"frames_sent": c.mic.frames_sent - s, "frames_late": c.mic.frames_late - late}
+                for c, (s, late) in zip(clients, sent, strict=True)
+            ]
+            client = await check.finish(frames)
         finally:
             await asyncio.gather(*(c.hangup(http) for c in clients), return_exceptions=True)
-    return Window(elapsed, shares, rates, audible)
+    return Window(elapsed, shares, rates, audible, client)
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -189,7 +218,9 @@ def load_summary(answerer: str, sessions: int, window: Window) -> dict[str, Any]
         "frames_per_s_median": round(statistics.median(rates), 1),
         "sessions_with_audio_back": window.with_audio,
         "saturated": share >= SATURATED,
+        "real_time": min(rates) >= REAL_TIME_FPS,
         "relay_core_pct": None if relay is None else round(relay * 100, 1),
+        "client": {k: v for k, v in window.client.items() if k not in ("limits", "stalls", "pid")},
     }
 
 
@@ -233,7 +264,7 @@ def measure(
         load[name] = result = load_summary(name, sessions, window)
         say(
             f"{name}: {result['core_pct']}% of a core, {result['core_pct_per_session']}% per session, "
-            f"frames/s min {result['frames_per_s_min']}"
+            f"frames/s min {result['frames_per_s_min']}; load client: {loadclient.describe(window.client)}"
         )
 
         def drained(url: str = urls[name]) -> bool:
@@ -262,6 +293,7 @@ def run_mode(
 def run(
     modes: Sequence[str], sessions: int, seconds: float, rounds: int, lab_name: str, say: Progress
 ) -> dict[str, Any]:
+    load_before = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: say how busy it was
     cpu, others = cpu_split()
     if others == {cpu}:
         say(f"only CPU {cpu} available: the answerers share it with the clients and the relay")
@@ -280,12 +312,13 @@ def run(
         "answerer_cpu": cpu,
         "other_cpus": sorted(others),
         "modes": results,
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
     }
 
 
 SETUP_COLUMNS = ("relay mode", "answerer", "median ms", "p90 ms", "rounds", "icegate/plain")
 LOAD_COLUMNS = ("relay mode", "answerer", "% of a core", "% core/session", "sessions/core", "frames/s min",
-                "frames/s median", "audio back", "relay % core", "icegate/plain")  # fmt: skip
+                "frames/s median", "audio back", "relay % core", "icegate/plain", "load client")  # fmt: skip
 
 
 def mode_label(m: Mapping[str, Any]) -> str:
@@ -304,7 +337,17 @@ def load_row(m: Mapping[str, Any], name: str) -> list[Any]:
     relay = "" if r["relay_core_pct"] is None else r["relay_core_pct"]
     audio = f"{r['sessions_with_audio_back']}/{r['sessions']}"
     return [mode_label(m), LABELS[name], r["core_pct"], r["core_pct_per_session"], r["sessions_per_core"],
-            r["frames_per_s_min"], r["frames_per_s_median"], audio, relay, shown_ratio]  # fmt: skip
+            r["frames_per_s_min"], r["frames_per_s_median"], audio, relay, shown_ratio,
+            client_cell(r["client"])]  # fmt: skip
+
+
+def client_cell(check: Mapping[str, Any]) -> str:
+    """The load client's self-check over the window, in one cell."""
+    figures = (
+        f"{check['cpu_share'] * 100:.0f}% core, lag p99 {check['loop_lag_ms_p99']} ms, "
+        f"late {check['frames_late_share'] * 100:.1f}%"
+    )
+    return f"BOTTLENECK: {figures}" if check["bottleneck"] else f"kept up: {figures}"
 
 
 def table(data: Mapping[str, Any]) -> str:
@@ -317,6 +360,22 @@ def table(data: Mapping[str, Any]) -> str:
         for name in ANSWERERS
         if m["load"][name]["saturated"]
     ]
+    saturated += [
+        f"\n{mode_label(m)}, {LABELS[name]}: did not hold real time (a client received "
+        f"{m['load'][name]['frames_per_s_min']} of 50 frames/s): its sessions per core are not "
+        "sessions it held\n"
+        for m in data["modes"]
+        for name in ANSWERERS
+        if not m["load"][name].get("real_time", True)
+    ]
+    saturated += [
+        f"\n{mode_label(m)}, {LABELS[name]}: the load client was a bottleneck "
+        f"({', '.join(m['load'][name]['client']['over_limits'])} over its limits): the frames/s "
+        "may be its own, not the answerer's\n"
+        for m in data["modes"]
+        for name in ANSWERERS
+        if m["load"][name]["client"]["bottleneck"]
+    ]
     others = ",".join(map(str, data["other_cpus"]))
     setup_title = (
         f"Set-up time, offer POSTed -> connected, from {CLIENT_HOST}: rounds interleaved, "
@@ -325,7 +384,7 @@ def table(data: Mapping[str, Any]) -> str:
     load_title = (
         f"\n{data['sessions']} two-way voice sessions on one answerer pinned to CPU {data['answerer_cpu']} "
         f"(clients, relay, agents, Redis on CPU {others}): {data['seconds']:g} s measured after "
-        f"{data['settle_s']:g} s\n\n"
+        f"{data['settle_s']:g} s; load average {load_line(data)}\n\n"
     )
     return (
         setup_title
@@ -334,6 +393,12 @@ def table(data: Mapping[str, Any]) -> str:
         + report.markdown_table(LOAD_COLUMNS, load_rows)
         + "".join(saturated)
     )
+
+
+def load_line(data: Mapping[str, Any]) -> str:
+    """The 1-minute load average before and after the run (older results have none)."""
+    load = data.get("load_average")
+    return "not recorded" if not load else f"{load['before'][0]} before, {load['after'][0]} after"
 
 
 def write_results(data: Mapping[str, Any], out_dir: Path = report.RESULTS) -> tuple[Path, Path]:
@@ -345,7 +410,7 @@ def main() -> None:
     parser.add_argument(
         "--mode", choices=[*MODES, "both"], default="both", help="relay datapath (default both)"
     )
-    parser.add_argument("--sessions", type=int, default=12, help="concurrent sessions (default 12)")
+    parser.add_argument("--sessions", type=int, default=64, help="concurrent sessions (default 64)")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured window (default 8)")
     parser.add_argument("--rounds", type=int, default=10, help="set-up rounds per answerer (default 10)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")

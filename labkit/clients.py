@@ -1,15 +1,15 @@
 """Voice clients (:mod:`transceiver.client`) inside the lab: :func:`run_in_namespace` runs a
-client coroutine on its own event loop in a thread inside a lab namespace (the tests and
-``bench.sessions`` use it)."""
+client coroutine on its own event loop (uvloop when installed, as :mod:`labkit.loadclient`
+does) in a thread inside a lab namespace (the tests and ``bench.sessions`` use it)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from icegate import netns
+from labkit.loadclient import run_loop
 
 T = TypeVar("T")
 
@@ -27,10 +27,10 @@ def run_in_namespace(
     def body() -> None:
         try:
             if namespace is None:
-                result.append(asyncio.run(main()))
+                result.append(run_loop(main))
             else:
                 with netns.entered(namespace):
-                    result.append(asyncio.run(main()))
+                    result.append(run_loop(main))
         except BaseException as exc:  # re-raised in the caller
             error.append(exc)
 

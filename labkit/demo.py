@@ -7,14 +7,19 @@
    (cluster 1, index 1 and 2) and an agent (``echo`` or ``tone``) beside each. Ready when
    the relay's ``/readyz`` and both transceivers' ``/readyz`` answer 200 and the relay
    has synced both backends from Redis.
-3. N clients at once, each its own process (``python -m transceiver.client``) in a
-   client namespace, spread over both client hosts and both transceivers. Each client
-   speaks a pitch of its own for a few turns and writes a JSON result.
+3. N sessions at once, spread over both client hosts and both transceivers: one load
+   client per client host (``python -m labkit.loadclient``: every session of that host
+   on one event loop, sessions started ``RAMP_S`` apart). Each session speaks a pitch of
+   its own for a few turns; the load client writes every session's JSON result and its
+   self-check (was it the bottleneck?). A process per session, as before issue 15, spent
+   most of a 2-core machine on the clients themselves.
 4. The relay's side: its datapath counters (``/metrics``, the same numbers as
    ``icegate stats``), its flows with their packet counters (``icegate flows ls --json``
    in its namespace: the pinned maps, or the twin's maps over its HTTP endpoint) and the
    flow-cache records it wrote to Redis.
-5. A summary (table or ``--json``), then ``lab down`` (always, also on Ctrl-C, unless
+5. A summary (table or ``--json``, with the load clients' self-checks, each transceiver's
+   mux counters and session outcomes, and the CPU seconds of every lab process while the
+   clients ran), then ``lab down`` (always, also on Ctrl-C, unless
    ``--keep``). Exit 0 only if every session carried audio both ways through the relay.
 """
 
@@ -43,7 +48,7 @@ from icegate import netns
 from icegate.cli import Renamed
 from icegate.errors import DemoError, LinkError
 from icegate.schema import Keys
-from labkit import demo_report
+from labkit import demo_report, loadclient
 from labkit.lab import Lab, LabConfig, TransceiverSettings
 from labkit.lab.config import DEFAULT_NAME, SecondRegionConfig
 from labkit.lab.geofiles import CATALOG_FILE
@@ -63,7 +68,13 @@ SPEECH_SCRIPT = (
     "goodbye",
 )
 READY_TIMEOUT_S = 45.0  # bcc compiles the XDP program at start: seconds on a busy 2-core host
+# Between session starts in one load client: a DTLS handshake holds its event loop for
+# milliseconds, and 32 at once made the other sessions' frames late (its self-check).
+RAMP_S = 0.025
 CLIENT_SLACK_S = 45.0  # start-up (importing aiortc), connect, last answer, hang-up
+TX_METRIC_RE = re.compile(
+    r"^icegate_transceiver_(?P<name>mux_packets|sessions)_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
+)
 METRIC_RE = re.compile(r"^icegate_relay_packets_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
@@ -168,6 +179,8 @@ class Demo:
         self.built = False  # this run created the lab (so it, and only it, tears it down)
         self.table = ""
         self.relay_config = Path()  # written by start_components
+        self.load_clients: dict[str, dict[str, Any]] = {}  # client host -> the load client's self-check
+        self.cpu: dict[str, float] = {}  # lab process -> CPU seconds when the sessions ended
 
     # ---- steps ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -176,7 +189,9 @@ class Demo:
         timings = self.up()
         before = self.relay_counters()
         plans = self.plan()
+        clients_started = time.monotonic()
         results = self.run_clients(plans)
+        timings["clients_s"] = round(time.monotonic() - clients_started, 2)
         timings["sessions_done_s"] = round(time.monotonic() - started, 2)
         summary = self.conclude(plans, results, before)
         summary["timings"] = timings
@@ -332,42 +347,76 @@ class Demo:
         return plans
 
     def run_clients(self, plans: list[demo_report.Plan]) -> dict[int, dict[str, Any]]:
+        """One load client (:mod:`labkit.loadclient`) per client host runs that host's sessions."""
         opts = self.options
-        self.say(f"{len(plans)} clients: turns for {opts.duration_s:g} s each, {opts.agent} agent answering")
-        outputs = {}
+        hosts = sorted({p.client for p in plans}, key=lambda h: [p.client for p in plans].index(h))
+        self.say(
+            f"{len(plans)} sessions from {len(hosts)} load clients ({', '.join(hosts)}): "
+            f"turns for {opts.duration_s:g} s each, {opts.agent} agent answering"
+        )
         results_dir = self.lab.dir / "results"  # not beside the process records (<name>.json)
         results_dir.mkdir(exist_ok=True)
-        for p in plans:
-            out = results_dir / f"client-{p.index}.json"
-            argv = [sys.executable, "-m", "transceiver.client", p.url, "--hz", str(p.tone_hz),
-                    "--duration", str(opts.duration_s), "--out", str(out)]  # fmt: skip
-            if opts.agent == "speech":
-                start = (p.index - 1) % len(SPEECH_SCRIPT)
-                argv += ["--speech", "|".join(SPEECH_SCRIPT[start:] + SPEECH_SCRIPT[:start])]
-            self.lab.start_process(f"client-{p.index}", p.client, argv)
-            outputs[p.index] = out
-        # Each client imports aiortc at start (~1 s of CPU): many at once on a small host take a while.
-        deadline = time.monotonic() + opts.duration_s + CLIENT_SLACK_S + len(plans)
-        running = {p.index for p in plans}
+        cpu_before = self.cpu_seconds()
+        outputs = {}
+        for host in hosts:
+            mine = [p for p in plans if p.client == host]
+            plan_file, out = results_dir / f"plan-{host}.json", results_dir / f"loadclient-{host}.json"
+            loadclient.write_plan(plan_file, [self.session_plan(p) for p in mine])
+            argv = [sys.executable, "-m", "labkit.loadclient", str(plan_file), "--out", str(out),
+                    "--ramp", str(RAMP_S)]  # fmt: skip
+            self.lab.start_process(f"loadclient-{host}", host, argv)
+            outputs[host] = out
+        # All sessions start at once; the slowest may need its whole connect timeout.
+        deadline = time.monotonic() + opts.duration_s + CLIENT_SLACK_S + len(plans) / 4
+        running = set(hosts)
         while running and time.monotonic() < deadline:
-            for index in sorted(running):
-                record = self.lab.process(f"client-{index}")
+            for host in sorted(running):
+                record = self.lab.process(f"loadclient-{host}")
                 if record is None or not record.alive:
-                    running.discard(index)
-                    self.say(f"session {index} finished: {brief(read_json(outputs[index]))}")
+                    running.discard(host)
+                    done = read_json(outputs[host]) or {}
+                    for index, result in sorted(done.get("sessions", {}).items(), key=lambda kv: int(kv[0])):
+                        self.say(f"session {index} finished: {brief(result)}")
+                    if "self_check" in done:
+                        self.say(f"load client {host}: {loadclient.describe(done['self_check'])}")
             time.sleep(0.05)
-        results = {}
-        for p in plans:
-            result = read_json(outputs[p.index])
-            if result is None:
-                still = " (still running, ended)" if p.index in running else ""
-                result = {
-                    "error": f"the client wrote no result{still}:\n{log_tail(self.log(f'client-{p.index}'))}"
-                }
-            results[p.index] = result
-        for index in running:
-            self.lab.stop_process(f"client-{index}")
+        self.cpu = {
+            name: round(cpu - cpu_before.get(name, 0.0), 2) for name, cpu in self.cpu_seconds().items()
+        }
+        results: dict[int, dict[str, Any]] = {}
+        for host in hosts:
+            done = read_json(outputs[host]) or {}
+            if "self_check" in done:
+                self.load_clients[host] = done["self_check"]
+            for p in plans:
+                if p.client != host:
+                    continue
+                result = done.get("sessions", {}).get(str(p.index))
+                if result is None:
+                    still = " (still running, ended)" if host in running else ""
+                    log = log_tail(self.log(f"loadclient-{host}"))
+                    result = {"error": f"load client {host} wrote no result{still}:\n{log}"}
+                results[p.index] = result
+        for host in running:
+            self.lab.stop_process(f"loadclient-{host}")
         return results
+
+    def session_plan(self, p: demo_report.Plan) -> loadclient.SessionPlan:
+        speech: tuple[str, ...] = ()
+        if self.options.agent == "speech":
+            start = (p.index - 1) % len(SPEECH_SCRIPT)
+            speech = SPEECH_SCRIPT[start:] + SPEECH_SCRIPT[:start]
+        return loadclient.SessionPlan(p.index, p.url, p.tone_hz, self.options.duration_s, speech)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system, all threads) each live lab process has used so far (a load
+        client that has exited is not counted here: it reports its own in its self-check)."""
+        out = {}
+        for record in self.lab.processes():
+            if record.alive:
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    out[record.name] = process_cpu_seconds(record.pid)
+        return out
 
     def conclude(
         self, plans: list[demo_report.Plan], results: dict[int, dict[str, Any]], before: dict[str, int]
@@ -398,6 +447,11 @@ class Demo:
             "sessions": [s.to_json() for s in sessions],
             "stats": demo_report.session_stats(sessions),
             "relay": total,
+            "load_clients": self.load_clients,
+            "load_clients_ok": bool(self.load_clients)
+            and not any(c["bottleneck"] for c in self.load_clients.values()),
+            "cpu_s": self.cpu,
+            "transceivers": {tx.name: self.transceiver_counters(tx) for tx in self.lab.transceivers()},
         }
 
     # ---- reading the components ------------------------------------------------------------
@@ -430,6 +484,23 @@ class Demo:
             if line.startswith('icegate_relay_backends{state="active"} '):
                 return int(float(line.rsplit(" ", 1)[1]))
         return 0
+
+    def transceiver_counters(self, tx: TransceiverSettings) -> dict[str, int]:
+        """``in/delivered``, ``in/closed``, ``in/no_flow``... (its mux) and ``session/<outcome>``,
+        from the transceiver's ``/metrics``."""
+        status, body = http_get(self.lab.namespace(tx.name), f"{tx.signaling_url}/metrics", timeout=3.0)
+        out = {}
+        for line in body.splitlines() if status == 200 else []:
+            m = TX_METRIC_RE.match(line)
+            if m and int(float(m["value"])):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+                key = (
+                    f"session/{labels['outcome']}"
+                    if m["name"] == "sessions"
+                    else (f"{labels.get('direction')}/{labels.get('result')}")
+                )
+                out[key] = int(float(m["value"]))
+        return out
 
     def relay_counters(self) -> dict[str, int]:
         """``verdict/reason`` -> packets, from the relay's ``icegate_relay_packets_total``."""
@@ -512,6 +583,12 @@ def describe_datapath(mode: str, reason: str) -> str:
     return f"datapath {mode}"
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of ``pid`` (``/proc/<pid>/stat`` fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -542,6 +619,18 @@ def render(summary: dict[str, Any], table: str) -> str:
     if summary["agent"] == "speech":
         lines += ["", "spoken turns (said -> the agent heard -> the agent answered -> the client heard):"]
         lines += demo_report.spoken_lines(summary["sessions"])
+    for host, check in summary.get("load_clients", {}).items():
+        lines.append(f"load client {host}: {loadclient.describe(check)}")
+    for name, counters in summary.get("transceivers", {}).items():
+        shown = [f"{k} {v}" for k, v in sorted(counters.items()) if k.startswith(("in/", "session/"))]
+        lines.append(f"transceiver {name}: {', '.join(shown)}")
+    if summary.get("cpu_s"):
+        used = ", ".join(
+            f"{name} {cpu:.1f}" for name, cpu in sorted(summary["cpu_s"].items()) if name != "redis"
+        )
+        lines.append(
+            f"CPU seconds used: {used} (in the {summary['timings'].get('clients_s', 0):g} s the clients ran)"
+        )
     failed = [s for s in summary["sessions"] if not s["ok"]]
     for s in failed:
         lines.append(f"session {s['index']} FAILED: " + "; ".join(s["problems"]))
@@ -553,7 +642,7 @@ def render(summary: dict[str, Any], table: str) -> str:
 @click.command(short_help="voice sessions through the relay in the lab")
 @click.option(
     "--sessions",
-    type=click.IntRange(1, 32),
+    type=click.IntRange(1, 128),
     default=4,
     show_default=True,
     help="Concurrent voice sessions (spread over both client hosts).",

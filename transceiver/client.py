@@ -6,7 +6,8 @@ with the arrival time of every frame, and collects the turn events of the ``even
 data channel. :func:`converse` runs a whole scripted session (connect, N turns of
 "say a tone, wait for the agent's answer", RTCP statistics, hang up) and returns a
 JSON-ready result; ``python -m transceiver.client URL --out result.json`` runs it as a
-process (``icegate demo`` starts one per session in the lab's client namespaces).
+process. ``icegate demo`` and B6 run many on one event loop through the load client
+(``labkit.loadclient``), with :class:`EncodedScriptTrack` as the microphone.
 
 The client never uses a STUN server (``iceServers=[]``): it offers its host candidates
 and the transceiver learns its address from the checks that arrive through the relay.
@@ -15,7 +16,9 @@ and the transceiver learns its address from the checks that arrive through the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,16 +31,18 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcicetransport import RTCIceTransport
-from av import AudioFrame, AudioResampler
+from av import AudioFrame, Packet
 from yarl import URL
 
-from transceiver.audio import FrameClock
+from transceiver.audio import FrameClock, MonoConverter, VoiceEncoder, silence_payload
 
 RATE = 48000
 FRAME = 960  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
 SPEECH_MS = 600  # one utterance of a scripted turn
 JITTER_TAIL_S = 0.3  # after response_done: the answer's last frames still on their way to the speaker
+MIC_START_S = 5.0  # a played script's first frame must reach the sender within this (it is due in 20 ms)
+LATE_S = 0.02  # a frame handed to the sender this much after it was due counts as late
 LOUD = 0.05  # RMS (fraction of full scale) above which a heard frame counts as the agent's voice
 
 
@@ -59,8 +64,13 @@ def dominant_frequency(pcm: np.ndarray, rate: int = RATE) -> float:
     return float(np.argmax(spectrum) * rate / pcm.size)
 
 
-class ScriptTrack(MediaStreamTrack):
-    """The client's microphone: plays ``script`` in real time, then silence, 20 ms per frame."""
+class Microphone(MediaStreamTrack):
+    """The client's microphone: plays a script in real time, then silence, 20 ms per frame.
+
+    Subclasses say how a frame goes to aiortc's sender: :class:`ScriptTrack` as PCM (the
+    sender encodes it, as for any microphone), :class:`EncodedScriptTrack` as Opus packets
+    encoded once per script. Both keep count of the frames they hand over and of those
+    handed over more than ``LATE_S`` after they were due (a starved event loop)."""
 
     kind = "audio"
 
@@ -69,8 +79,11 @@ class ScriptTrack(MediaStreamTrack):
         self._script = np.zeros(0, np.int16)
         self._pos = 0
         self._clock = FrameClock()
+        self._first: float | None = None  # when the first frame was due (the clock's start)
         self.script_started: float | None = None  # monotonic time the current script began playing
         self.frames_sent = 0
+        self.frames_late = 0  # handed over more than LATE_S after they were due
+        self.max_late_s = 0.0
         if script is not None:
             self.play(script)
 
@@ -84,23 +97,83 @@ class ScriptTrack(MediaStreamTrack):
     def done(self) -> bool:
         return self._pos >= self._script.size
 
-    async def recv(self) -> AudioFrame:
+    async def _next(self) -> tuple[int, int | None]:
+        """Wait for the next frame's time; its pts and the offset of its samples in the
+        script (None: silence)."""
         if self.readyState != "live":
             raise MediaStreamError
         pts = await self._clock.tick()
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
+        late = now - (self._first + pts / RATE)
+        if late > LATE_S:
+            self.frames_late += 1
+        self.max_late_s = max(self.max_late_s, late)
+        self.frames_sent += 1
+        if self.done:
+            return pts, None
+        if self._pos == 0:
+            self.script_started = now
+        offset = self._pos
+        self._pos += FRAME
+        return pts, offset
+
+
+class ScriptTrack(Microphone):
+    """A microphone that hands aiortc PCM frames (its sender encodes each one)."""
+
+    async def recv(self) -> AudioFrame:
+        pts, offset = await self._next()
         chunk = np.zeros(FRAME, np.int16)
-        if not self.done:
-            if self._pos == 0:
-                self.script_started = time.monotonic()
-            part = self._script[self._pos : self._pos + FRAME]
+        if offset is not None:
+            part = self._script[offset : offset + FRAME]
             chunk[: part.size] = part
-            self._pos += FRAME
         frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = pts
         frame.time_base = TIME_BASE
-        self.frames_sent += 1
         return frame
+
+
+class EncodedScriptTrack(Microphone):
+    """A microphone that hands aiortc Opus packets: each script is encoded once, when it is
+    played (a cache shares the work between sessions playing the same script), and silence
+    is one cached packet. aiortc's sender only packetises a packet, where a PCM frame costs
+    it an audio-level computation and an encode on an executor thread (transceiver.audio);
+    this is what lets one load-client process carry many sessions."""
+
+    _payloads: tuple[bytes, ...] = ()
+
+    def play(self, script: np.ndarray) -> None:
+        super().play(script)
+        self._payloads = encoded_script(self._script.tobytes())
+
+    async def recv(self) -> Packet:
+        pts, offset = await self._next()
+        if offset is None:
+            payload = silence_payload()
+        else:
+            payloads = self._payloads
+            payload = payloads[offset // FRAME] if offset // FRAME < len(payloads) else silence_payload()
+        packet = Packet(payload)
+        packet.pts = pts
+        packet.time_base = TIME_BASE
+        return packet
+
+
+@functools.lru_cache(maxsize=64)
+def encoded_script(pcm: bytes) -> tuple[bytes, ...]:
+    """Opus payloads of s16le mono 48 kHz ``pcm``, one per 20 ms frame (the last padded with silence)."""
+    samples = np.frombuffer(pcm, np.int16)
+    frames = -(-samples.size // FRAME)
+    padded = np.zeros(frames * FRAME, np.int16)
+    padded[: samples.size] = samples
+    encoder = VoiceEncoder()
+    return tuple(
+        bytes(encoder.encode(padded[i * FRAME : (i + 1) * FRAME].tobytes(), i * FRAME, silent=False))
+        for i in range(frames)
+    )
 
 
 def loud(frame: np.ndarray, threshold: float = LOUD) -> bool:
@@ -137,17 +210,15 @@ class Heard:
 
 
 async def record(track: MediaStreamTrack, heard: Heard) -> None:
-    resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+    converter = MonoConverter()  # a numpy view of one channel for what aiortc's decoder yields
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
         assert isinstance(frame, AudioFrame)
-        now = time.monotonic()
-        for mono in resampler.resample(frame):
-            heard.frames.append(mono.to_ndarray().reshape(-1).copy())
-            heard.arrivals.append(now)
+        heard.frames.append(np.frombuffer(converter.convert(frame), np.int16))
+        heard.arrivals.append(time.monotonic())
 
 
 @dataclass
@@ -156,7 +227,7 @@ class VoiceClient:
 
     base_url: str
     token: str | None = None
-    mic: ScriptTrack = field(default_factory=ScriptTrack)
+    mic: Microphone = field(default_factory=ScriptTrack)
     heard: Heard = field(default_factory=Heard)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     location: str | None = None
@@ -166,6 +237,7 @@ class VoiceClient:
     setup_s: float | None = None  # POST sent -> connected
     pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set by every event message
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/sdp"}
@@ -182,6 +254,7 @@ class VoiceClient:
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
             self.events.append((time.monotonic(), json.loads(message)))
+            self._arrived.set()
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -234,9 +307,15 @@ class VoiceClient:
             times = self.event_times(kind)
             if len(times) >= count:
                 return times[count - 1]
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise AssertionError(f"no {count}x {kind} within {timeout}s; got {self.event_types()}")
-            await asyncio.sleep(0.01)
+            # Woken by the next message, not by polling: dozens of sessions in one load client
+            # would otherwise wake the loop thousands of times a second for nothing.
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
 
     def ice_transport(self) -> RTCIceTransport | None:
         """The ICE transport the audio runs on (the bundled one)."""
@@ -285,16 +364,27 @@ class VoiceClient:
         await asyncio.sleep(0.05)
 
 
+async def speaking(mic: Microphone, timeout: float = MIC_START_S) -> float:
+    """Wait for the sender to take the first frame of the script just played; its time."""
+    deadline = time.monotonic() + timeout
+    while mic.script_started is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the microphone did not start within {timeout:g} s: the sender took no frame "
+                "(a starved event loop: see the load client's self-check)"
+            )
+        await asyncio.sleep(0.005)
+    return mic.script_started
+
+
 async def take_turn(client: VoiceClient, number: int, hz: float, timeout: float) -> dict[str, Any]:
     """Say ``SPEECH_MS`` of ``hz`` and wait for answer ``number``.
 
     Round trip: end of speech -> first loud frame of the answer at the client.
     """
     client.mic.play(np.concatenate([tone(hz, SPEECH_MS), silence(100)]))
-    async with asyncio.timeout(1.0):
-        while client.mic.script_started is None:
-            await asyncio.sleep(0.005)
-    end_of_speech = client.mic.script_started + SPEECH_MS / 1000
+    started = await speaking(client.mic)
+    end_of_speech = started + SPEECH_MS / 1000
     done = await client.wait_event("response_done", count=number, timeout=timeout)
     first = client.heard.first_loud_after(end_of_speech)
     answer = client.heard.between(first, done) if first is not None else np.zeros(0, np.int16)
@@ -329,10 +419,7 @@ class SpokenTurns:
         said_ms = (int(voiced[-1]) + 1 if voiced.size else voice.size) * 1000 // RATE
         before = len(client.events)
         client.mic.play(np.concatenate([voice, silence(100)]))
-        async with asyncio.timeout(1.0):
-            while client.mic.script_started is None:
-                await asyncio.sleep(0.005)
-        end_of_speech = client.mic.script_started + said_ms / 1000
+        end_of_speech = await speaking(client.mic) + said_ms / 1000
         done = await client.wait_event("response_done", count=number, timeout=timeout)
         await asyncio.sleep(JITTER_TAIL_S)  # the answer's last frames are still in the jitter buffer
         first = client.heard.first_loud_after(end_of_speech, threshold=0.01)
@@ -368,16 +455,22 @@ async def converse(
     token: str | None = None,
     timeout: float = 15.0,
     spoken: SpokenTurns | None = None,
+    client: VoiceClient | None = None,
+    http: aiohttp.ClientSession | None = None,
 ) -> dict[str, Any]:
     """A whole session: connect, turns (new ones start until ``duration_s`` has passed), stats, hang up.
 
-    Turns are tones of ``hz``, or phrases with ``spoken``. Never raises for a failed
-    session: the result carries ``error`` instead.
+    Turns are tones of ``hz``, or phrases with ``spoken``. ``client`` (made for ``url``
+    when not given) and ``http`` (a session of its own when not given) let a load client
+    run many of these on one event loop. Never raises for a failed session: the result
+    carries ``error`` instead.
     """
-    client = VoiceClient(url, token=token)
+    client = client or VoiceClient(url, token=token)
     result: dict[str, Any] = {"url": url, "tone_hz": hz, "error": None, "turns": []}
     started = time.monotonic()
-    async with aiohttp.ClientSession() as http:
+    async with contextlib.AsyncExitStack() as stack:
+        if http is None:
+            http = await stack.enter_async_context(aiohttp.ClientSession())
         try:
             async with asyncio.timeout(duration_s + 3 * timeout):
                 await client.connect(http, timeout)
@@ -398,6 +491,8 @@ async def converse(
         finally:
             result["connection_state"] = client.pc.connectionState
             result["frames_sent"] = client.mic.frames_sent
+            result["frames_late"] = client.mic.frames_late
+            result["max_late_ms"] = round(client.mic.max_late_s * 1000, 1)
             result["frames_received"] = len(client.heard.frames)
             gaps = client.heard.gaps()
             result["max_gap_ms"] = round(max((g for _, g in gaps), default=0.0) * 1000, 1)

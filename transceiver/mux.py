@@ -10,7 +10,9 @@ Inbound, per datagram on the tunnel port::
        whose MESSAGE-INTEGRITY verifies with that route's ICE password  else "bad_integrity"
        and whose (client, VIP) no other live session owns          else "address_owned"
        (learns the flow (client, VIP) -> route, relay)
-    -> anything else: the route of flow (client, VIP)             else "no_flow"
+    -> anything else: the route of flow (client, VIP)             else "closed" when that flow's
+       session ended within ``owner_idle_s`` (the client's last packets crossing its DELETE, a
+       client still sending after a reap), "no_flow" when it is not one we knew
        (with relay_sources set, its returns follow this relay: "relay_moved")
     -> that route's receiver for the VIP                           "delivered"
 
@@ -39,7 +41,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, cast
@@ -54,6 +56,9 @@ logger = logging.getLogger(__name__)
 Addr = tuple[str, int]
 FlowKey = tuple[Addr, Addr]  # (client, VIP)
 SOCKET_BUFFER = 4 << 20
+# Flows of ended sessions remembered (with when they ended), so that their clients' late
+# packets count as "closed" rather than "no_flow"; the oldest are forgotten first.
+CLOSED_MEMORY = 4096
 
 
 class Receiver(Protocol):
@@ -120,6 +125,7 @@ class TunnelMux(asyncio.DatagramProtocol):
         self.counters: Counter[tuple[str, str]] = Counter()  # (direction, result) -> packets
         self._routes: dict[bytes, Route] = {}
         self._flows: dict[FlowKey, _Flow] = {}
+        self._closed: OrderedDict[FlowKey, float] = OrderedDict()  # flow of an ended session -> when
         self._holding: set[Route] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -178,10 +184,15 @@ class TunnelMux(asyncio.DatagramProtocol):
         route.closed = True
         if self._routes.get(route.ufrag) is route:
             del self._routes[route.ufrag]
+        now = time.monotonic()
         for key in route.flows:
             flow = self._flows.get(key)
             if flow is not None and flow.route is route:
                 del self._flows[key]
+                self._closed[key] = now
+                self._closed.move_to_end(key)
+        while len(self._closed) > CLOSED_MEMORY:
+            self._closed.popitem(last=False)
         route.flows.clear()
         route.held.clear()
         self._holding.discard(route)
@@ -245,7 +256,9 @@ class TunnelMux(asyncio.DatagramProtocol):
         else:
             flow = self._flows.get(key)
             if flow is None:
-                self.counters["in", "no_flow"] += 1
+                ended = self._closed.get(key)
+                recent = ended is not None and time.monotonic() - ended < self.owner_idle_s
+                self.counters["in", "closed" if recent else "no_flow"] += 1
                 return
             route = flow.route
             if self.relay_sources:
@@ -296,6 +309,7 @@ class TunnelMux(asyncio.DatagramProtocol):
             return
         if flow is not None:  # the address moved to another session (new session, same port)
             flow.route.flows.discard(key)
+        self._closed.pop(key, None)
         self._flows[key] = _Flow(route, relay)
         route.flows.add(key)
         if route.held:

@@ -19,7 +19,10 @@ SETUP_KEYS = {"median_ms", "p90_ms", "rounds", "samples_ms"}
 LOAD_KEYS = {
     "sessions", "window_s", "cpu_share", "core_pct", "core_pct_per_session", "sessions_per_core",
     "frames_per_s_min", "frames_per_s_median", "sessions_with_audio_back", "saturated", "relay_core_pct",
+    "client", "real_time",
 }  # fmt: skip
+CLIENT_KEYS = {"sessions", "cpu_share", "waited_for_cpu_share", "loop_lag_ms_p99", "frames_late_share",
+               "frames_sent", "frames_late", "over_limits", "bottleneck"}  # fmt: skip
 
 
 def test_sessions_bench_runs_and_writes_its_results(lab_name: str, tmp_path: Path) -> None:
@@ -45,6 +48,9 @@ def test_sessions_bench_runs_and_writes_its_results(lab_name: str, tmp_path: Pat
         assert len(mode["setup"][name]["samples_ms"]) == mode["setup"][name]["rounds"] == 1
         assert set(mode["load"][name]) == LOAD_KEYS
         assert mode["load"][name]["sessions"] == 2
+        # the load client's self-check over the same window (labkit.loadclient)
+        client = mode["load"][name]["client"]
+        assert set(client) >= CLIENT_KEYS and client["sessions"] == 2 and client["frames_sent"] > 0
     assert mode["load"]["icegate"]["relay_core_pct"] is not None
     assert mode["load"]["plain"]["relay_core_pct"] is None
 

@@ -114,3 +114,33 @@ def test_the_demo_says_which_datapath_and_why(status: dict[str, Any], mode: str,
     found, reason = datapath_of(status)
     assert found == mode
     assert said in describe_datapath(found, reason)
+
+
+def test_render_shows_the_load_clients_the_transceivers_and_cpu() -> None:
+    from labkit.demo import render
+
+    check = {"sessions": 2, "cpu_share": 0.06, "waited_for_cpu_share": 0.04, "loop_lag_ms_p99": 2.3,
+             "frames_late": 0, "frames_sent": 393, "over_limits": [], "bottleneck": False}  # fmt: skip
+    busy = check | {"waited_for_cpu_share": 0.5, "cpu_share": 0.3, "loop_lag_ms_p99": 120.0,
+                    "over_limits": ["loop_lag_ms_p99"], "bottleneck": True}  # fmt: skip
+    summary = {
+        "agent": "echo",
+        "datapath": "xdp-native",
+        "relay": totals({"forward/flow": 10}),
+        "stats": {"setup_ms_median": 48.4, "rtt_ms_median": 739.1},
+        "sessions": [],
+        "load_clients": {"c1": check, "c2": busy},
+        "transceivers": {
+            "tx1": {"in/delivered": 447, "in/closed": 3, "out/sent": 450, "session/completed": 2}
+        },
+        "cpu_s": {"tx1": 0.4, "relay": 0.0},
+        "timings": {"clients_s": 4.6},
+    }
+    text = render(summary, "TABLE")
+    assert "load client c1: 2 sessions, 6% of a core, waited for a CPU 4% of the time" in text
+    assert "not the bottleneck" in text.split("load client c2")[0]
+    assert (
+        "load client c2:" in text and "BOTTLENECK (loop_lag_ms_p99" in text and "machine is saturated" in text
+    )
+    assert "transceiver tx1: in/closed 3, in/delivered 447, session/completed 2" in text  # out/* not shown
+    assert "relay 0.0, tx1 0.4" in text and "4.6 s the clients ran" in text

@@ -274,7 +274,13 @@ def test_closed_route_forgets_its_flows_and_ufrag() -> None:
         mux.close_route(route)
         assert (mux.routes, mux.flows) == (0, 0)
         mux.send(route, VIP1, CLIENT, b"\x80late")
+        # The client's last packets, crossing the end of its session: "closed", not "no_flow"
+        # (issue 15: the transceivers' no_flow at 24 sessions were these, from starved clients).
         relay.send(packet(CLIENT, VIP1, dtls_record()), bound)
+        await settle(lambda: mux.counters["in", "closed"] == 1)
+        assert mux.counters["in", "no_flow"] == 0
+        # A client this mux never knew is still no_flow.
+        relay.send(packet(("198.51.100.9", 4000), VIP1, dtls_record()), bound)
         await settle(lambda: mux.counters["in", "no_flow"] == 1)
         with pytest.raises(ValueError, match="already routed"):
             mux.open_route(UFRAG)
