@@ -225,8 +225,8 @@ def chromium(namespace: str, plan: Mapping[str, Any], timeout: float) -> dict[st
 
 
 # ---- aiortc mouth-to-ear ---------------------------------------------------------------------
-async def aiortc_m2e(url: str, bursts: int) -> list[float | None]:
-    """One session against ``url`` (with its query); mouth-to-ear of each burst."""
+async def aiortc_m2e(url: str, bursts: int) -> dict[str, Any]:
+    """One session against ``url`` (with its query): mouth-to-ear of each burst, RTCP's RTT."""
     client = VoiceClient(url)
     samples: list[float | None] = []
     async with aiohttp.ClientSession() as http:
@@ -248,9 +248,10 @@ async def aiortc_m2e(url: str, bursts: int) -> list[float | None]:
                 await asyncio.sleep((BURST_EVERY_MS - 20) / 1000)
                 heard = client.heard.first_loud_after(begun)
                 samples.append(ms(heard - begun) if heard is not None and heard - begun < 0.3 else None)
+            rtp = await client.rtp_stats()
         finally:
             await client.hangup(http)
-    return samples
+    return {"samples": samples, "stats": {"rtcp_rtt_ms": rtp.get("rtcp_rtt_ms")}}
 
 
 async def aiortc_m2e_rounds(urls: Mapping[str, str], rounds: int, bursts: int) -> dict[str, list[Any]]:
@@ -275,15 +276,11 @@ def measure(demo: Demo, rounds: int, turns: int, bursts: int, say: Progress) -> 
     m2e: dict[str, Any] = {"load_before": load()}
     plan = {"mode": "m2e", "targets": m2e_urls, "rounds": rounds, "bursts": bursts}
     page = chromium(client_ns, plan, timeout=60 + rounds * 2 * (8 + bursts * 0.5))
-    m2e["chromium"] = {name: stats(page["results"][name]) for name in TARGETS}
-    m2e["chromium"]["samples"] = page["results"]
+    m2e["chromium"] = sessions_summary(page["results"])
     m2e["chromium"]["user_agent"] = page["user_agent"]
-    m2e["chromium"]["output_latency_ms"] = page.get("output_latency_ms")
     m2e["load_chromium"] = load()
     raw = run_in_namespace(client_ns, lambda: aiortc_m2e_rounds(m2e_urls, rounds, bursts))
-    # per session: its median (the playout clock's phase is fixed within a session)
-    m2e["aiortc"] = {name: stats([x for s in raw[name] for x in s]) for name in TARGETS}
-    m2e["aiortc"]["samples"] = raw
+    m2e["aiortc"] = sessions_summary(raw)
     m2e["load_after"] = load()
     for client in ("chromium", "aiortc"):
         r, d = m2e[client]["relay"], m2e[client]["direct"]
@@ -304,6 +301,10 @@ def measure(demo: Demo, rounds: int, turns: int, bursts: int, say: Progress) -> 
                                  [x for s in page["results"][name] for x in s["barge_in"]])
                      for name in TARGETS}  # fmt: skip
     t["chromium_samples"] = page["results"]
+    for name in TARGETS:
+        for key in NETWORK_STATS:
+            values = [s["stats"].get(key) for s in page["results"][name] if s["stats"].get(key) is not None]
+            t["chromium"][name][key] = round(statistics.median(values), 2) if values else None
     t["load_chromium"] = load()
     for prefetch in agent_latency.PREFETCHES:
         run = run_in_namespace(
@@ -317,6 +318,22 @@ def measure(demo: Demo, rounds: int, turns: int, bursts: int, say: Progress) -> 
         say(f"turn {key}: {s['turn_ms']['median']} ms = {CONFIGURED_MS} + {s['over_ms']}; barge-in stop "
             f"{s['barge_audio_stop_ms']['median']} ms")  # fmt: skip
     out["turn"] = t
+    return out
+
+
+NETWORK_STATS = ("stun_rtt_ms", "rtcp_rtt_ms", "jitter_buffer_ms", "jitter_buffer_target_ms",
+                 "jitter_buffer_minimum_ms")  # fmt: skip
+
+
+def sessions_summary(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per target: mouth-to-ear over every burst, and the medians of each session's getStats."""
+    out: dict[str, Any] = {"sessions": results}
+    for name in TARGETS:
+        sessions = results[name]
+        out[name] = stats([x for s in sessions for x in s["samples"]])
+        for key in NETWORK_STATS:
+            values = [s["stats"].get(key) for s in sessions if s["stats"].get(key) is not None]
+            out[name][key] = round(statistics.median(values), 3) if values else None
     return out
 
 
@@ -342,6 +359,13 @@ def table(data: Mapping[str, Any]) -> str:
     text += report.markdown_table(
         ("mouth-to-ear (ms)", "relay median", "relay p90", "direct median", "direct p90",
          "relay - direct (median)", "bursts each"), rows)  # fmt: skip
+    rows = []
+    for client, key in (("chromium", "stun_rtt_ms"), ("chromium", "rtcp_rtt_ms"), ("aiortc", "rtcp_rtt_ms")):
+        r, d = m2e[client]["relay"][key], m2e[client]["direct"][key]
+        diff = None if r is None or d is None else round(r - d, 3)
+        rows.append([f"{client}: {key.removesuffix('_ms').replace('_', ' ')}", r, d, diff])
+    text += "\nRound trip of the same sessions (median of the sessions' averages, ms)\n\n"
+    text += report.markdown_table(("round trip", "relay", "direct", "relay - direct"), rows)
     text += (f"\nTurn latency, endpointing {CONFIGURED_MS} ms configured (hangover 100 + silence 500); "
              f"load average {t['load_before']} -> {t['load_after']}; medians (ms)\n\n")  # fmt: skip
     rows = []
@@ -358,6 +382,10 @@ def table(data: Mapping[str, Any]) -> str:
         ("client", "turn", "turn - configured", "turn p90", "endpointing wait", "agent",
          "jitter buffer + network", "barge-in event", "barge-in audio stops", "stops p90", "turns"),
         rows)  # fmt: skip
+    c = t["chromium"]["relay"]
+    text += (f"\nChromium's NetEq in the turn sessions (getStats, relay): average delay "
+             f"{c['jitter_buffer_ms']} ms, target {c['jitter_buffer_target_ms']} ms, minimum "
+             f"{c['jitter_buffer_minimum_ms']} ms\n")  # fmt: skip
     return text
 
 
