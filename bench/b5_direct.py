@@ -39,9 +39,11 @@ CORS = {
 
 
 class DirectAnswerer:
-    def __init__(self, agent_url: str) -> None:
+    def __init__(self, agent_url: str, receive_prefetch: int | None = None) -> None:
         self.agent_url = agent_url
         self.link = AgentLinkConfig()
+        if receive_prefetch is not None:
+            self.link = AgentLinkConfig(receive_prefetch_packets=receive_prefetch)
         self.peers: dict[str, tuple[RTCPeerConnection, MediaBridge]] = {}
         self._ids = itertools.count(1)
         self._http: aiohttp.ClientSession | None = None
@@ -125,9 +127,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:8082", help="HOST:PORT of the signaling endpoint")
     parser.add_argument("--agent-url", required=True, help="ws://HOST:PORT/ of the voice agent")
+    parser.add_argument("--receive-prefetch", type=int, help="agent.receive_prefetch_packets")
     args = parser.parse_args()
     host, port = args.listen.rsplit(":", 1)
-    web.run_app(make_app(DirectAnswerer(args.agent_url)), host=host, port=int(port), print=None)
+    answerer = DirectAnswerer(args.agent_url, args.receive_prefetch)
+    web.run_app(make_app(answerer), host=host, port=int(port), print=None)
 
 
 if __name__ == "__main__":

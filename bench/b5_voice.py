@@ -54,6 +54,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import yaml
 from yarl import URL
 
 from bench import agent_latency, report
@@ -115,12 +116,27 @@ def restart_agent(demo: Demo, args: list[str]) -> None:
     wait_until(lambda: http_get(namespace, f"http://127.0.0.1:{AGENT_PORT}/")[0] != 0, 20, "the agent")
 
 
-def start_direct(demo: Demo) -> str:
+def set_receive_prefetch(demo: Demo, packets: int) -> None:
+    """Restart tx1 with ``agent.receive_prefetch_packets: packets`` (the before/after of a change)."""
+    lab = demo.lab
+    tx = lab.transceiver(TX)
+    path = lab.dir / f"{tx.name}.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["transceiver"].setdefault("agent", {})["receive_prefetch_packets"] = packets
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    lab.stop_process(tx.name)
+    lab.start_process(tx.name, tx.name, [*demo.icegate, "transceiver", "run", "--config", str(path)])
+    wait_until(lambda: http_get(tx.namespace, f"{tx.signaling_url}/readyz")[0] == 200, 30, "tx1 restarted")
+
+
+def start_direct(demo: Demo, receive_prefetch: int | None) -> str:
     lab = demo.lab
     tx = lab.transceiver(TX)
     url = f"http://{tx.address}:{DIRECT_PORT}"
     argv = [sys.executable, "-m", "bench.b5_direct", "--listen", f"{tx.address}:{DIRECT_PORT}",
             "--agent-url", f"ws://127.0.0.1:{AGENT_PORT}/"]  # fmt: skip
+    if receive_prefetch is not None:
+        argv += ["--receive-prefetch", str(receive_prefetch)]
     lab.start_process("b5-direct", tx.name, argv, cwd=REPO)
 
     def ready() -> bool:
@@ -263,12 +279,18 @@ async def aiortc_m2e_rounds(urls: Mapping[str, str], rounds: int, bursts: int) -
 
 
 # ---- the measurement --------------------------------------------------------------------------
-def measure(demo: Demo, rounds: int, turns: int, bursts: int, say: Progress) -> dict[str, Any]:
+def measure(
+    demo: Demo, rounds: int, turns: int, bursts: int, receive_prefetch: int | None, say: Progress
+) -> dict[str, Any]:
     lab = demo.lab
     client_ns = lab.namespace(CLIENT_HOST)
     relay_base = lab.transceiver(TX).signaling_url
-    direct_base = start_direct(demo)
-    out: dict[str, Any] = {"datapath": demo.datapath, "rounds": rounds, "turns": turns, "bursts": bursts}
+    if receive_prefetch is not None:
+        say(f"tx1 and the direct peer: agent.receive_prefetch_packets {receive_prefetch}")
+        set_receive_prefetch(demo, receive_prefetch)
+    direct_base = start_direct(demo, receive_prefetch)
+    out: dict[str, Any] = {"datapath": demo.datapath, "rounds": rounds, "turns": turns, "bursts": bursts,
+                           "receive_prefetch": receive_prefetch}  # fmt: skip
 
     say("mouth-to-ear: tx1's agent loops each burst back")
     restart_agent(demo, LOOPBACK)
@@ -395,6 +417,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="alternating mouth-to-ear rounds (default 6)")
     parser.add_argument("--turns", type=int, default=6, help="turns per conversation (default 6)")
     parser.add_argument("--bursts", type=int, default=8, help="bursts per mouth-to-ear session (default 8)")
+    parser.add_argument("--receive-prefetch", type=int,
+                        help="tx1's agent.receive_prefetch_packets (default: the config's); results: "
+                        "b5_voice_prefetchN")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke form: 1 round, 3 bursts, 2 turns")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     parser.add_argument("--lab-name", default=LAB_NAME, help=f"lab name (default {LAB_NAME})")
@@ -409,11 +434,12 @@ def main() -> None:
     with lab_exit_codes(say):
         try:
             demo.up()
-            data = measure(demo, args.rounds, args.turns, args.bursts, say)
+            data = measure(demo, args.rounds, args.turns, args.bursts, args.receive_prefetch, say)
         finally:
             if demo.built:
                 demo.lab.down()
-    json_path, md_path = report.write(NAME, data, table(data), args.out)
+    name = NAME if args.receive_prefetch is None else f"{NAME}_prefetch{args.receive_prefetch}"
+    json_path, md_path = report.write(name, data, table(data), args.out)
     say(f"wrote {json_path} and {md_path}")
     print(table(data), end="")
 
