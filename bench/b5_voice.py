@@ -334,6 +334,7 @@ def measure(
             lambda p=prefetch: agent_latency.conversation(relay_base, turns, p),  # type: ignore[misc]
         )
         t[f"aiortc_prefetch{prefetch}"] = split(run["turns"], run["barge_in"])
+        t[f"aiortc_prefetch{prefetch}"]["samples"] = run["turns"]
     t["load_after"] = load()
     for key in ("chromium", "aiortc_prefetch4", "aiortc_prefetch1"):
         s = t[key]["relay"] if key == "chromium" else t[key]

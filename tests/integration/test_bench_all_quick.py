@@ -63,5 +63,5 @@ def test_bench_all_quick(tmp_path: Path) -> None:
     assert b5["turn"]["chromium"]["relay"]["turn_ms"]["n"] == 2
     assert b5["turn"]["chromium"]["relay"]["barge_audio_stop_ms"]["n"] == 1
     assert b5["turn"]["aiortc_prefetch4"]["turn_ms"]["n"] == 2
-    for png in ("b1_cpu.png", "b2_latency.png", "profile_xdp.png"):
+    for png in ("b1_cpu.png", "b2_latency.png", "profile_xdp.png", "b5_voice.png"):
         assert (tmp_path / "img" / png).stat().st_size > 1000, png
