@@ -1,7 +1,8 @@
 """B5: mouth-to-ear through the relay vs direct, turn latency and barge-in with Chromium and aiortc (root).
 
-    .venv/bin/python -m bench.b5_voice [--mode xdp|userspace|auto] [--rounds 6] [--turns 6]
-                                       [--quick] [--out bench/results] [--lab-name b5v]
+    .venv/bin/python -m bench.b5_voice [--mode xdp|userspace|auto] [--rounds 6] [--turns 6] [--bursts 8]
+                                       [--receive-prefetch N] [--quick] [--out bench/results]
+                                       [--lab-name b5v]
 
 A lab started the way the demo starts it (:meth:`labkit.demo.Demo.up`). Beside tx1, in its
 namespace, the direct peer: :mod:`bench.b5_direct`, the transceiver's own media path
@@ -18,14 +19,21 @@ alternate the targets, with the load average at the time.
    its first loud sample heard. Chromium times both on its AudioContext's clock; aiortc
    on ``time.monotonic()`` (mic frame sent, decoded frame out of its jitter buffer).
    The transceiver's 20 ms playout clock has a random phase per session, so each
-   session's figure carries up to 20 ms of it: medians over many sessions.
+   session's figure carries up to 20 ms of it: medians over many sessions. What the
+   relay can change, the network path, is also measured exactly in the same sessions:
+   the round trips of RTCP (both clients) and of Chromium's STUN consent checks.
 2. **Turn latency and barge-in**: tx1's agent answers every turn with 4 s of tone; the
    default endpointing (hangover 100 + silence 500 ms). Chromium: 600 ms of speech, from
    its end to the answer's first loud block, split with the data-channel events
    (endpointing wait, agent, jitter buffer + network) mapped onto the audio clock; the
    next speech starts 0.5 s into the answer: from its start to the answer's audio
-   stopping. aiortc: :func:`bench.agent_latency.conversation`, its jitter buffer as
-   shipped (prefetch 4) and tuned (prefetch 1).
+   stopping; ``rounds // 3`` conversations per target, alternating; Chromium's NetEq
+   delay from getStats. aiortc: :func:`bench.agent_latency.conversation` through the
+   relay, its jitter buffer as shipped (prefetch 4) and tuned (prefetch 1).
+
+``--receive-prefetch N`` first restarts tx1 (and starts the direct peer) with
+``agent.receive_prefetch_packets: N``: the before/after of the transceiver's receive buffer
+(results in ``b5_voice_prefetchN.*``).
 
 Numbers are reported, never judged (the test only checks that ``--quick`` runs and writes).
 """
