@@ -4,7 +4,9 @@
 
 B1: cost per forwarded packet against offered load, one line per relay (log scale).
 profile_xdp: the XDP program's in-place ns per packet against offered load, per path.
-B2: p50 and p99 one-way latency per relay at each rate. A missing result is skipped.
+B2: p50 and p99 one-way latency per relay at each rate.
+B5: CDFs of mouth-to-ear (relay vs direct, Chromium and aiortc) and of turn latency over
+the configured endpointing. A missing result is skipped.
 """
 
 from __future__ import annotations
@@ -100,13 +102,44 @@ def b2(data: dict[str, Any], out: Path) -> Path:
     return _save(fig, out / "b2_latency.png")
 
 
+def _cdf(ax: Any, values: list[float], label: str) -> None:
+    v = sorted(values)
+    if v:
+        ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post", label=f"{label} (n={len(v)})")
+
+
+def b5(data: dict[str, Any], out: Path) -> Path:
+    fig, (m2e, turn) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for client in ("chromium", "aiortc"):
+        for target in ("relay", "direct"):
+            sessions = data["mouth_to_ear"][client]["sessions"][target]
+            _cdf(m2e, [x for s in sessions for x in s["samples"] if x is not None], f"{client}, {target}")
+    m2e.set_xlabel("mouth-to-ear ms (burst sent -> heard back, loopback agent)")
+    m2e.set_ylabel("fraction of bursts")
+    m2e.set_title("B5: mouth-to-ear, relay vs direct")
+    m2e.legend(fontsize=8)
+    t = data["turn"]
+    configured = t["configured_ms"]
+    for target in ("relay", "direct"):
+        turns = [x["turn_ms"] for s in t["chromium_samples"][target] for x in s["turns"]]
+        _cdf(turn, [x - configured for x in turns], f"Chromium, {target}")
+    for key, label in (("aiortc_prefetch4", "aiortc as shipped"), ("aiortc_prefetch1", "aiortc prefetch 1")):
+        samples = t.get(key, {}).get("samples", [])
+        _cdf(turn, [x["turn_ms"] - configured for x in samples], f"{label}, relay")
+    turn.axvline(100, color="grey", linestyle="--", linewidth=1)
+    turn.set_xlabel(f"turn latency - configured endpointing ({configured} ms), ms; target <= 100")
+    turn.set_title("B5: end of speech -> first agent audio")
+    turn.legend(fontsize=8)
+    return _save(fig, out / "b5_voice.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=report.RESULTS)
     parser.add_argument("--out", type=Path, default=IMG)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, fn in (("b1_cpu", b1), ("profile_xdp", profile), ("b2_latency", b2)):
+    for name, fn in (("b1_cpu", b1), ("profile_xdp", profile), ("b2_latency", b2), ("b5_voice", b5)):
         data = _load(args.results, name)
         if data is None:
             print(f"{name}: no results, skipped")

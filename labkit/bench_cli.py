@@ -19,7 +19,7 @@ import click
 from icegate.errors import DependencyError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-HELPERS = {"__init__", "report", "plain_answerer"}  # modules of bench/ that are not benchmarks
+HELPERS = {"__init__", "report", "plain_answerer", "b5_direct"}  # modules of bench/ that are not benchmarks
 # `icegate bench all`: DESIGN §9's benchmarks that exist, then the plots; each with the
 # arguments of its smoke form for `--quick` (which writes to a temporary folder, so the
 # committed results stay those of the last full run).
@@ -31,6 +31,7 @@ ALL = (
     "b3_first_packets",
     "b7_flow_table",
     "b10_floods",
+    "b5_voice",
     "plots",
 )
 QUICK_ARGS = {"xdp_micro": ["--runs", "2000"], "plots": []}

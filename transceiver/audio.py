@@ -182,19 +182,20 @@ AIORTC_AUDIO_JITTER_CAPACITY = 16  # packets (aiortc 1.16's RTCRtpReceiver: capa
 
 
 def set_receive_prefetch(pc: RTCPeerConnection, packets: int) -> None:
-    """Hold ``packets`` in the audio jitter buffer before the first is decoded (aiortc: 4).
+    """Hold ``packets`` of the caller's audio before decoding (aiortc: 4 and one more, 100 ms).
 
     Every 20 ms packet held delays the caller's voice to the VAD, so the end of a turn
     and a barge-in are seen that much later (docs/AGENTS.md has the figures). aiortc has
-    no setting for it: its receivers' private buffer is replaced, after
-    ``setRemoteDescription`` created them and before any packet arrived;
-    tests/unit/test_transceiver_audio.py fails if an upgrade moves the attribute."""
-    from aiortc.jitterbuffer import JitterBuffer
+    no setting for it: its receivers' private buffer is replaced by a
+    :class:`transceiver.jitter.VoiceJitterBuffer`, after ``setRemoteDescription`` created
+    them and before any packet arrived; tests/unit/test_transceiver_audio.py fails if an
+    upgrade moves the attribute."""
+    from transceiver.jitter import VoiceJitterBuffer
 
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "audio":
             receiver = transceiver.receiver
             if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
                 raise RuntimeError("aiortc's RTCRtpReceiver has no jitter buffer attribute to set")
-            buffer = JitterBuffer(capacity=AIORTC_AUDIO_JITTER_CAPACITY, prefetch=packets)
+            buffer = VoiceJitterBuffer(capacity=AIORTC_AUDIO_JITTER_CAPACITY, prefetch=packets)
             receiver._RTCRtpReceiver__jitter_buffer = buffer

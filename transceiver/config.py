@@ -96,9 +96,10 @@ class AgentLinkConfig:
     max_queued_ms: int = 4000  # agent audio held for playout; more is dropped and counted
     max_input_queued_ms: int = 1000  # caller audio not yet taken by the agent; older is dropped
     metadata_headers: tuple[str, ...] = ()  # request headers passed to the agent in hello.metadata
-    # The caller's audio held before decoding (aiortc: 4 packets = 80 ms); every packet held
-    # is 20 ms more before an end of turn or a barge-in is seen. 0-8.
-    receive_prefetch_packets: int = 1  # caller audio held before decoding (aiortc: 4)
+    # The caller's audio held before decoding (aiortc: 4 packets, plus one it always waits
+    # for); every packet held is 20 ms more before an end of turn or a barge-in is seen, and
+    # is how long a reordered packet is waited for. 0: each packet decoded on arrival. 0-8.
+    receive_prefetch_packets: int = 0  # caller audio held before decoding (aiortc: 4 + 1)
 
     def validate(self, path: str) -> None:
         if not 0 <= self.receive_prefetch_packets <= 8:

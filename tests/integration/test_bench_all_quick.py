@@ -56,5 +56,12 @@ def test_bench_all_quick(tmp_path: Path) -> None:
     b10 = results["b10_floods"]
     assert {r["flood"] for r in b10["rows"]} == {"junk", "forged token"}
     assert all("flows_before" in r and "flows_after" in r for r in b10["rows"])
-    for png in ("b1_cpu.png", "b2_latency.png", "profile_xdp.png"):
+    b5 = results["b5_voice"]  # Chromium and aiortc, through the relay and direct
+    for client in ("chromium", "aiortc"):
+        for target in ("relay", "direct"):
+            assert b5["mouth_to_ear"][client][target]["n"] > 0, (client, target)
+    assert b5["turn"]["chromium"]["relay"]["turn_ms"]["n"] == 2
+    assert b5["turn"]["chromium"]["relay"]["barge_audio_stop_ms"]["n"] == 1
+    assert b5["turn"]["aiortc_prefetch4"]["turn_ms"]["n"] == 2
+    for png in ("b1_cpu.png", "b2_latency.png", "profile_xdp.png", "b5_voice.png"):
         assert (tmp_path / "img" / png).stat().st_size > 1000, png

@@ -33,6 +33,7 @@ def test_lists_the_benchmarks() -> None:
         "b3_first_packets",
         "b7_flow_table",
         "b10_floods",
+        "b5_voice",
         "profile_xdp",
         "plots",
     } <= set(names)

@@ -87,6 +87,7 @@ def test_receive_prefetch_replaces_aiortcs_audio_jitter_buffer() -> None:
             [receiver] = [t.receiver for t in callee.getTransceivers()]
             assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 4  # aiortc's own
             set_receive_prefetch(callee, 1)
+            assert type(receiver._RTCRtpReceiver__jitter_buffer).__name__ == "VoiceJitterBuffer"
             assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == 1
             assert receiver._RTCRtpReceiver__jitter_buffer.capacity == 16
         finally:

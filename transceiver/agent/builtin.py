@@ -5,6 +5,10 @@
   hears their own voice unresampled.
 - :class:`ToneAgent` answers every turn with a tone (440 Hz, 300 ms by default): the
   shortest possible response, used to measure turn latency.
+- :class:`LoopbackAgent` sends each loud frame back the moment it arrives, without
+  waiting for the turn to end: mouth-to-ear latency (bench/b5_voice.py). Sessions that
+  use it set a ``start_ms`` longer than their bursts, or the VAD would take the caller's
+  burst over the agent's audio for a barge-in.
 
 ``icegate agent run --kind echo|tone`` serves them; ``--app module:Class`` serves any agent.
 """
@@ -16,10 +20,12 @@ from collections import deque
 import numpy as np
 
 from transceiver.agent.sdk import Agent, EndOfTurn, SpeechStarted
+from transceiver.vad import level_db
 
 PREROLL_MS = 40  # replayed before the detected onset: the VAD needs a few frames to be sure
 TAIL_MS = 60  # kept after the last voiced frame: the decay of the last syllable
 MAX_UTTERANCE_MS = 30_000
+LOOPBACK_DB = -30.0  # a frame at least this loud is looped back (a marked burst, not line noise)
 
 
 def tone(hz: float, ms: int, rate: int, amplitude: float = 0.3) -> np.ndarray:
@@ -73,3 +79,21 @@ class ToneAgent(Agent):
 def tone_agent(hz: float, ms: int) -> type[ToneAgent]:
     """A :class:`ToneAgent` class answering with ``hz`` for ``ms``."""
     return type("ToneAgent", (ToneAgent,), {"hz": hz, "ms": ms})
+
+
+class LoopbackAgent(Agent):
+    """Each burst's first loud frame back at once, as a one-frame response; 48 kHz both
+    ways, so the frame comes back sample for sample."""
+
+    input_rate = 48000
+    output_rate = 48000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._in_burst = False
+
+    async def on_audio(self, samples: np.ndarray) -> None:
+        loud = level_db(samples) >= LOOPBACK_DB
+        if loud and not self._in_burst:
+            self.respond(samples)
+        self._in_burst = loud
