@@ -53,7 +53,7 @@ static __always_inline int nexthop_usable(const struct nexthop_value *hop, __u32
 					  __u64 now)
 {
 	return hop->generation == generation && tot_len <= hop->max_len &&
-	       now - hop->updated_ns < NEXTHOP_MAX_AGE_NS;
+	       (__s64)(now - hop->updated_ns) < (__s64)NEXTHOP_MAX_AGE_NS;
 }
 
 /* The fields of a bpf_fib_lookup answer that write_eth() and finish() read. */

@@ -23,8 +23,34 @@ struct packet {
 	struct bpf_fib_lookup fib;  /* next hop, valid once cached_next_hop() returned CONTINUE */
 	struct nexthop_work nh;     /* cached_next_hop()'s key and new entry (nexthop.h) */
 	__u32 frame_len;            /* bytes as received: what the counters count */
-	__u64 now;                  /* bpf_ktime_get_ns(), read only where a map needs it */
+	__u32 now_precise;          /* `now` is bpf_ktime_get_ns(), not the coarse clock */
+	__u64 now;                  /* read at most once, only where a map needs it: see below */
 };
+
+/* The packet's time. A new flow, a check and a rate bucket need the precise clock: the
+ * GCRA intervals of section 5 are as short as 1 ms, and a pending entry's created_ns
+ * (§2 r5) is read against it. An established packet only stamps last_seen_ns (idle
+ * expiry, seconds) and ages next hops (NEXTHOP_MAX_AGE_NS, 1 s): the coarse clock
+ * (CLOCK_MONOTONIC_COARSE, one tick behind at most: 4 ms at HZ=250) is enough there and
+ * costs a load instead of a TSC read, which a KVM guest pays dearly (issue 15: 11 % of a
+ * flow hit). Both clocks are CLOCK_MONOTONIC, so every age is a signed difference
+ * (nexthop_usable(), pending_expired()): a coarse `now` up to one tick behind a precise
+ * stamp reads as "just now", never as an age of 2^64 ns. */
+static __always_inline __u64 precise_now(struct packet *pkt)
+{
+	if (!pkt->now_precise) {
+		pkt->now = bpf_ktime_get_ns();
+		pkt->now_precise = 1;
+	}
+	return pkt->now;
+}
+
+static __always_inline __u64 coarse_now(struct packet *pkt)
+{
+	if (!pkt->now)
+		pkt->now = bpf_ktime_get_coarse_ns();
+	return pkt->now;
+}
 
 /* Per-packet scratch for struct packet: the 512-byte stack cannot hold it beside the
  * route and the STUN scratch since the issue-12 checks (clang 14, bcc 0.26). Holds
@@ -57,9 +83,7 @@ static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *
 	if (!NEXTHOP_CACHE) /* compiled out: the benchmarks' "before" (bench/lab/netlab.py) */
 		return next_hop(ctx, addr_family(dst), src, dst, tot_len, &pkt->fib);
 	current_generation = nexthop_generation.lookup(&zero);
-	if (!pkt->now)
-		pkt->now = bpf_ktime_get_ns();
-	now = pkt->now;
+	now = coarse_now(pkt);
 	if (current_generation)
 		generation = *current_generation;
 	__builtin_memcpy(w->key.addr, dst, 16);
@@ -346,7 +370,7 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	r->confirmed = r->flow != NULL;
 	pend = NULL;
 	if (!r->flow || stun.binding_request) {
-		pkt->now = bpf_ktime_get_ns(); /* the timeout and the rate buckets need it */
+		precise_now(pkt); /* the timeout and the rate buckets need it */
 		pend = pending.lookup(&r->key);
 		if (pend && pending_expired(pend, pkt->now, cfg))
 			pend = NULL;
@@ -384,8 +408,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	stat = decide_route(ctx, pkt, vip, cfg, &r);
 	if (stat != CONTINUE)
 		return stat;
-	if (!pkt->now)
-		pkt->now = bpf_ktime_get_ns();
+	coarse_now(pkt); /* precise already on a check or a new flow */
 	if (!r.be)
 		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
 	/* §2 r10 and §2.1 r3 */
@@ -457,7 +480,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	__builtin_memcpy(key.client_addr, inner.dst, 16);
 	key.client_port = inner.dport;
 	key.vip_index = vip->index;
-	pkt->now = bpf_ktime_get_ns();
+	coarse_now(pkt); /* a pending entry may expire one tick late: timeouts are seconds */
 	flow = flows.lookup(&key);
 	if (flow)
 		owner = sent_by(flow, pkt);
@@ -504,7 +527,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 		pending.delete(&key);
 		return STAT_FWD_MOVE_CONFIRM;
 	}
-	if (confirm) { /* pkt->now: set by cached_next_hop() */
+	if (confirm) {
 		/* Updated in place, then copied into flows (a map value may be the source of an
 		 * update), then removed from pending. */
 		flow->last_seen_ns = pkt->now;
@@ -545,7 +568,7 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, struct packet 
 	 * its sessions), then to the slow-path bucket. */
 	if (is_slow(stat) && cfg) {
 		__u64 *tat = rate_slow.lookup(&zero), next, source_next = 0, *source_tat = NULL;
-		__u64 now = pkt->now ? pkt->now : bpf_ktime_get_ns();
+		__u64 now = precise_now(pkt); /* GCRA needs it; slow verdicts are rate limited */
 		struct rate_source_key *source = source_bucket_key(&pkt->l3);
 
 		if (cfg->slow_source_interval_ns && stat != STAT_SLOW_RETURN_NO_FLOW) {
@@ -601,6 +624,7 @@ int xdp_relay(struct xdp_md *ctx)
 	__builtin_memset(&pkt->l3, 0, sizeof(pkt->l3));
 	pkt->fib.ifindex = 0;
 	pkt->now = 0;
+	pkt->now_precise = 0;
 	pkt->frame_len = data_end - data;
 	cfg = config.lookup(&zero);
 	if (!cfg) {
