@@ -125,18 +125,22 @@ static __always_inline __u32 encapsulate(struct xdp_md *ctx, const struct ip_udp
 
 		if ((void *)(gnv + 1) > data_end)
 			return STAT_DROP_INTERNAL;
+		__be16 tot_len = bpf_htons(sizeof(*ip) + udp_len);
+		__be32 saddr, daddr;
+
+		__builtin_memcpy(&saddr, cfg->tunnel_addr4 + 12, 4);
+		__builtin_memcpy(&daddr, be->addr + 12, 4);
 		write_eth(eth, fib, ETH_P_IP_BE);
 		*(__u8 *)ip = 0x45; /* version 4, IHL 5 */
 		ip->tos = 0;
-		ip->tot_len = bpf_htons(sizeof(*ip) + udp_len);
+		ip->tot_len = tot_len;
 		ip->id = 0;
 		ip->frag_off = IPV4_DF_BE;
 		ip->ttl = OUTER_TTL;
 		ip->protocol = IPPROTO_UDP;
-		ip->check = 0;
-		__builtin_memcpy(&ip->saddr, cfg->tunnel_addr4 + 12, 4);
-		__builtin_memcpy(&ip->daddr, be->addr + 12, 4);
-		ip->check = ipv4_csum(ip);
+		ip->saddr = saddr;
+		ip->daddr = daddr;
+		ip->check = ipv4_outer_csum(tot_len, IPV4_DF_BE, OUTER_TTL, saddr, daddr); /* stores only */
 		udp->source = bpf_htons(sport);
 		udp->dest = be->port;
 		udp->len = bpf_htons(udp_len);
