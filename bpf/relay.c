@@ -22,6 +22,7 @@ struct packet {
 	struct ip_udp l3;           /* the IP/UDP headers as received */
 	struct bpf_fib_lookup fib;  /* next hop, valid once cached_next_hop() returned CONTINUE */
 	struct nexthop_work nh;     /* cached_next_hop()'s key and new entry (nexthop.h) */
+	struct nexthop_memo memo[NEXTHOP_MEMO_SLOTS]; /* kept between packets (nexthop.h) */
 	__u32 frame_len;            /* bytes as received: what the counters count */
 	__u32 now_precise;          /* `now` is bpf_ktime_get_ns(), not the coarse clock */
 	__u64 now;                  /* read at most once, only where a map needs it: see below */
@@ -69,12 +70,14 @@ static __always_inline const __u8 *tunnel_source(const struct relay_config *cfg,
 }
 
 /* DATAPATH.md section 6 through the next-hop cache (nexthop.h): bpf_fib_lookup only on a
- * miss or a stale entry. Here rather than in nexthop.h because bcc rewrites map calls in
- * the main file only. */
+ * miss or a stale entry. `memo`: look in (and fill) the per-CPU copy first; the forward
+ * direction's transceivers only. Here rather than in nexthop.h because bcc rewrites map
+ * calls in the main file only. */
 static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *pkt, const __u8 *src,
-					     const __u8 *dst, __u32 tot_len)
+					     const __u8 *dst, __u32 tot_len, int memo)
 {
 	struct nexthop_work *w = &pkt->nh;
+	struct nexthop_memo *slot = NULL;
 	struct nexthop_value *hop;
 	__u32 zero = 0, generation = 0, which, stat;
 	__u32 *current_generation;
@@ -88,19 +91,37 @@ static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *
 		generation = *current_generation;
 	__builtin_memcpy(w->key.addr, dst, 16);
 	w->key.ifindex = ctx->ingress_ifindex;
+	if (memo) {
+		slot = &pkt->memo[nexthop_memo_slot(&w->key)];
+		if (nexthop_key_eq(&slot->key, &w->key) && nexthop_usable(&slot->value, generation, tot_len, now)) {
+			nexthop_to_fib(&slot->value, &pkt->fib);
+			stat = CONTINUE;
+			which = NEXTHOP_STAT_HIT;
+			goto count;
+		}
+	}
 	hop = nexthops.lookup(&w->key);
 	if (hop && nexthop_usable(hop, generation, tot_len, now)) {
 		nexthop_to_fib(hop, &pkt->fib);
 		stat = CONTINUE;
 		which = NEXTHOP_STAT_HIT;
+		if (slot) {
+			slot->key = w->key;
+			slot->value = *hop;
+		}
 	} else {
 		which = hop ? NEXTHOP_STAT_STALE : NEXTHOP_STAT_MISS;
 		stat = next_hop(ctx, addr_family(dst), src, dst, tot_len, &pkt->fib);
 		if (stat == CONTINUE) {
 			nexthop_from_fib(&w->value, &pkt->fib, hop, generation, tot_len, now);
 			nexthops.update(&w->key, &w->value); /* best effort: a failed update costs a lookup */
+			if (slot) {
+				slot->key = w->key;
+				slot->value = w->value;
+			}
 		}
 	}
+count:
 	count = nexthop_stats.lookup(&which);
 	if (count)
 		*count += 1;
@@ -413,7 +434,7 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	if (!r.be)
 		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
 	/* §2 r10 and §2.1 r3 */
-	stat = cached_next_hop(ctx, pkt, tunnel_source(cfg, r.be), r.be->addr, outer_len(r.be) + pkt->l3.ip_len);
+	stat = cached_next_hop(ctx, pkt, tunnel_source(cfg, r.be), r.be->addr, outer_len(r.be) + pkt->l3.ip_len, 1);
 	if (stat == CONTINUE) /* §2.2: tunnels leave by a private interface */
 		stat = check_role(cfg, pkt->fib.ifindex, 0, STAT_DROP_EGRESS_ROLE);
 	if (stat != CONTINUE)
@@ -514,7 +535,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	if (!confirmed && cfg->pending_max_packets && flow->packets_out >= cfg->pending_max_packets)
 		return STAT_DROP_PENDING_CAP;
 	/* §3 r8 */
-	stat = cached_next_hop(ctx, pkt, inner.src, inner.dst, inner.ip_len);
+	stat = cached_next_hop(ctx, pkt, inner.src, inner.dst, inner.ip_len, 0);
 	if (stat == CONTINUE) /* returns leave by a public interface, never into the private network */
 		stat = check_role(cfg, pkt->fib.ifindex, 1, STAT_DROP_EGRESS_ROLE);
 	if (stat != CONTINUE)
