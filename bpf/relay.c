@@ -646,6 +646,7 @@ int xdp_relay(struct xdp_md *ctx)
 	__u32 zero = 0, stat;
 	__u16 l3_off = 0;
 	__be16 proto;
+	int tunnel;
 
 	pkt = packet_scratch.lookup(&zero);
 	if (!pkt)
@@ -678,11 +679,16 @@ int xdp_relay(struct xdp_md *ctx)
 		stat = STAT_DROP_FRAGMENT_TO_VIP;
 	if (stat != CONTINUE)
 		goto out;
-	/* §1 r6 */
-	__builtin_memcpy(vk.addr, pkt->l3.dst, 16);
-	vk.port = pkt->l3.dport;
-	vip = vips.lookup(&vk);
-	if (!vip && !is_tunnel(&pkt->l3, cfg)) {
+	/* §1 r6: the tunnel endpoint first, from the config: a return pays no `vips` lookup
+	 * (no VIP is the tunnel endpoint: controlplane/config.py refuses one). */
+	tunnel = is_tunnel(&pkt->l3, cfg);
+	vip = NULL;
+	if (!tunnel) {
+		__builtin_memcpy(vk.addr, pkt->l3.dst, 16);
+		vk.port = pkt->l3.dport;
+		vip = vips.lookup(&vk);
+	}
+	if (!vip && !tunnel) {
 		stat = STAT_PASS_NOT_RELAY;
 		goto out;
 	}
