@@ -54,8 +54,9 @@ static __always_inline __u64 coarse_now(struct packet *pkt)
 }
 
 /* Per-packet scratch for struct packet: the 512-byte stack cannot hold it beside the
- * route and the STUN scratch since the issue-12 checks (clang 14, bcc 0.26). Holds
- * nothing between packets, so it is not pinned. */
+ * route and the STUN scratch since the issue-12 checks (clang 14, bcc 0.26). Only the
+ * next-hop copies (memo) outlive a packet, and a new program refills them from the
+ * pinned nexthops map, so it is not pinned. */
 BPF_TABLE("percpu_array", __u32, struct packet, packet_scratch, 1);
 
 static __always_inline __u64 outer_len(const struct backend_value *be)
