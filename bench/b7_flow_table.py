@@ -1,6 +1,6 @@
 """B7: the flow table at 10k / 100k / 1M entries: lookup cost, kernel memory per flow, eviction.
 
-    .venv/bin/python -m bench.b7_flow_table [--quick] [--probes 2000] [--before REV] [--prefix fpb]
+    .venv/bin/python -m bench.b7_flow_table [--quick] [--probes 2000] [--before REV] [--prefix P]
                                             [--out bench/results]
 
 For each size the program is loaded with ``max_flows`` = that size (the relay host of
@@ -107,7 +107,7 @@ def eviction(xdp: XdpRelay, size: int, probes: int) -> dict[str, int]:
 
 
 def measure_size(
-    size: int, probes: int, source: Path | None = None, program: str = "current", prefix: str = "fpb"
+    size: int, probes: int, source: Path | None = None, program: str = "current", prefix: str = "pb7"
 ) -> dict[str, Any]:
     host = RelayHost(f"{prefix}{os.getpid() % 1000}-", vectors()["topology"])
     limits = RelayLimits(max_flows=size, max_pending=1024, max_rate_sources=1024, events_pages=8)
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 and 10k entries, 200 probes")
     parser.add_argument("--probes", type=int, default=2000)
     parser.add_argument("--before", help="also measure bpf/ at this git revision, size by size")
-    parser.add_argument("--prefix", default="fpb", help="namespace name prefix (default fpb)")
+    parser.add_argument("--prefix", default="pb7", help="namespace name prefix (default pb7)")
     parser.add_argument("--sizes", help="comma-separated table sizes (default 16,10000,100000,1000000)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()

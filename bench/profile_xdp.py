@@ -1,7 +1,7 @@
 """The XDP program's cost in place, per path, from 100 pps to 100 kpps (bpf_stats).
 
     .venv/bin/python -m bench.profile_xdp [--quick] [--seconds 3] [--before REV] [--uncached]
-                                          [--prefix fpp] [--out bench/results]
+                                          [--prefix P] [--out bench/results]
 
 The bench lab (bench/lab/netlab.py) with the XDP relay attached in native mode to real
 veths; the C generator sends each path's packets at a fixed rate, and the kernel's own
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--rates", help="comma-separated packet rates (default 100,1000,10000,30000,100000)")
     parser.add_argument("--before", help="also measure bpf/ at this git revision")
     parser.add_argument("--uncached", action="store_true", help="also measure without the next-hop cache")
-    parser.add_argument("--prefix", default="fpp", help="lab namespace prefix (default fpp)")
+    parser.add_argument("--prefix", default="ppx", help="lab namespace prefix (default ppx)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
     rates: tuple[int, ...] = QUICK_RATES if args.quick else RATES

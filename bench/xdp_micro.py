@@ -1,7 +1,7 @@
 """Nanoseconds per packet of the XDP program, from BPF_PROG_TEST_RUN (root).
 
     .venv/bin/python -m bench.xdp_micro [--runs 100000] [--before REV] [--rounds 3]
-                                        [--prefix fpx] [--out bench/results]
+                                        [--prefix P] [--out bench/results]
 
 Builds the relay host of DATAPATH.md §9 in a namespace of its own, loads ``bpf/relay.c``
 with the production loader into pins of its own (both removed afterwards), and times
@@ -189,7 +189,7 @@ def write_results(
     return report.write(NAME, data, table(timings), out_dir)
 
 
-def run(runs: int, before: str | None = None, rounds: int = 1, prefix: str = "fpx") -> list[Timing]:
+def run(runs: int, before: str | None = None, rounds: int = 1, prefix: str = "icgt") -> list[Timing]:
     """Build the host, load the program(s), measure in alternating rounds, remove everything."""
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     host = RelayHost(f"{prefix}{os.getpid() % 10000}-", vectors()["topology"])
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000, help="test runs per path (default 100000)")
     parser.add_argument("--before", help="also time bpf/ at this git revision, alternating rounds")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per program (default 1)")
-    parser.add_argument("--prefix", default="fpx", help="namespace name prefix (default fpx)")
+    parser.add_argument("--prefix", default="icgt", help="namespace name prefix (default icgt)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
     load_before = report_load()
