@@ -22,10 +22,12 @@ struct packet {
 	struct ip_udp l3;           /* the IP/UDP headers as received */
 	struct bpf_fib_lookup fib;  /* next hop, valid once cached_next_hop() returned CONTINUE */
 	struct nexthop_work nh;     /* cached_next_hop()'s key and new entry (nexthop.h) */
-	struct nexthop_memo memo[NEXTHOP_MEMO_SLOTS]; /* kept between packets (nexthop.h) */
 	__u32 frame_len;            /* bytes as received: what the counters count */
 	__u32 now_precise;          /* `now` is bpf_ktime_get_ns(), not the coarse clock */
 	__u64 now;                  /* read at most once, only where a map needs it: see below */
+	/* Kept between packets (nexthop.h). Last: the fields every packet writes stay in the
+	 * first cache lines (and page) of the scratch; the memo's lines only on a forward. */
+	struct nexthop_memo memo[NEXTHOP_MEMO_SLOTS];
 };
 
 /* The packet's time. A new flow, a check and a rate bucket need the precise clock: the
