@@ -1,6 +1,7 @@
 """B7: the flow table at 10k / 100k / 1M entries: lookup cost, kernel memory per flow, eviction.
 
-    .venv/bin/python -m bench.b7_flow_table [--quick] [--probes 2000] [--out bench/results]
+    .venv/bin/python -m bench.b7_flow_table [--quick] [--probes 2000] [--before REV] [--prefix P]
+                                            [--out bench/results]
 
 For each size the program is loaded with ``max_flows`` = that size (the relay host of
 DATAPATH.md §9, BPF_PROG_TEST_RUN, pins of its own) and the ``flows`` map is filled to
@@ -9,11 +10,15 @@ capacity with distinct clients, alternately owned by two transceivers (B11, B12)
   random flow (cold hash buckets, as a full table sees them), and the same for a client
   with no flow (SLOW_NO_FLOW: a miss in ``flows`` and ``pending``); minus the
   2-instruction baseline. The difference to the 16-entry table is the cost of the size.
+  "warm": the same flows, each timed on its second run right after the first: what the
+  size costs once the flow's bucket and entry are cached (chain length, not misses).
 - memory: the kernel's own accounting of the map (``memlock`` in the map fd's fdinfo)
   divided by its capacity.
 - eviction: 10 % more flows are inserted into the full LRU map; then every probe of an
   evicted client must count SLOW_NO_FLOW (recovery from Redis) and every probe of a
   surviving one must leave for its own transceiver: 0 misforwarded.
+``--before REV`` measures ``bpf/`` at git revision REV too, each size right before the
+working tree's program (same minute); the table gives both.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import os
 import random
 import socket
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.xdp_micro import load_xdp_pass
+from bench.xdp_micro import load_xdp_pass, source_at
 from controlplane.config import RelayLimits
 from controlplane.datapath.store import Flow
 from controlplane.kernel import libbpf as kernel
@@ -71,12 +77,16 @@ def frame(i: int) -> bytes:
     return pb.from_client(pb.client_packet(client(i), pb.VIP4, pb.DTLS))
 
 
-def probe(xdp: XdpRelay, indexes: list[int], base_ns: float) -> float:
+def probe(xdp: XdpRelay, indexes: list[int], base_ns: float, warm: bool = False) -> float:
+    """Median duration of one run per flow; ``warm``: of a second run right after the first,
+    so the flow's bucket and entry are in the caches and TLBs (the size's own cost)."""
     ifindex = xdp.host.ifindex["public"]
     frames = [frame(i) for i in indexes]
     durations = []
     with netns.entered(xdp.host.ns):
         for f in frames:
+            if warm:
+                kernel.prog_test_run(xdp.prog_fd, f, ingress_ifindex=ifindex)
             durations.append(kernel.prog_test_run(xdp.prog_fd, f, ingress_ifindex=ifindex).duration_ns)
     return float(statistics.median(durations)) - base_ns
 
@@ -102,12 +112,16 @@ def eviction(xdp: XdpRelay, size: int, probes: int) -> dict[str, int]:
     return counts
 
 
-def measure_size(size: int, probes: int) -> dict[str, Any]:
-    host = RelayHost(f"pb7{os.getpid() % 1000}-", vectors()["topology"])
+def measure_size(
+    size: int, probes: int, source: Path | None = None, program: str = "current", prefix: str = "pb7"
+) -> dict[str, Any]:
+    host = RelayHost(f"{prefix}{os.getpid() % 1000}-", vectors()["topology"])
     limits = RelayLimits(max_flows=size, max_pending=1024, max_rate_sources=1024, events_pages=8)
     try:
         host.build()
-        xdp = XdpRelay(host, relay_config(f"pb7-{os.getpid()}-{size}", vectors()["state"], limits))
+        xdp = XdpRelay(host, relay_config(f"{prefix}-{os.getpid()}-{size}", vectors()["state"], limits))
+        if source is not None:
+            xdp.loader.source = source
         baseline_fd = load_xdp_pass()
         try:
             xdp.load()
@@ -126,13 +140,17 @@ def measure_size(size: int, probes: int) -> dict[str, Any]:
                     for _ in range(probes)
                 )
             hit_ns = probe(xdp, hits, base)
+            warm_ns = probe(xdp, hits, base, warm=True)
             # the slow-path bucket would turn misses into DROP_RATE_SLOW_PATH: same lookups
             miss_ns = probe(xdp, misses, base)
             entries = sum(1 for _ in xdp.store.flows())
             row = {
+                "program": program,
+                "loadavg": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
                 "size": size,
                 "entries": entries,
                 "flow_hit_ns": hit_ns,
+                "flow_hit_warm_ns": warm_ns,
                 "no_flow_ns": miss_ns,
                 "memlock_bytes": memlock(xdp, "flows"),
                 "bytes_per_flow": round(memlock(xdp, "flows") / size, 1),
@@ -147,27 +165,33 @@ def measure_size(size: int, probes: int) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    small = rows[0]
     out = []
-    for r in rows:
-        ev = r["eviction"]
-        out.append(
-            (
-                f"{r['size']:,}",
-                f"{r['entries']:,}",
-                f"{r['flow_hit_ns']:.0f}",
-                f"{r['flow_hit_ns'] - small['flow_hit_ns']:+.0f}",
-                f"{r['no_flow_ns']:.0f}",
-                f"{r['bytes_per_flow']:.0f}",
-                f"{ev['evicted_slow']} / {ev['kept_own_backend']} / {ev['misforwarded']}",
+    for program in dict.fromkeys(r.get("program", "current") for r in rows):
+        mine = [r for r in rows if r.get("program", "current") == program]
+        small = mine[0]
+        for r in mine:
+            ev = r["eviction"]
+            out.append(
+                (
+                    program,
+                    f"{r['size']:,}",
+                    f"{r['entries']:,}",
+                    f"{r['flow_hit_ns']:.0f}",
+                    f"{r['flow_hit_ns'] - small['flow_hit_ns']:+.0f}",
+                    f"{r.get('flow_hit_warm_ns', 0):.0f}",
+                    f"{r['no_flow_ns']:.0f}",
+                    f"{r['bytes_per_flow']:.0f}",
+                    f"{ev['evicted_slow']} / {ev['kept_own_backend']} / {ev['misforwarded']}",
+                )
             )
-        )
     return report.markdown_table(
         (
+            "program",
             "max_flows",
             "entries",
             "flow hit ns",
-            "vs 16",
+            "vs smallest",
+            "flow hit ns, warm",
             "no flow ns",
             "kernel B/flow",
             "after +10 %: slow / own backend / misforwarded",
@@ -180,13 +204,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="16 and 10k entries, 200 probes")
     parser.add_argument("--probes", type=int, default=2000)
+    parser.add_argument("--before", help="also measure bpf/ at this git revision, size by size")
+    parser.add_argument("--prefix", default="pb7", help="namespace name prefix (default pb7)")
+    parser.add_argument("--sizes", help="comma-separated table sizes (default 16,10000,100000,1000000)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-    sizes, probes = (QUICK_SIZES, 200) if args.quick else (SIZES, args.probes)
-    rows = [measure_size(size, probes) for size in sizes]
+    sizes: tuple[int, ...] = QUICK_SIZES if args.quick else SIZES
+    probes = 200 if args.quick else args.probes
+    if args.sizes and not args.quick:
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="b7-") as tmp:
+        before = source_at(args.before, Path(tmp)) if args.before else None
+        for size in sizes:
+            if before is not None:
+                rows.append(measure_size(size, probes, before, f"before ({args.before})", args.prefix))
+            rows.append(measure_size(size, probes, prefix=args.prefix))
+    rows.sort(key=lambda r: r["program"] != "current")
     text = table(rows)
-    report.write(NAME, {"rows": rows, "quick": args.quick}, text, args.out)
+    report.write(NAME, {"rows": rows, "quick": args.quick, "before": args.before}, text, args.out)
     print(text, end="")
 
 

@@ -64,15 +64,20 @@ def b1(data: dict[str, Any], out: Path) -> Path:
 def profile(data: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     rows = data["rows"]
-    for cache, style in ((True, "-"), (False, ":")):
+
+    def program(r: dict[str, Any]) -> str:  # older results have only the cache flag
+        return str(r.get("program") or ("current" if r.get("nexthop_cache", True) else "no next-hop cache"))
+
+    for n, name in enumerate(dict.fromkeys(program(r) for r in rows)):
+        style = ("-", ":", "--")[n % 3]
         for path_name in ("flow hit", "return", "drop"):
             by_rate: dict[int, list[float]] = {}
             for r in rows:
-                if r["path"] == path_name and r.get("nexthop_cache", True) == cache and r["ns_per_pkt"]:
+                if r["path"] == path_name and program(r) == name and r["ns_per_pkt"]:
                     by_rate.setdefault(r["offered_pps"], []).append(r["ns_per_pkt"])
             pts = sorted((rate, statistics.median(v)) for rate, v in by_rate.items())
             if pts:
-                label = path_name + ("" if cache else " (no next-hop cache)")
+                label = path_name + ("" if name == "current" else f" ({name})")
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
     ax.axhline(200, color="grey", linestyle="--", linewidth=1, label="target 200 ns (flow hit)")
     ax.set_xscale("log")

@@ -1,6 +1,7 @@
 """The XDP program's cost in place, per path, from 100 pps to 100 kpps (bpf_stats).
 
-    .venv/bin/python -m bench.profile_xdp [--quick] [--seconds 3] [--out bench/results]
+    .venv/bin/python -m bench.profile_xdp [--quick] [--seconds 3] [--before REV] [--uncached]
+                                          [--prefix P] [--out bench/results]
 
 The bench lab (bench/lab/netlab.py) with the XDP relay attached in native mode to real
 veths; the C generator sends each path's packets at a fixed rate, and the kernel's own
@@ -9,27 +10,37 @@ run_cnt, read before and after) gives the ns per packet *in place*, caches as th
 traffic leaves them. Paths: a flow hit (DTLS from the client to the VIP: Geneve out), a
 return (Geneve from the transceiver: decapsulated to the client), a drop (junk at the
 VIP: DROP_NOT_WEBRTC). Low rates show the cold-cache cost that BPF_PROG_TEST_RUN hides.
-Each path and rate is measured with the next-hop cache (bpf/nexthop.h) and without it
-(``-DNEXTHOP_CACHE=0``: bpf_fib_lookup for every packet), in alternating rounds; the
-table gives the median over rounds.
+Each path and rate is measured for each program in alternating rounds: the working
+tree's, ``bpf/`` at git revision ``--before REV``, and the working tree's with the
+next-hop cache (bpf/nexthop.h) compiled out (``-DNEXTHOP_CACHE=0``: bpf_fib_lookup for
+every packet; ``--uncached``, the default without ``--before``). The table gives the
+median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import report
 from bench.lab import netlab as nl
+from bench.xdp_micro import source_at
+from controlplane.kernel.loader import Loader
 from icegate import geneve, inet
 
 NAME = "profile_xdp"
 RATES = (100, 1_000, 10_000, 30_000, 100_000)
 QUICK_RATES = (1_000,)
 SIZE = 172
-RETURN_SOURCE_PORT = 7000
+# The transceiver's registered Geneve port: §3 r7 drops a return from any other port
+# (DROP_RETURN_WRONG_BACKEND), and with 7000 here every "return" was that drop.
+RETURN_SOURCE_PORT = nl.SINK_PORT
 
 
 def return_prefix(size: int) -> str:
@@ -39,6 +50,33 @@ def return_prefix(size: int) -> str:
     inner_payload = bytes([0x80, 0x6F]) + bytes(size - nl.GENEVE_INNER - 2)
     inner = inet.build_udp(nl.VIP, nl.VIP_PORT, nl.GEN_IP, nl.BASE_PORT, inner_payload, with_checksum=False)
     return geneve.encapsulate(inner, 1)[: nl.GENEVE_INNER + 2].hex()
+
+
+@dataclass(frozen=True)
+class Program:
+    """One program of the comparison: its label, its ``bpf/`` folder, the cache on or off."""
+
+    label: str
+    source: Path | None = None  # None: the working tree's
+    nexthop_cache: bool = True
+
+
+@contextlib.contextmanager
+def attached(lab: nl.BenchLab, program: Program) -> Iterator[nl.Target]:
+    """``netlab.xdp_relay`` for a program from another ``bpf/`` folder (``--before``)."""
+    if program.source is None:
+        with nl.xdp_relay(lab, nexthop_cache=program.nexthop_cache) as target:
+            yield target
+        return
+    loader_class = Loader if program.nexthop_cache else nl.UncachedLoader
+    real = nl.Loader
+    # netlab builds its loader from this name: swap in one bound to the other folder
+    nl.Loader = lambda config: loader_class(config, program.source)  # type: ignore[misc,assignment]
+    try:
+        with nl.xdp_relay(lab) as target:
+            yield target
+    finally:
+        nl.Loader = real  # type: ignore[misc]
 
 
 def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float) -> dict[str, Any]:
@@ -63,6 +101,8 @@ def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float
         "sent": sent.sent,
         "gen_kept_up": sent.errors == 0 and sent.pps >= 0.98 * pps,
         "delivered": received.get("received", 0),
+        # the forwarding paths are what they say only when the sink got what was sent
+        "path_checked": path == "drop" or received.get("received", 0) >= 0.98 * sent.sent,
         "runs": runs,
         "ns_per_pkt": round((t1 - t0) / runs, 1) if runs else None,
         "loadavg": nl.loadavg(),
@@ -71,22 +111,22 @@ def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float
 
 def table(rows: list[dict[str, Any]]) -> str:
     rates = sorted({r["offered_pps"] for r in rows})
+    programs = list(dict.fromkeys(r["program"] for r in rows))
     out = []
-    for cache in (True, False):
+    for program in programs:
         for path in ("flow hit", "return", "drop"):
             cells = []
             for rate in rates:
-                costs = [
-                    r["ns_per_pkt"]
-                    for r in rows
-                    if r["path"] == path
-                    and r["offered_pps"] == rate
-                    and r["nexthop_cache"] == cache
-                    and r["ns_per_pkt"]
+                same = [
+                    r for r in rows if (r["path"], r["offered_pps"], r["program"]) == (path, rate, program)
                 ]
-                cells.append(f"{statistics.median(costs):.0f}" if costs else "-")
-            out.append((path, "cache" if cache else "no cache (before)", *cells))
-    return report.markdown_table(("path", "next hop", *(f"{r:,} pps" for r in rates)), out)
+                costs = [r["ns_per_pkt"] for r in same if r["ns_per_pkt"]]
+                cell = f"{statistics.median(costs):.0f}" if costs else "-"
+                if not all(r.get("path_checked", True) for r in same):
+                    cell += " (not delivered)"  # timed a different path than named
+                cells.append(cell)
+            out.append((path, program, *cells))
+    return report.markdown_table(("path", "program", *(f"{r:,} pps" for r in rates)), out)
 
 
 def main() -> None:
@@ -94,22 +134,38 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one rate, 1 s (smoke)")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rates", help="comma-separated packet rates (default 100,1000,10000,30000,100000)")
+    parser.add_argument("--before", help="also measure bpf/ at this git revision")
+    parser.add_argument("--uncached", action="store_true", help="also measure without the next-hop cache")
+    parser.add_argument("--prefix", default="ppx", help="lab namespace prefix (default ppx)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
-    rates, seconds, rounds = (QUICK_RATES, 1.0, 1) if args.quick else (RATES, args.seconds, args.rounds)
+    rates: tuple[int, ...] = QUICK_RATES if args.quick else RATES
+    seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)
+    if args.rates and not args.quick:
+        rates = tuple(int(r) for r in args.rates.split(","))
     rows = []
-    with nl.bench_lab("ppx") as lab, nl.bpf_stats_enabled():
-        for rnd in range(rounds):
-            for cache in (True, False):
-                with nl.xdp_relay(lab, nexthop_cache=cache) as target:
-                    for rate in rates:
-                        for path in ("flow hit", "return", "drop"):
-                            row = one(lab, target, path, rate, seconds)
-                            row.update(nexthop_cache=cache, round=rnd)
-                            print(row, flush=True)
-                            rows.append(row)
+    with tempfile.TemporaryDirectory(prefix="profile-xdp-") as tmp:
+        programs = [Program("current")]
+        if args.before:
+            programs.append(Program(f"before ({args.before})", source_at(args.before, Path(tmp))))
+        if args.uncached or not args.before:
+            programs.append(Program("no next-hop cache", nexthop_cache=False))
+        with nl.bench_lab(args.prefix) as lab, nl.bpf_stats_enabled():
+            for rnd in range(rounds):
+                for program in programs:
+                    with attached(lab, program) as target:
+                        for rate in rates:
+                            for path in ("flow hit", "return", "drop"):
+                                row = one(lab, target, path, rate, seconds)
+                                row.update(
+                                    program=program.label, nexthop_cache=program.nexthop_cache, round=rnd
+                                )
+                                print(row, flush=True)
+                                rows.append(row)
     text = table(rows)
-    report.write(NAME, {"rows": rows, "size": SIZE, "quick": args.quick}, text, args.out)
+    data = {"rows": rows, "size": SIZE, "quick": args.quick, "before": args.before}
+    report.write(NAME, data, text, args.out)
     print(text, end="")
 
 

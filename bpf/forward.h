@@ -94,25 +94,34 @@ static __always_inline void write_geneve(struct geneve_hdr *gnv, __u8 inner_fami
 	gnv->reserved = 0;
 }
 
-/* §2.2: Ethernet | outer IP | outer UDP | Geneve | the client's IP packet (`l3`,
- * byte for byte). `frame_len` is the frame's current length; `inner_sum` is the
- * packet_sum() of the client's IP packet, needed only for an IPv6 outer header, whose UDP
- * checksum is mandatory (RFC 8200 section 8.1). */
-static __always_inline __u32 encapsulate(struct xdp_md *ctx, const struct ip_udp *l3, __u32 frame_len,
+/* §2.2, first half: the client's IP packet (`l3`) alone in the frame (`frame_len`
+ * bytes now), with room for Ethernet and `outer_len` bytes of outer headers in front.
+ * The only step of an encapsulation that can fail: relay.c records the flow between the
+ * two halves (see from_client()). */
+static __always_inline __u32 make_room(struct xdp_md *ctx, const struct ip_udp *l3, __u32 frame_len,
+				       __u32 outer_len)
+{
+	if (trim_to(ctx, frame_len, l3->ip_off + l3->ip_len))
+		return STAT_DROP_INTERNAL;
+	if (bpf_xdp_adjust_head(ctx, (int)l3->ip_off - (int)(ETH_HLEN + outer_len)))
+		return STAT_DROP_INTERNAL;
+	return CONTINUE;
+}
+
+/* §2.2, second half, into the room make_room() left: Ethernet | outer IP | outer UDP |
+ * Geneve | the client's IP packet (`l3`, byte for byte). `inner_sum` is the packet_sum()
+ * of the client's IP packet, needed only for an IPv6 outer header, whose UDP checksum is
+ * mandatory (RFC 8200 section 8.1). The headroom written here is cold: only stores, no
+ * read of what was written (ipv4_outer_csum()). */
+static __always_inline __u32 encapsulate(struct xdp_md *ctx, const struct ip_udp *l3,
 					 const struct backend_key *bk, const struct backend_value *be,
 					 const struct relay_config *cfg, const struct bpf_fib_lookup *fib,
 					 __u64 inner_sum)
 {
-	__u32 inner_len = l3->ip_len;
-	__u32 outer_len = be->family == 4 ? OUTER4_LEN : OUTER6_LEN;
-	__u16 udp_len = sizeof(struct udphdr) + GENEVE_HLEN + inner_len;
+	__u16 udp_len = sizeof(struct udphdr) + GENEVE_HLEN + l3->ip_len;
 	__u16 sport = entropy_port(l3->src, l3->sport, l3->dport);
 	void *data, *data_end;
 
-	if (trim_to(ctx, frame_len, l3->ip_off + inner_len))
-		return STAT_DROP_INTERNAL;
-	if (bpf_xdp_adjust_head(ctx, (int)l3->ip_off - (int)(ETH_HLEN + outer_len)))
-		return STAT_DROP_INTERNAL;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 
@@ -125,18 +134,22 @@ static __always_inline __u32 encapsulate(struct xdp_md *ctx, const struct ip_udp
 
 		if ((void *)(gnv + 1) > data_end)
 			return STAT_DROP_INTERNAL;
+		__be16 tot_len = bpf_htons(sizeof(*ip) + udp_len);
+		__be32 saddr, daddr;
+
+		__builtin_memcpy(&saddr, cfg->tunnel_addr4 + 12, 4);
+		__builtin_memcpy(&daddr, be->addr + 12, 4);
 		write_eth(eth, fib, ETH_P_IP_BE);
 		*(__u8 *)ip = 0x45; /* version 4, IHL 5 */
 		ip->tos = 0;
-		ip->tot_len = bpf_htons(sizeof(*ip) + udp_len);
+		ip->tot_len = tot_len;
 		ip->id = 0;
 		ip->frag_off = IPV4_DF_BE;
 		ip->ttl = OUTER_TTL;
 		ip->protocol = IPPROTO_UDP;
-		ip->check = 0;
-		__builtin_memcpy(&ip->saddr, cfg->tunnel_addr4 + 12, 4);
-		__builtin_memcpy(&ip->daddr, be->addr + 12, 4);
-		ip->check = ipv4_csum(ip);
+		ip->saddr = saddr;
+		ip->daddr = daddr;
+		ip->check = ipv4_outer_csum(tot_len, IPV4_DF_BE, OUTER_TTL, saddr, daddr); /* stores only */
 		udp->source = bpf_htons(sport);
 		udp->dest = be->port;
 		udp->len = bpf_htons(udp_len);

@@ -40,6 +40,34 @@ struct nexthop_work {
 	struct nexthop_value value;
 };
 
+/* The forward direction's next hops (the transceivers: a few per relay) also live in a
+ * small per-CPU table in relay.c's struct packet, a copy of their `nexthops` entries
+ * that skips the hash lookup (jhash of the 20-byte key and the bucket walk were a
+ * quarter of a flow hit in place, issue 15). A copy is used only under the same rules
+ * as the entry it copies (nexthop_usable(): generation, age, length), so it is never
+ * truer or staler than the map; a slot two transceivers share falls back to the map.
+ * Returns (one destination per client) do not use it: it would only thrash. */
+#define NEXTHOP_MEMO_SLOTS 32
+
+struct nexthop_memo {
+	struct nexthop_key key;
+	struct nexthop_value value;
+};
+
+static __always_inline __u32 nexthop_memo_slot(const struct nexthop_key *key)
+{
+	const __u32 *w = (const __u32 *)key->addr;
+
+	return (w[3] ^ (w[3] >> 16) ^ key->ifindex) & (NEXTHOP_MEMO_SLOTS - 1);
+}
+
+static __always_inline int nexthop_key_eq(const struct nexthop_key *a, const struct nexthop_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
 /* An address of shared.h's form is IPv4 when it is ::ffff:a.b.c.d. */
 static __always_inline __u8 addr_family(const __u8 *addr)
 {
@@ -53,7 +81,7 @@ static __always_inline int nexthop_usable(const struct nexthop_value *hop, __u32
 					  __u64 now)
 {
 	return hop->generation == generation && tot_len <= hop->max_len &&
-	       now - hop->updated_ns < NEXTHOP_MAX_AGE_NS;
+	       (__s64)(now - hop->updated_ns) < (__s64)NEXTHOP_MAX_AGE_NS;
 }
 
 /* The fields of a bpf_fib_lookup answer that write_eth() and finish() read. */

@@ -73,7 +73,7 @@ static __always_inline struct rate_source_key *source_bucket_key(struct ip_udp *
 static __always_inline int pending_expired(const struct flow_value *flow, __u64 now,
 					   const struct relay_config *cfg)
 {
-	return cfg->pending_timeout_ns != 0 && now - flow->created_ns > cfg->pending_timeout_ns;
+	return cfg->pending_timeout_ns != 0 && (__s64)(now - flow->created_ns) > (__s64)cfg->pending_timeout_ns;
 }
 
 static __always_inline int same_backend(const struct backend_key *a, const struct backend_key *b)

@@ -23,12 +23,42 @@ struct packet {
 	struct bpf_fib_lookup fib;  /* next hop, valid once cached_next_hop() returned CONTINUE */
 	struct nexthop_work nh;     /* cached_next_hop()'s key and new entry (nexthop.h) */
 	__u32 frame_len;            /* bytes as received: what the counters count */
-	__u64 now;                  /* bpf_ktime_get_ns(), read only where a map needs it */
+	__u32 now_precise;          /* `now` is bpf_ktime_get_ns(), not the coarse clock */
+	__u64 now;                  /* read at most once, only where a map needs it: see below */
+	/* Kept between packets (nexthop.h). Last: the fields every packet writes stay in the
+	 * first cache lines (and page) of the scratch; the memo's lines only on a forward. */
+	struct nexthop_memo memo[NEXTHOP_MEMO_SLOTS];
 };
 
+/* The packet's time. A new flow, a check and a rate bucket need the precise clock: the
+ * GCRA intervals of section 5 are as short as 1 ms, and a pending entry's created_ns
+ * (§2 r5) is read against it. An established packet only stamps last_seen_ns (idle
+ * expiry, seconds) and ages next hops (NEXTHOP_MAX_AGE_NS, 1 s): the coarse clock
+ * (CLOCK_MONOTONIC_COARSE, one tick behind at most: 4 ms at HZ=250) is enough there and
+ * costs a load instead of a TSC read, which a KVM guest pays dearly (issue 15: 11 % of a
+ * flow hit). Both clocks are CLOCK_MONOTONIC, so every age is a signed difference
+ * (nexthop_usable(), pending_expired()): a coarse `now` up to one tick behind a precise
+ * stamp reads as "just now", never as an age of 2^64 ns. */
+static __always_inline __u64 precise_now(struct packet *pkt)
+{
+	if (!pkt->now_precise) {
+		pkt->now = bpf_ktime_get_ns();
+		pkt->now_precise = 1;
+	}
+	return pkt->now;
+}
+
+static __always_inline __u64 coarse_now(struct packet *pkt)
+{
+	if (!pkt->now)
+		pkt->now = bpf_ktime_get_coarse_ns();
+	return pkt->now;
+}
+
 /* Per-packet scratch for struct packet: the 512-byte stack cannot hold it beside the
- * route and the STUN scratch since the issue-12 checks (clang 14, bcc 0.26). Holds
- * nothing between packets, so it is not pinned. */
+ * route and the STUN scratch since the issue-12 checks (clang 14, bcc 0.26). Only the
+ * next-hop copies (memo) outlive a packet, and a new program refills them from the
+ * pinned nexthops map, so it is not pinned. */
 BPF_TABLE("percpu_array", __u32, struct packet, packet_scratch, 1);
 
 static __always_inline __u64 outer_len(const struct backend_value *be)
@@ -43,12 +73,14 @@ static __always_inline const __u8 *tunnel_source(const struct relay_config *cfg,
 }
 
 /* DATAPATH.md section 6 through the next-hop cache (nexthop.h): bpf_fib_lookup only on a
- * miss or a stale entry. Here rather than in nexthop.h because bcc rewrites map calls in
- * the main file only. */
+ * miss or a stale entry. `memo`: look in (and fill) the per-CPU copy first; the forward
+ * direction's transceivers only. Here rather than in nexthop.h because bcc rewrites map
+ * calls in the main file only. */
 static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *pkt, const __u8 *src,
-					     const __u8 *dst, __u32 tot_len)
+					     const __u8 *dst, __u32 tot_len, int memo)
 {
 	struct nexthop_work *w = &pkt->nh;
+	struct nexthop_memo *slot = NULL;
 	struct nexthop_value *hop;
 	__u32 zero = 0, generation = 0, which, stat;
 	__u32 *current_generation;
@@ -57,26 +89,42 @@ static __always_inline __u32 cached_next_hop(struct xdp_md *ctx, struct packet *
 	if (!NEXTHOP_CACHE) /* compiled out: the benchmarks' "before" (bench/lab/netlab.py) */
 		return next_hop(ctx, addr_family(dst), src, dst, tot_len, &pkt->fib);
 	current_generation = nexthop_generation.lookup(&zero);
-	if (!pkt->now)
-		pkt->now = bpf_ktime_get_ns();
-	now = pkt->now;
+	now = coarse_now(pkt);
 	if (current_generation)
 		generation = *current_generation;
 	__builtin_memcpy(w->key.addr, dst, 16);
 	w->key.ifindex = ctx->ingress_ifindex;
+	if (memo) {
+		slot = &pkt->memo[nexthop_memo_slot(&w->key)];
+		if (nexthop_key_eq(&slot->key, &w->key) && nexthop_usable(&slot->value, generation, tot_len, now)) {
+			nexthop_to_fib(&slot->value, &pkt->fib);
+			stat = CONTINUE;
+			which = NEXTHOP_STAT_HIT;
+			goto count;
+		}
+	}
 	hop = nexthops.lookup(&w->key);
 	if (hop && nexthop_usable(hop, generation, tot_len, now)) {
 		nexthop_to_fib(hop, &pkt->fib);
 		stat = CONTINUE;
 		which = NEXTHOP_STAT_HIT;
+		if (slot) {
+			slot->key = w->key;
+			slot->value = *hop;
+		}
 	} else {
 		which = hop ? NEXTHOP_STAT_STALE : NEXTHOP_STAT_MISS;
 		stat = next_hop(ctx, addr_family(dst), src, dst, tot_len, &pkt->fib);
 		if (stat == CONTINUE) {
 			nexthop_from_fib(&w->value, &pkt->fib, hop, generation, tot_len, now);
 			nexthops.update(&w->key, &w->value); /* best effort: a failed update costs a lookup */
+			if (slot) {
+				slot->key = w->key;
+				slot->value = w->value;
+			}
 		}
 	}
+count:
 	count = nexthop_stats.lookup(&which);
 	if (count)
 		*count += 1;
@@ -263,7 +311,8 @@ static __always_inline int add_pending(const struct packet *pkt, const struct ro
 	return pending.update(&r->key, &value);
 }
 
-/* §2.1 r4 and §2 r11, after the packet was encapsulated: record it. */
+/* §2.1 r4 and §2 r11, once the packet has its room for the outer headers (nothing can
+ * stop it after that): record it. */
 static __always_inline __u32 commit_route(struct packet *pkt, const struct relay_config *cfg,
 					  struct route *r)
 {
@@ -346,7 +395,7 @@ static __always_inline __u32 decide_route(struct xdp_md *ctx, struct packet *pkt
 	r->confirmed = r->flow != NULL;
 	pend = NULL;
 	if (!r->flow || stun.binding_request) {
-		pkt->now = bpf_ktime_get_ns(); /* the timeout and the rate buckets need it */
+		precise_now(pkt); /* the timeout and the rate buckets need it */
 		pend = pending.lookup(&r->key);
 		if (pend && pending_expired(pend, pkt->now, cfg))
 			pend = NULL;
@@ -384,12 +433,11 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 	stat = decide_route(ctx, pkt, vip, cfg, &r);
 	if (stat != CONTINUE)
 		return stat;
-	if (!pkt->now)
-		pkt->now = bpf_ktime_get_ns();
+	coarse_now(pkt); /* precise already on a check or a new flow */
 	if (!r.be)
 		return STAT_DROP_INTERNAL; /* cannot happen: both routes checked it */
 	/* §2 r10 and §2.1 r3 */
-	stat = cached_next_hop(ctx, pkt, tunnel_source(cfg, r.be), r.be->addr, outer_len(r.be) + pkt->l3.ip_len);
+	stat = cached_next_hop(ctx, pkt, tunnel_source(cfg, r.be), r.be->addr, outer_len(r.be) + pkt->l3.ip_len, 1);
 	if (stat == CONTINUE) /* §2.2: tunnels leave by a private interface */
 		stat = check_role(cfg, pkt->fib.ifindex, 0, STAT_DROP_EGRESS_ROLE);
 	if (stat != CONTINUE)
@@ -401,13 +449,21 @@ static __always_inline __u32 from_client(struct xdp_md *ctx, struct packet *pkt,
 		if (!scratch || packet_sum(ctx, pkt->l3.ip_off, pkt->l3.ip_len, scratch->bytes, &inner_sum))
 			return STAT_DROP_INTERNAL;
 	}
+	stat = make_room(ctx, &pkt->l3, pkt->frame_len, outer_len(r.be));
+	if (stat != CONTINUE)
+		return stat;
+	/* Recorded before the outer headers are written, once nothing can stop the packet:
+	 * the flow's counters are locked adds, full barriers on x86 that would wait for the
+	 * stores into the cold headroom (issue 15: 11 % of a flow hit in place). */
+	stat = commit_route(pkt, cfg, &r);
+	if (!STAT_IS(STAT_FORWARD_MASK, stat))
+		return stat;
 	/* The new-flow buckets masked the source to its /64 (policy.h); the entropy port
 	 * hashes the full address. */
 	__builtin_memcpy(pkt->l3.src, r.key.client_addr, 16);
-	stat = encapsulate(ctx, &pkt->l3, pkt->frame_len, &r.backend, r.be, cfg, &pkt->fib, inner_sum);
-	if (stat != CONTINUE)
-		return stat;
-	return commit_route(pkt, cfg, &r);
+	if (encapsulate(ctx, &pkt->l3, &r.backend, r.be, cfg, &pkt->fib, inner_sum) != CONTINUE)
+		return STAT_DROP_INTERNAL; /* cannot happen: make_room() made the room */
+	return stat;
 }
 
 /* §3 r7: the sender is the flow's transceiver, address and Geneve source port. */
@@ -457,7 +513,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	__builtin_memcpy(key.client_addr, inner.dst, 16);
 	key.client_port = inner.dport;
 	key.vip_index = vip->index;
-	pkt->now = bpf_ktime_get_ns();
+	coarse_now(pkt); /* a pending entry may expire one tick late: timeouts are seconds */
 	flow = flows.lookup(&key);
 	if (flow)
 		owner = sent_by(flow, pkt);
@@ -482,7 +538,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 	if (!confirmed && cfg->pending_max_packets && flow->packets_out >= cfg->pending_max_packets)
 		return STAT_DROP_PENDING_CAP;
 	/* §3 r8 */
-	stat = cached_next_hop(ctx, pkt, inner.src, inner.dst, inner.ip_len);
+	stat = cached_next_hop(ctx, pkt, inner.src, inner.dst, inner.ip_len, 0);
 	if (stat == CONTINUE) /* returns leave by a public interface, never into the private network */
 		stat = check_role(cfg, pkt->fib.ifindex, 1, STAT_DROP_EGRESS_ROLE);
 	if (stat != CONTINUE)
@@ -504,7 +560,7 @@ static __always_inline __u32 from_transceiver(struct xdp_md *ctx, struct packet 
 		pending.delete(&key);
 		return STAT_FWD_MOVE_CONFIRM;
 	}
-	if (confirm) { /* pkt->now: set by cached_next_hop() */
+	if (confirm) {
 		/* Updated in place, then copied into flows (a map value may be the source of an
 		 * update), then removed from pending. */
 		flow->last_seen_ns = pkt->now;
@@ -545,7 +601,7 @@ static __always_inline int finish(struct xdp_md *ctx, __u32 stat, struct packet 
 	 * its sessions), then to the slow-path bucket. */
 	if (is_slow(stat) && cfg) {
 		__u64 *tat = rate_slow.lookup(&zero), next, source_next = 0, *source_tat = NULL;
-		__u64 now = pkt->now ? pkt->now : bpf_ktime_get_ns();
+		__u64 now = precise_now(pkt); /* GCRA needs it; slow verdicts are rate limited */
 		struct rate_source_key *source = source_bucket_key(&pkt->l3);
 
 		if (cfg->slow_source_interval_ns && stat != STAT_SLOW_RETURN_NO_FLOW) {
@@ -593,6 +649,7 @@ int xdp_relay(struct xdp_md *ctx)
 	__u32 zero = 0, stat;
 	__u16 l3_off = 0;
 	__be16 proto;
+	int tunnel;
 
 	pkt = packet_scratch.lookup(&zero);
 	if (!pkt)
@@ -601,6 +658,7 @@ int xdp_relay(struct xdp_md *ctx)
 	__builtin_memset(&pkt->l3, 0, sizeof(pkt->l3));
 	pkt->fib.ifindex = 0;
 	pkt->now = 0;
+	pkt->now_precise = 0;
 	pkt->frame_len = data_end - data;
 	cfg = config.lookup(&zero);
 	if (!cfg) {
@@ -624,11 +682,16 @@ int xdp_relay(struct xdp_md *ctx)
 		stat = STAT_DROP_FRAGMENT_TO_VIP;
 	if (stat != CONTINUE)
 		goto out;
-	/* §1 r6 */
-	__builtin_memcpy(vk.addr, pkt->l3.dst, 16);
-	vk.port = pkt->l3.dport;
-	vip = vips.lookup(&vk);
-	if (!vip && !is_tunnel(&pkt->l3, cfg)) {
+	/* §1 r6: the tunnel endpoint first, from the config: a return pays no `vips` lookup
+	 * (no VIP is the tunnel endpoint: controlplane/config.py refuses one). */
+	tunnel = is_tunnel(&pkt->l3, cfg);
+	vip = NULL;
+	if (!tunnel) {
+		__builtin_memcpy(vk.addr, pkt->l3.dst, 16);
+		vk.port = pkt->l3.dport;
+		vip = vips.lookup(&vk);
+	}
+	if (!vip && !tunnel) {
 		stat = STAT_PASS_NOT_RELAY;
 		goto out;
 	}

@@ -186,7 +186,7 @@ struct flow_value {
 	struct backend_key backend;
 	__u32 token_tag;     /* low 32 bits of the token MAC: a change means ICE restart */
 	__u64 created_ns;    /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
-	__u64 last_seen_ns;
+	__u64 last_seen_ns;  /* CLOCK_MONOTONIC, coarse on established packets: a tick behind at most */
 	__u64 packets_in;    /* client -> transceiver */
 	__u64 bytes_in;      /* inner IP bytes */
 	__u64 packets_out;   /* transceiver -> client */
@@ -278,7 +278,7 @@ struct nexthop_value {
 	__u8 dmac[6];
 	__u16 max_len;    /* longest IP packet the FIB accepted (MTU) for this entry */
 	__u16 pad;
-	__u64 updated_ns; /* bpf_ktime_get_ns() of the lookup */
+	__u64 updated_ns; /* CLOCK_MONOTONIC (usually coarse: relay.c's packet time) of the lookup */
 };
 
 enum nexthop_stat {

@@ -30,6 +30,14 @@ class VipConfig:
     port: Port = VIP_PORT
 
 
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
+    """An address in one spelling for comparisons (the string itself when it is not one)."""
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return address
+
+
 @dataclass(frozen=True)
 class TunnelConfig:
     """This relay's Geneve endpoint on the private side."""
@@ -229,6 +237,12 @@ class RelayConfig:
             if (vip.address, vip.port) in seen:
                 raise ConfigError(f"{path}.vips[{i}]", f"duplicate VIP {vip.address}:{vip.port}")
             seen.add((vip.address, vip.port))
+        # The program takes the tunnel endpoint for Geneve without asking `vips` (DATAPATH.md
+        # §1 r6): a VIP there would never see its clients.
+        tunnel_ends = {(_ip(a), self.tunnel.port) for a in (self.tunnel.address4, self.tunnel.address6) if a}
+        for i, vip in enumerate(self.vips):
+            if (_ip(vip.address), vip.port) in tunnel_ends:
+                raise ConfigError(f"{path}.vips[{i}]", f"{vip.address}:{vip.port} is the tunnel endpoint")
         if self.mode == "xdp" and not self.interfaces:
             raise ConfigError(f"{path}.interfaces", "mode xdp needs at least one interface to attach to")
         for i, dev in enumerate(self.interfaces):

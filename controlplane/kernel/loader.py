@@ -120,9 +120,12 @@ def ifindex(ifname: str) -> int:
 class Loader:
     """The XDP program of one relay: compiled by bcc, maps pinned in ``config.pin_dir``."""
 
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, source: Path | None = None) -> None:
         self.config = config
         self.pin_dir = config.pin_dir
+        # The folder holding relay.c and its headers; another one only for benchmarks
+        # comparing an earlier program in the same run (bench/xdp_micro.py --before).
+        self.source = source_dir() if source is None else source
         self.bpf: Any = None
         self.prog_fd = -1
         self.modes: dict[str, str] = {}
@@ -130,7 +133,7 @@ class Loader:
 
     # ---- load ----
     def cflags(self) -> list[str]:
-        return [f"-I{source_dir()}", *self.config.limits.cflags(), f'-DPIN_DIR="{self.pin_dir}"']
+        return [f"-I{self.source}", *self.config.limits.cflags(), f'-DPIN_DIR="{self.pin_dir}"']
 
     def load(self) -> None:
         """Compile ``bpf/relay.c``, reuse or create the pinned maps, check them, pin the program."""
@@ -140,7 +143,7 @@ class Loader:
         # A mismatch is clearer before compiling than as a verifier error after.
         libbpf.check_maps(libbpf.pinned_map_infos(self.pin_dir), self.config.limits)
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        src = source_dir() / PROGRAM
+        src = self.source / PROGRAM
         with _captured_stderr() as output:
             try:
                 self.bpf = bcc.BPF(src_file=str(src).encode(), cflags=self.cflags())

@@ -287,6 +287,14 @@ class KernelStore:
                 out[key.value] = (sum(c.packets for c in values), sum(c.bytes for c in values))
         return out
 
+    def nexthop_stats(self) -> list[int]:
+        """Next-hop cache lookups per ``layout.NexthopStat`` (hit, miss, stale), summed over CPUs."""
+        out = [0] * layout.NEXTHOP_STAT_MAX
+        for key, values in self.maps["nexthop_stats"].items(batch=layout.NEXTHOP_STAT_MAX):
+            if key.value < layout.NEXTHOP_STAT_MAX:
+                out[key.value] = sum(v.value for v in values)
+        return out
+
     def fill(self) -> dict[str, int]:
         """Entries per hash map (``capacity`` has their sizes as pinned)."""
         return {name: self.maps[name].count() for name in HASH_MAPS}

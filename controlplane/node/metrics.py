@@ -21,7 +21,7 @@ from controlplane.cluster.recovery import Recovery
 from controlplane.cluster.redisio import RedisStore
 from controlplane.cluster.sync import ClusterSync
 from controlplane.config import RelayLimits
-from controlplane.datapath.layout import MAX_ROUTE_KEYS, BackendState, Stat
+from controlplane.datapath.layout import MAX_ROUTE_KEYS, BackendState, NexthopStat, Stat
 from controlplane.datapath.store import MapStore
 from controlplane.node.expiry import Expiry
 
@@ -102,6 +102,7 @@ class RelayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._datapath()
+        yield from self._nexthop_cache()
         yield from self._slow_path()
         yield from self._maps()
         yield from self._control_plane()
@@ -122,6 +123,22 @@ class RelayCollector(Collector):
         for stat, (n, _) in zip(Stat, source.counters(), strict=False):
             if n:
                 family.add_metric([stat.verdict.name.lower(), stat.reason], n)
+        yield family
+
+    def _nexthop_cache(self) -> Iterator[Metric]:
+        """The XDP program's next-hop cache (bpf/nexthop.h): a source whose ``nexthop_stats()``
+        returns the per-result lookup counts (``XdpRunner``) has them exported."""
+        nexthop_stats = getattr(self.source, "nexthop_stats", None)
+        if not callable(nexthop_stats):
+            return
+        family = CounterMetricFamily(
+            f"{PREFIX}_nexthop_cache_lookups",
+            "Next-hop cache lookups of forwarded packets: hit, miss (bpf_fib_lookup, entry stored) "
+            "or stale (older generation or age, or a longer packet: bpf_fib_lookup again).",
+            labels=["result"],
+        )
+        for result, n in zip(NexthopStat, nexthop_stats(), strict=False):
+            family.add_metric([result.name.lower()], n)
         yield family
 
     def _datapath(self) -> Iterator[Metric]:

@@ -145,6 +145,11 @@ class XdpRunner:
         counters: Sequence[tuple[int, int]] = self.maps.counters()  # type: ignore[attr-defined]
         return counters
 
+    def nexthop_stats(self) -> Sequence[int]:
+        """The program's next-hop cache lookups by result (hit, miss, stale), for /metrics."""
+        stats: Sequence[int] = self.maps.nexthop_stats()  # type: ignore[attr-defined]
+        return stats
+
     def slow_path(self) -> ListCounters | None:
         """The slow path's own verdicts (its twin's counters), for /metrics."""
         return None if self.twin is None else ListCounters(self.twin.datapath.counters)

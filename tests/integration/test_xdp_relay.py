@@ -257,6 +257,15 @@ def test_stun_then_media_through_xdp(lab: XdpLab) -> None:
     ]
     assert drops and not any(drops)  # every drop reason is exported, and none moved
     assert scraped["icegate_relay_map_entries{map=flows}"] == 1
+    # every forwarded packet asked the next-hop cache once (bpf/nexthop.h); the first of each
+    # direction missed, later ones hit unless a route or neighbour change made the entry stale
+    lookups = {
+        r: scraped[f"icegate_relay_nexthop_cache_lookups_total{{result={r}}}"]
+        for r in ("hit", "miss", "stale")
+    }
+    assert sum(lookups.values()) == 2 + 2 * len(MEDIA)
+    assert lookups["miss"] >= 1 and lookups["hit"] >= 1
+    assert list(lookups.values()) == lab.store.nexthop_stats()
     with netns.entered(lab.relay_ns):
         maps = loader_module.status(lab.loader.pin_dir)["maps"]
     assert maps["flows"] == {"entries": 1, "capacity": LIMITS.max_flows}

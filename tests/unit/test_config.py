@@ -51,6 +51,8 @@ def test_good_config_and_overrides(tmp_path: Path) -> None:
         (("name: edge1", "name: edge1\n  redis: {url: 'http://x'}"), "relay.redis.url"),
         (("name: edge1", "name: edge1\n  rate: {source_burst: 0}"), "relay.rate.source_burst"),
         (("[pub0, priv0]", "[a-very-long-interface-name]"), "relay.interfaces[0]"),
+        # the program takes the tunnel endpoint for Geneve before asking vips (DATAPATH.md §1 r6)
+        (("address: 192.0.2.10", "address: 10.70.0.1\n      port: 6081"), "relay.vips[0]"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, patch: tuple[str, str], field: str) -> None:

@@ -188,3 +188,38 @@ def test_the_slow_paths_own_verdicts_are_exported() -> None:
     found = samples(generate_latest(registry).decode())
     key = ("icegate_relay_slow_path_packets_total", (("reason", "no_flow"), ("verdict", "slow")))
     assert found[key] == 1
+
+
+class _NexthopSource(_BehindXdp):
+    """``XdpRunner`` also offers the next-hop cache's counters (hit, miss, stale)."""
+
+    def nexthop_stats(self) -> list[int]:
+        return [7, 2, 1]
+
+
+def test_the_nexthop_cache_counters_are_exported() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from controlplane.node.metrics import RelayCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    kernel = ListCounters([[0, 0] for _ in Stat])
+    registry.register(RelayCollector(MemoryStore(), _NexthopSource(kernel, kernel), RelayLimits()))
+    found = samples(generate_latest(registry).decode())
+    name = "icegate_relay_nexthop_cache_lookups_total"
+    assert {labels: v for (n, labels), v in found.items() if n == name} == {
+        (("result", "hit"),): 7,
+        (("result", "miss"),): 2,
+        (("result", "stale"),): 1,
+    }
+
+
+def test_no_nexthop_metric_without_a_program() -> None:
+    """The twin has no next-hop cache: no family, rather than zeros that look like one."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from controlplane.node.metrics import RelayCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(MemoryStore(), ListCounters([[0, 0] for _ in Stat]), RelayLimits()))
+    assert "nexthop_cache" not in generate_latest(registry).decode()
