@@ -42,18 +42,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import http.server
 import json
 import os
 import queue
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -69,6 +64,7 @@ from bench import agent_latency, report
 from bench.lab.exits import lab_exit_codes
 from icegate import netns
 from icegate.errors import IcegateError
+from labkit.browser import CHROMIUM, FLAGS, MEDIA_FLAGS, PageServer, end_session
 from labkit.clients import run_in_namespace
 from labkit.demo import AGENT_PORT, Demo, Options, Progress, http_get, wait_until
 from labkit.support import REPO
@@ -80,13 +76,6 @@ CLIENT_HOST = "c1"
 TX = "tx1"
 DIRECT_PORT = 8082
 PAGE = Path(__file__).with_name("b5_page.html")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-]  # fmt: skip
 LOOPBACK = ["--app", "transceiver.agent.builtin:LoopbackAgent"]
 ANSWER_MS = 4000
 TONE = ["--kind", "tone", "--tone-ms", str(ANSWER_MS)]
@@ -160,82 +149,18 @@ def sessions_url(base: str, query: Mapping[str, str]) -> str:
 
 
 # ---- Chromium ---------------------------------------------------------------------------------
-class PageServer:
-    """The page and its /report on 127.0.0.1 inside the client's namespace."""
-
-    def __init__(self, namespace: str) -> None:
-        self.reports: queue.Queue[dict[str, Any]] = queue.Queue()
-        reports = self.reports
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = PAGE.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                reports.put(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        with netns.entered(namespace):
-            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def end_session(leader: subprocess.Popen[Any]) -> None:
-    """End Chromium (started as a session leader) and the processes of its session only."""
-    if leader.poll() is None:
-        leader.terminate()
-        try:
-            leader.wait(10)
-        except subprocess.TimeoutExpired:
-            leader.kill()
-            leader.wait(5)
-    for _ in range(100):
-        members = [
-            int(p.name)
-            for p in Path("/proc").iterdir()
-            if p.name.isdigit() and sid(int(p.name)) == leader.pid
-        ]
-        if not members:
-            return
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-
-
-def sid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def chromium(namespace: str, plan: Mapping[str, Any], timeout: float) -> dict[str, Any]:
     """Run the page with ``plan`` in a fresh headless Chromium in ``namespace``; its report."""
     if not CHROMIUM:
         raise IcegateError("chromium is not installed: run scripts/setup")
-    server = PageServer(namespace)
+    server = PageServer(namespace, PAGE)
     with tempfile.TemporaryDirectory(prefix="b5-chromium-") as tmp:
         url = f"http://127.0.0.1:{server.port}/?plan={urllib.parse.quote(json.dumps(plan))}"
         log = Path(tmp) / "chromium.log"
         with log.open("w") as out:
-            proc = netns.spawn(namespace, [CHROMIUM, *FLAGS, f"--user-data-dir={tmp}/profile", url],
-                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+            argv = [CHROMIUM, *FLAGS, *MEDIA_FLAGS, f"--user-data-dir={tmp}/profile", url]
+            proc = netns.spawn(namespace, argv, stdout=out, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         try:
             result = server.reports.get(timeout=timeout)
         except queue.Empty:

@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
@@ -115,6 +116,11 @@ class Processes:
         self.started.append(proc)
         return proc
 
+    def start_logged(self, argv: Sequence[str], log: Path, *, ns: str | None = None) -> subprocess.Popen[Any]:
+        """:meth:`start` with stdout and stderr to the file ``log`` (read back by :func:`alive`)."""
+        with log.open("w") as out:
+            return self.start(argv, ns=ns, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
     def stop(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
         if proc.poll() is None:
             proc.terminate()
@@ -137,6 +143,13 @@ class Processes:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def alive(proc: subprocess.Popen[Any], log: Path) -> bool:
+    """True while ``proc`` runs; AssertionError with the tail of its ``log`` once it exited."""
+    if proc.poll() is not None:
+        raise AssertionError(f"{log.name} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+    return True
 
 
 @contextlib.contextmanager

@@ -16,16 +16,9 @@ Either way the relay's flows must show the browser's real address and port.
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import json
 import os
 import queue
-import shutil
-import signal
 import subprocess
-import threading
-import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,57 +29,15 @@ import numpy as np
 import pytest
 
 from icegate import netns
+from labkit.browser import CHROMIUM, FLAGS, MEDIA_FLAGS, PageServer, end_session
 from labkit.demo import Demo, Options, Progress
 from labkit.lab import Lab
 from transceiver.client import RATE, silence, tone
 
 PAGE = Path(__file__).with_name("chromium_page.html")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",  # the page plays what it hears (counted energy)
-]  # fmt: skip
-MEDIA_FLAGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 VIP = ("192.0.2.10", 3478)
 TALK_S = 4
 REPORT_TIMEOUT_S = 45
-
-
-class PageServer:
-    """The test's web server on 127.0.0.1 inside a client namespace: the page, and /report."""
-
-    def __init__(self, namespace: str, page: Path = PAGE) -> None:
-        self.reports: queue.Queue[dict[str, Any]] = queue.Queue()
-        reports = self.reports
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = page.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                reports.put(json.loads(data))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        with netns.entered(namespace):  # the listening socket lives in the client's namespace
-            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -105,43 +56,11 @@ def write_wav(path: Path) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def end_session(leader: subprocess.Popen[Any]) -> None:
-    """End Chromium (we started it as a session leader) and every process of that session."""
-    if leader.poll() is None:
-        leader.terminate()
-        try:
-            leader.wait(10)
-        except subprocess.TimeoutExpired:
-            leader.kill()
-            leader.wait(5)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        members = [
-            int(p.name)
-            for p in Path("/proc").iterdir()
-            if p.name.isdigit() and _sid(int(p.name)) == leader.pid
-        ]
-        if not members:
-            return
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    raise AssertionError(f"processes of chromium's session {leader.pid} survived")
-
-
-def _sid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def run_browser(lab: Lab, client: str, audio: str, tmp: Path) -> Browser:
     """Load the page in a fresh headless Chromium inside ``client``'s namespace; return its report."""
     assert CHROMIUM, "chromium is not installed: run scripts/setup"
     namespace = lab.namespace(client)
-    server = PageServer(namespace)
+    server = PageServer(namespace, PAGE)
     signaling = lab.transceiver(1).signaling_url
     url = f"http://127.0.0.1:{server.port}/?signaling={signaling}&audio={audio}&seconds={TALK_S}"
     argv = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}"]

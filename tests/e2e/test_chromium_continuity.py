@@ -25,18 +25,11 @@ import pytest
 
 from controlplane.config import FlowCacheConfig
 from icegate import netns
+from labkit.browser import CHROMIUM, FLAGS, MEDIA_FLAGS, PageServer, end_session
 from labkit.demo import Demo, Options, Progress, http_get
 from labkit.lab import Lab
 from labkit.support import metric_sample
-from tests.e2e.test_chromium import (
-    CHROMIUM,
-    FLAGS,
-    MEDIA_FLAGS,
-    REPORT_TIMEOUT_S,
-    PageServer,
-    end_session,
-    write_wav,
-)
+from tests.e2e.test_chromium import REPORT_TIMEOUT_S, write_wav
 
 PAGE = Path(__file__).with_name("chromium_continuity.html")
 CONSENT_S = 5.0

@@ -43,14 +43,13 @@ from icegate.schema import Keys, RouteKeySet
 from labkit.clients import run_in_namespace
 from labkit.lab import Lab, LabConfig
 from labkit.lab.config import PublicConfig
-from labkit.support import Processes, wait_for
+from labkit.support import Processes, alive, wait_for
 from tests.integration.test_transceiver_relay import (
     AGENT_PORT,
     KEY,
     VIPS,
     Transceiver,
     World,
-    alive,
     metric,
     start,
 )

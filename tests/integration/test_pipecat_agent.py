@@ -27,7 +27,7 @@ from icegate.schema import Keys, RouteKeySet
 from labkit.clients import run_in_namespace
 from labkit.lab import Lab, LabConfig
 from labkit.lab.config import PublicConfig
-from labkit.support import REPO, Processes, http_get, metric_sample, wait_for
+from labkit.support import Processes, alive, http_get, metric_sample, wait_for
 from transceiver.client import VoiceClient, dominant_frequency, silence, tone
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -39,16 +39,7 @@ AGENT_PORT = 8091
 
 
 def start(procs: Processes, namespace: str, argv: list[str], log: Path) -> subprocess.Popen[Any]:
-    out = log.open("w")
-    proc = procs.start(argv, ns=namespace, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    out.close()
-    return proc
-
-
-def alive(proc: subprocess.Popen[Any], log: Path) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"{log.name} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-    return True
+    return procs.start_logged([*argv], log, ns=namespace)
 
 
 def test_a_call_answered_by_a_pipecat_pipeline(ns_prefix: str, procs: Processes, tmp_path: Path) -> None:

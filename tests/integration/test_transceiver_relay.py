@@ -35,7 +35,7 @@ from icegate.schema import Keys, RouteKeySet
 from labkit.clients import run_in_namespace
 from labkit.lab import Lab, LabConfig, TransceiverSettings
 from labkit.lab.config import PublicConfig
-from labkit.support import REPO, Processes, http_get, metric_sample, wait_for
+from labkit.support import Processes, alive, http_get, metric_sample, wait_for
 from transceiver.client import VoiceClient, dominant_frequency, silence, tone
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
@@ -103,16 +103,7 @@ class World:
 
 
 def start(procs: Processes, namespace: str, argv: list[str], log: Path) -> subprocess.Popen[Any]:
-    out = log.open("w")
-    proc = procs.start([*ICEGATE, *argv], ns=namespace, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    out.close()
-    return proc
-
-
-def alive(proc: subprocess.Popen[Any], log: Path) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"{log.name} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-    return True
+    return procs.start_logged([*ICEGATE, *argv], log, ns=namespace)
 
 
 @pytest.fixture(params=["userspace", "xdp"])
