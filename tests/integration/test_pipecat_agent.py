@@ -75,7 +75,12 @@ def test_a_call_answered_by_a_pipecat_pipeline(ns_prefix: str, procs: Processes,
 
         def ready() -> bool:
             with netns.entered(settings.namespace):
-                return alive(tx, tx_log) and alive(agent, agent_log) and http_get(f"{url}/readyz")[0] == 200
+                # The agent serves (importing Pipecat takes seconds on a busy machine): a call
+                # before that would find no agent and hang up (agent_unreachable).
+                serving = (
+                    alive(agent, agent_log) and http_get(f"http://127.0.0.1:{AGENT_PORT}/metrics")[0] == 200
+                )
+                return serving and alive(tx, tx_log) and http_get(f"{url}/readyz")[0] == 200
 
         wait_for(ready, 30, what="the transceiver and the Pipecat agent")
 
