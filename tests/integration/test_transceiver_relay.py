@@ -106,6 +106,14 @@ def start(procs: Processes, namespace: str, argv: list[str], log: Path) -> subpr
     return procs.start_logged([*ICEGATE, *argv], log, ns=namespace)
 
 
+def agent_serving(tx: Transceiver, agent: subprocess.Popen[Any], log: Path) -> bool:
+    """The agent beside ``tx`` answers: a call before that finds no agent (agent_unreachable)."""
+    return (
+        alive(agent, log)
+        and http_get_in(tx.settings.namespace, f"http://127.0.0.1:{AGENT_PORT}/metrics")[0] == 200
+    )
+
+
 @pytest.fixture(params=["userspace", "xdp"])
 def world(
     request: pytest.FixtureRequest, ns_prefix: str, procs: Processes, tmp_path: Path
@@ -128,7 +136,7 @@ def world(
             agent_log = tmp_path / f"agent-{settings.name}.log"
             agent_argv = ["agent", "run", "--kind", kind, "--listen", f"127.0.0.1:{AGENT_PORT}"]
             agent_argv += ["--tone-hz", str(TONE_HZ)]
-            start(procs, settings.namespace, agent_argv, agent_log)
+            agent = start(procs, settings.namespace, agent_argv, agent_log)
             section = settings.config_section() | {
                 "agent_url": f"ws://127.0.0.1:{AGENT_PORT}/",
                 "connect_timeout_s": 4.0,
@@ -145,7 +153,11 @@ def world(
             )
             world.tx[settings.index] = tx = Transceiver(settings, proc)
             wait_for(
-                lambda t=tx, log=tx_log: alive(t.proc, log) and t.get("/readyz")[0] == 200, 20, what="readyz"
+                lambda t=tx, log=tx_log, a=agent, alog=agent_log: (
+                    alive(t.proc, log) and t.get("/readyz")[0] == 200 and agent_serving(t, a, alog)
+                ),
+                20,
+                what="readyz and the agent serving",
             )
         try:
             wait_for(
