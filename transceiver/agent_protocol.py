@@ -212,6 +212,20 @@ def hello_audio() -> dict[str, Any]:
     }
 
 
+def answer_formats(hello: Event, wanted: Negotiated, speaker: str) -> Negotiated:
+    """The agent side of the handshake: ``wanted``'s rates and frame duration where ``hello``
+    offers them, else 48 kHz / 20 ms; WireError if ``hello`` is not version :data:`VERSION`
+    (``speaker`` names who refuses, in the message)."""
+    if hello.get("version") != VERSION:
+        raise WireError(f"hello.version: this {speaker} speaks version {VERSION}, got {hello.get('version')}")
+    audio = hello.get("audio", {})
+    wanted_ms = wanted.input.frame_ms
+    ms = wanted_ms if wanted_ms in audio.get("frame_ms", FRAME_MS_CHOICES) else 20
+    rate_in = wanted.input.rate if wanted.input.rate in audio.get("input_rates", RATES) else 48000
+    rate_out = wanted.output.rate if wanted.output.rate in audio.get("output_rates", RATES) else 48000
+    return Negotiated(AudioFormat(rate_in, ms), AudioFormat(rate_out, ms))
+
+
 def negotiate(accept: Event) -> Negotiated:
     """Check an ``accept`` against what ``hello`` offers; raise :class:`WireError` naming the field."""
     if accept.type is not EventType.ACCEPT:

@@ -110,12 +110,12 @@ from transceiver.agent_protocol import (
     MAX_EVENT_BYTES,
     RATES,
     TO_AGENT,
-    VERSION,
     AudioFormat,
     Event,
     EventType,
     Negotiated,
     accept_event,
+    answer_formats,
     check_frame,
     decode_event,
     event,
@@ -165,13 +165,10 @@ def choose(hello: Event, params: IcegateParams) -> Negotiated:
     """What to accept: the bot's rates and frame duration where offered, else 48 kHz / 20 ms."""
     if hello.type is not EventType.HELLO:
         raise WireError(f"expected hello, got {hello.type.value}")
-    if hello.get("version") != VERSION:
-        raise WireError(f"hello.version: this agent speaks version {VERSION}, got {hello.get('version')}")
-    audio = hello.get("audio", {})
-    ms = params.frame_ms if params.frame_ms in audio.get("frame_ms", FRAME_MS_CHOICES) else 20
-    rate_in = params.input_rate if params.input_rate in audio.get("input_rates", RATES) else 48000
-    rate_out = params.output_rate if params.output_rate in audio.get("output_rates", RATES) else 48000
-    return Negotiated(AudioFormat(rate_in, ms), AudioFormat(rate_out, ms))
+    wanted = Negotiated(
+        AudioFormat(params.input_rate, params.frame_ms), AudioFormat(params.output_rate, params.frame_ms)
+    )
+    return answer_formats(hello, wanted, "agent")
 
 
 class IcegateTransport(BaseTransport):

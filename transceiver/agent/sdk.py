@@ -36,15 +36,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from icegate.errors import WireError
 from icegate.observe import http_responses, register_process
 from transceiver.agent_protocol import (
-    FRAME_MS_CHOICES,
-    RATES,
     TO_AGENT,
-    VERSION,
     AudioFormat,
     Event,
     EventType,
     Negotiated,
     accept_event,
+    answer_formats,
     check_frame,
     decode_event,
     event,
@@ -278,19 +276,10 @@ class Agent:
 
 def choose(hello: Event, agent: type[Agent]) -> tuple[Negotiated, Negotiated]:
     """(what to accept, what the agent wants): its own choices where offered, else 48 kHz/20 ms."""
-    if hello.get("version") != VERSION:
-        raise WireError(f"hello.version: this SDK speaks version {VERSION}, got {hello.get('version')}")
-    audio = hello.get("audio", {})
-    offered_in = audio.get("input_rates", list(RATES))
-    offered_out = audio.get("output_rates", list(RATES))
-    offered_ms = audio.get("frame_ms", list(FRAME_MS_CHOICES))
-    ms = agent.frame_ms if agent.frame_ms in offered_ms else 20
     wanted = Negotiated(
         AudioFormat(agent.input_rate, agent.frame_ms), AudioFormat(agent.output_rate, agent.frame_ms)
     )
-    rate_in = agent.input_rate if agent.input_rate in offered_in else 48000
-    rate_out = agent.output_rate if agent.output_rate in offered_out else 48000
-    return Negotiated(AudioFormat(rate_in, ms), AudioFormat(rate_out, ms)), wanted
+    return answer_formats(hello, wanted, "SDK"), wanted
 
 
 async def run_session(ws: web.WebSocketResponse, factory: Callable[[], Agent]) -> None:
