@@ -16,21 +16,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis as redis_sync
+
 from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfig
 from controlplane.datapath.layout import BackendState
 from controlplane.datapath.store import Backend, Flow, IfaceRoles, MapStore, RateConfig, TunnelEndpoint, Vip
 from icegate import netns
 from icegate.inet import addr16, from_addr16
+from icegate.schema import Keys, RouteKeySet
 
 if TYPE_CHECKING:
     import aiohttp
 
     from controlplane.kernel.maps import KernelStore
+    from labkit.lab import Lab
     from transceiver.config import TransceiverConfig
     from transceiver.service import Transceiver
 from labkit.lab.kernel import redis_server_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def put_route_key(lab: Lab, key: bytes) -> None:
+    """``key`` as route key 0, the current one, in the lab's Redis (from its dc namespace)."""
+    with netns.entered(lab.namespace("dc")):
+        r = redis_sync.Redis.from_url(lab.redis_url)
+        r.hset(Keys(lab.config.region).route_keys, mapping=RouteKeySet({0: key}, 0).encode())  # type: ignore[arg-type]
+        r.close()
 
 
 def unique_region(prefix: str) -> str:

@@ -39,11 +39,11 @@ import yaml
 from controlplane.config import FlowCacheConfig
 from icegate import netns
 from icegate.errors import LinkError
-from icegate.schema import Keys, RouteKeySet
+from icegate.schema import Keys
 from labkit.clients import run_in_namespace
 from labkit.lab import Lab, LabConfig
 from labkit.lab.config import PublicConfig
-from labkit.support import Processes, alive, wait_for
+from labkit.support import Processes, alive, put_route_key, wait_for
 from tests.integration.test_transceiver_relay import (
     AGENT_PORT,
     KEY,
@@ -106,11 +106,7 @@ def stack(
     lab = Lab(LabConfig(name=ns_prefix.rstrip("-"), public=PublicConfig(vips=VIPS)))
     lab.up()
     try:
-        keys = Keys(lab.config.region)
-        with netns.entered(lab.namespace("dc")):
-            r = redis_sync.Redis.from_url(lab.redis_url)
-            r.hset(keys.route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
-            r.close()
+        put_route_key(lab, KEY)
         expiry = {"idle_s": EXPIRY_S, "pending_s": 2.0, "interval_s": 0.5}
         overrides = {"mode": request.param, "sync_interval_s": 0.2, "expiry": expiry}
         relay_cfg = lab.write_relay_config(overrides)

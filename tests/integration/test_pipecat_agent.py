@@ -19,15 +19,13 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-import redis as redis_sync
 import yaml
 
 from icegate import netns
-from icegate.schema import Keys, RouteKeySet
 from labkit.clients import run_in_namespace
 from labkit.lab import Lab, LabConfig
 from labkit.lab.config import PublicConfig
-from labkit.support import Processes, alive, http_get, metric_sample, wait_for
+from labkit.support import Processes, alive, http_get, metric_sample, put_route_key, wait_for
 from transceiver.client import VoiceClient, dominant_frequency, silence, tone
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -46,11 +44,7 @@ def test_a_call_answered_by_a_pipecat_pipeline(ns_prefix: str, procs: Processes,
     lab = Lab(LabConfig(name=ns_prefix.rstrip("-"), public=PublicConfig(vips=VIPS)))
     lab.up()
     try:
-        keys = Keys(lab.config.region)
-        with netns.entered(lab.namespace("dc")):
-            r = redis_sync.Redis.from_url(lab.redis_url)
-            r.hset(keys.route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
-            r.close()
+        put_route_key(lab, KEY)
         relay_cfg = lab.write_relay_config({"mode": "userspace", "sync_interval_s": 0.2})
         relay_log = tmp_path / "relay.log"
         relay = start(procs, lab.namespace("relay"), [*ICEGATE, "relay", "run", "--config", str(relay_cfg)],

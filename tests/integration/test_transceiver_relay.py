@@ -31,11 +31,11 @@ from aioice import stun as aioice_stun
 from prometheus_client.parser import text_string_to_metric_families
 
 from icegate import geneve, inet, netns
-from icegate.schema import Keys, RouteKeySet
+from icegate.schema import Keys
 from labkit.clients import run_in_namespace
 from labkit.lab import Lab, LabConfig, TransceiverSettings
 from labkit.lab.config import PublicConfig
-from labkit.support import Processes, alive, http_get, metric_sample, wait_for
+from labkit.support import Processes, alive, http_get, metric_sample, put_route_key, wait_for
 from transceiver.client import VoiceClient, dominant_frequency, silence, tone
 
 ICEGATE = [sys.executable, "-c", "from icegate.cli import main; main()"]
@@ -121,11 +121,7 @@ def world(
     lab = Lab(LabConfig(name=ns_prefix.rstrip("-"), public=PublicConfig(vips=VIPS)))
     lab.up()
     try:
-        keys = Keys(lab.config.region)
-        with netns.entered(lab.namespace("dc")):
-            r = redis_sync.Redis.from_url(lab.redis_url)
-            r.hset(keys.route_keys, mapping=RouteKeySet({0: KEY}, 0).encode())
-            r.close()
+        put_route_key(lab, KEY)
         relay_cfg = lab.write_relay_config({"mode": request.param, "sync_interval_s": 0.2})
         relay_log = tmp_path / "relay.log"
         relay = start(
