@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import report
 from labkit.demo import Options, Progress
-from labkit.fleet import FleetRun, calls_of, gap_after, summarize
+from labkit.fleet import FleetRun, calls_of, gap_after, repeated_turns, summarize
 from labkit.lab import fleet as routing
 
 NAME = "fleet_node_loss"
@@ -101,6 +101,7 @@ def one(ecmp: str, calls: int, call_s: float, lab_name: str, say: Progress) -> d
         "rtp_lost_up_moved": lost_up,
         "rtp_lost_down_other_calls": lost_elsewhere,
         "quiet_gap": summarize(quiet),
+        "turns_said_again": sum(repeated_turns(r) for r in results.values()),
     }
 
 

@@ -36,6 +36,10 @@ from labkit.lab import Lab, LabConfig
 from labkit.lab import fleet as routing
 
 RELAY_OVERRIDES = {"mode": "xdp", "sync_interval_s": 0.5}
+# A caller says a turn once more when the agent did not hear it: an utterance spoken wholly
+# inside a node event's media gap is lost, as it would be on a real network. A call whose
+# repeat is lost too fails (a path that stays broken fails every repeat).
+REPEAT_UNHEARD = 1
 
 
 class FleetRun(Demo):
@@ -144,7 +148,8 @@ class FleetRun(Demo):
         for p in self.plans:
             out = results_dir / f"client-{p.index}.json"
             argv = [sys.executable, "-m", "transceiver.client", p.url, "--hz", str(p.tone_hz),
-                    "--duration", str(self.options.duration_s), "--out", str(out)]  # fmt: skip
+                    "--duration", str(self.options.duration_s), "--out", str(out),
+                    "--repeat-unheard", str(REPEAT_UNHEARD)]  # fmt: skip
             self.lab.start_process(f"client-{p.index}", p.client, argv)
             self.outputs[p.index] = out
 
@@ -237,6 +242,11 @@ def heard_after(result: dict[str, Any], at: float) -> bool:
     return until is not None and float(until) > at
 
 
+def repeated_turns(result: dict[str, Any]) -> int:
+    """How many of the call's turns were said again because the agent did not hear them."""
+    return sum(int(turn.get("repeated", 0)) for turn in result.get("turns", []))
+
+
 def summarize(gaps_ms: list[float]) -> dict[str, float]:
     if not gaps_ms:
         return {"max_ms": 0.0, "median_ms": 0.0, "calls": 0}
@@ -247,4 +257,4 @@ def summarize(gaps_ms: list[float]) -> dict[str, float]:
     }
 
 
-__all__ = ["FleetRun", "LinkError", "calls_of", "gap_after", "heard_after", "summarize"]
+__all__ = ["FleetRun", "LinkError", "calls_of", "gap_after", "heard_after", "repeated_turns", "summarize"]

@@ -40,6 +40,7 @@ RATE = 48000
 FRAME = 960  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
 SPEECH_MS = 600  # one utterance of a scripted turn
+UNHEARD_S = 2.0  # --repeat-unheard: no speech_started this long after an utterance: say it again
 JITTER_TAIL_S = 0.3  # after response_done: the answer's last frames still on their way to the speaker
 MIC_START_S = 5.0  # a played script's first frame must reach the sender within this (it is due in 20 ms)
 LATE_S = 0.02  # a frame handed to the sender this much after it was due counts as late
@@ -377,13 +378,27 @@ async def speaking(mic: Microphone, timeout: float = MIC_START_S) -> float:
     return mic.script_started
 
 
-async def take_turn(client: VoiceClient, number: int, hz: float, timeout: float) -> dict[str, Any]:
+async def take_turn(
+    client: VoiceClient, number: int, hz: float, timeout: float, repeats: int = 0
+) -> dict[str, Any]:
     """Say ``SPEECH_MS`` of ``hz`` and wait for answer ``number``.
 
-    Round trip: end of speech -> first loud frame of the answer at the client.
+    Round trip: end of speech -> first loud frame of the answer at the client. With
+    ``repeats``, a turn the agent did not hear (no ``speech_started`` within
+    ``UNHEARD_S`` of the utterance's start: it was lost on the way, e.g. in a relay
+    failover's media gap) is said again, up to that many times, as a person would; the
+    turn records how often (``repeated``).
     """
-    client.mic.play(np.concatenate([tone(hz, SPEECH_MS), silence(100)]))
-    started = await speaking(client.mic)
+    for repeated in range(repeats + 1):
+        client.mic.play(np.concatenate([tone(hz, SPEECH_MS), silence(100)]))
+        started = await speaking(client.mic)
+        if repeated == repeats:
+            break
+        try:
+            await client.wait_event("speech_started", count=number, timeout=SPEECH_MS / 1000 + UNHEARD_S)
+            break
+        except AssertionError:
+            continue
     end_of_speech = started + SPEECH_MS / 1000
     done = await client.wait_event("response_done", count=number, timeout=timeout)
     first = client.heard.first_loud_after(end_of_speech)
@@ -392,6 +407,7 @@ async def take_turn(client: VoiceClient, number: int, hz: float, timeout: float)
         "rtt_ms": None if first is None else round((first - end_of_speech) * 1000, 1),
         "heard_hz": round(dominant_frequency(answer), 1),
         "answer_ms": round(answer.size * 1000 / RATE),
+        "repeated": repeated,
     }
 
 
@@ -457,10 +473,12 @@ async def converse(
     spoken: SpokenTurns | None = None,
     client: VoiceClient | None = None,
     http: aiohttp.ClientSession | None = None,
+    repeat_unheard: int = 0,
 ) -> dict[str, Any]:
     """A whole session: connect, turns (new ones start until ``duration_s`` has passed), stats, hang up.
 
-    Turns are tones of ``hz``, or phrases with ``spoken``. ``client`` (made for ``url``
+    Turns are tones of ``hz`` (each said up to ``repeat_unheard`` more times when the agent
+    did not hear it: :func:`take_turn`), or phrases with ``spoken``. ``client`` (made for ``url``
     when not given) and ``http`` (a session of its own when not given) let a load client
     run many of these on one event loop. Never raises for a failed session: the result
     carries ``error`` instead.
@@ -483,7 +501,7 @@ async def converse(
                     if spoken is not None:
                         turn = await spoken.take(client, number, timeout)
                     else:
-                        turn = await take_turn(client, number, hz, timeout)
+                        turn = await take_turn(client, number, hz, timeout, repeat_unheard)
                     result["turns"].append(turn)
                 result["rtp"] = await client.rtp_stats()
         except Exception as exc:  # reported in the result: the caller judges every session
@@ -518,12 +536,27 @@ async def converse(
 @click.option("--token", help="Bearer token for the signaling endpoint.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result here.")
 @click.option("--speech", "script", help="Speak these phrases (separated by '|') instead of tones.")
+@click.option(
+    "--repeat-unheard",
+    type=click.IntRange(0, 5),
+    default=0,
+    show_default=True,
+    help=f"Say a tone turn again, up to N times, when the agent did not hear it within {UNHEARD_S:g} s.",
+)
 def main(
-    url: str, hz: float, duration: float, token: str | None, out: Path | None, script: str | None
+    url: str,
+    hz: float,
+    duration: float,
+    token: str | None,
+    out: Path | None,
+    script: str | None,
+    repeat_unheard: int,
 ) -> None:
     """One voice session against the transceiver at URL; prints (or writes) the result as JSON."""
     spoken = SpokenTurns(script.split("|")) if script else None
-    result = asyncio.run(converse(url, hz, duration, token=token, spoken=spoken))
+    result = asyncio.run(
+        converse(url, hz, duration, token=token, spoken=spoken, repeat_unheard=repeat_unheard)
+    )
     text = json.dumps(result, indent=1)
     if out is None:
         click.echo(text)

@@ -4,7 +4,9 @@ a node added and a node drained in the middle of the calls. No call breaks.
 Real parts only: the lab's router with an L4-hash ECMP route to the VIP, one ``icegate relay
 run`` (XDP) per node sharing the lab's Redis, the demo's transceivers and echo agents, and
 one unmodified aiortc client process per call. Each client records every pause in the audio
-it heard (wall-clock start, length); the test reads the pause each event caused.
+it heard (wall-clock start, length); the test reads the pause each event caused. A turn the
+agent did not hear (spoken inside an event's media gap) is said once more, as a caller
+would; the test reports how many were, and fails a call that lost more than one per event.
 
 Default: 6 calls, hash-threshold ECMP (the harder case: a lost node re-cuts every range, so
 calls on surviving nodes move too). ``ICEGATE_LONG=1``: 12 calls, both threshold and
@@ -20,7 +22,7 @@ import time
 import pytest
 
 from labkit.demo import Options, Progress
-from labkit.fleet import FleetRun, gap_after, heard_after, summarize
+from labkit.fleet import FleetRun, gap_after, heard_after, repeated_turns, summarize
 from labkit.lab import fleet as routing
 
 LONG = os.environ.get("ICEGATE_LONG") == "1"
@@ -92,10 +94,15 @@ def test_kill_add_drain_nodes_under_calls(lab_name: str, ecmp: str) -> None:
 
     problems = []
     kill_gaps, add_gaps, drain_gaps, quiet_gaps = [], [], [], []
+    repeats = {index: repeated_turns(result) for index, result in sorted(results.items())}
     for index, result in sorted(results.items()):
         if result.get("error") or result.get("connection_state") != "connected":
             problems.append(f"call {index}: {result.get('error')} ({result.get('connection_state')})")
             continue
+        # Each node event may cost a call one utterance (said again); more means the media
+        # path stayed broken longer than the events explain.
+        if repeats[index] > 3:
+            problems.append(f"call {index}: {repeats[index]} turns unheard and said again")
         if not heard_after(result, drained_at + 2.0):
             problems.append(
                 f"call {index}: no audio after the drain (heard until {result.get('heard_until')})"
@@ -110,5 +117,5 @@ def test_kill_add_drain_nodes_under_calls(lab_name: str, ecmp: str) -> None:
         f"frames per call after the kill {kill_gaps} ms {summarize(kill_gaps)}; after the add "
         f"{summarize(add_gaps)}; after the drain "
         f"{summarize(drain_gaps)}; in the quiet 2 s before the kill {summarize(quiet_gaps)}; "
-        f"flows recovered from Redis {recovered}"
+        f"flows recovered from Redis {recovered}; turns said again (unheard) per call {repeats}"
     )

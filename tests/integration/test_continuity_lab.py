@@ -16,6 +16,11 @@ gets nftables rules mid-call:
 2. **vanishing**: every packet from and to the client is dropped. The session must end
    with outcome ``consent_expired`` after the consent window, the agent must be told,
    and the relay's flow must expire.
+
+And an utterance lost whole in a media gap (the router drops the client's packets while it
+is spoken): the agent never hears it, and a caller that says it again
+(``transceiver.client.take_turn(repeats=1)``, as the fleet test's callers do) gets its
+answer on the same session.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from tests.integration.test_transceiver_relay import (
     metric,
     start,
 )
-from transceiver.client import VoiceClient, dominant_frequency, silence, tone
+from transceiver.client import VoiceClient, dominant_frequency, silence, take_turn, tone
 
 CONSENT_S = 5.0  # the transceiver's consent window (30 s in production)
 EXPIRY_S = 4.0  # the relay's idle timeout for confirmed flows (30 s in production)
@@ -259,6 +264,53 @@ def test_nat_rebinding_mid_call_then_the_client_vanishes(stack: World, tmp_path:
     assert ttls and all(0 < ttl <= removal_ttl_s for ttl in ttls.values()), ttls
     backends = stack.relay_cli("backends", "ls")
     assert [b["flows"] for b in backends if b["index"] == 1] == [0], backends
+
+
+def test_an_utterance_lost_in_a_media_gap_is_said_again(stack: World, tmp_path: Path) -> None:
+    tx = stack.tx[1]
+    c1 = next(c for c in stack.lab.clients() if c.name == "c1")
+    router = stack.lab.namespace("inet")
+    gap = f"""
+table ip {TABLE} {{
+    chain pre {{
+        type filter hook prerouting priority raw; policy accept;
+        ip saddr {c1.address} udp dport 3478 counter drop
+    }}
+}}
+"""
+
+    def lift_after(seconds: float) -> int:
+        """Close the gap after ``seconds``; the number of the client's packets it dropped."""
+        time.sleep(seconds)
+        out = netns.run(router, ["nft", "list", "chain", "ip", TABLE, "pre"])
+        netns.run(router, ["nft", "delete", "table", "ip", TABLE])
+        return int(out.split("counter packets ", 1)[1].split()[0])
+
+    async def call() -> tuple[VoiceClient, dict[str, Any], int]:
+        client = VoiceClient(tx.url)
+        async with aiohttp.ClientSession() as http:
+            await client.connect(http)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(nft, router, gap, tmp_path)
+            # The whole first utterance (600 ms + 100 ms of silence) falls into the gap.
+            lifted = asyncio.ensure_future(asyncio.to_thread(lift_after, 1.2))
+            turn = await take_turn(client, 1, 440.0, timeout=10, repeats=1)
+            lost = await lifted
+            await client.hangup(http)
+        return client, turn, lost
+
+    client, turn, lost = run_in_namespace(stack.client_ns("c1"), call)
+    assert lost >= 30, f"the gap dropped only {lost} packets: the utterance was not lost"
+    assert turn["repeated"] == 1, turn
+    assert client.event_types() == [
+        "speech_started",
+        "speech_stopped",
+        "end_of_turn",
+        "response_started",
+        "response_done",
+    ]
+    assert abs(turn["heard_hz"] - 440.0) < 5.0, turn
+    assert turn["rtt_ms"] is not None and turn["rtt_ms"] < 2000, turn
 
 
 def test_nft_is_available() -> None:
