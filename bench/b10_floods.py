@@ -14,7 +14,6 @@ and whether any confirmed flow was evicted (target: none).
 from __future__ import annotations
 
 import argparse
-import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ from typing import Any
 from bench import report
 from bench.lab import netlab as nl
 from controlplane.datapath.layout import Stat
-from icegate import stun
-from labkit.packets import T_FORGED, attr
+from labkit.packets import T_FORGED
 
 NAME = "b10_floods"
 CALL_PPS = 10_000
@@ -32,23 +30,11 @@ SIZE = 172
 FLOOD_BASE_PORT = 40000
 
 
-def forged_check_prefix(size: int) -> str:
-    """A Binding request with a forged token in USERNAME, then a SOFTWARE attribute whose
-    value is where the generator writes its sequence number, time and filler, so the
-    STUN lengths hold for a UDP payload of ``size`` bytes (a multiple of 4)."""
-    user = attr(stun.ATTR_USERNAME, f"{T_FORGED}:cLnT".encode())
-    head_len = 20 + len(user) + 4
-    value_len = size - head_len
-    software = struct.pack("!HH", 0x8022, value_len)
-    header = struct.pack("!HHI", stun.BINDING_REQUEST, size - 20, 0x2112A442) + bytes(range(12))
-    return (header + user + software).hex()
-
-
 def run(seconds: float, floods: tuple[int, ...]) -> list[dict[str, Any]]:
     rows = []
     with nl.bench_lab("pb10") as lab, nl.xdp_relay(lab) as target:
         store = target.store
-        for kind, prefix in (("junk", "63"), ("forged token", forged_check_prefix(SIZE))):
+        for kind, prefix in (("junk", "63"), ("forged token", nl.check_prefix(T_FORGED, SIZE))):
             for flood_pps in floods:
                 before = store.counters()
                 flows_before = sum(1 for _ in store.flows())

@@ -70,7 +70,7 @@ def profile(data: dict[str, Any], out: Path) -> Path:
 
     for n, name in enumerate(dict.fromkeys(program(r) for r in rows)):
         style = ("-", ":", "--")[n % 3]
-        for path_name in ("flow hit", "return", "drop"):
+        for path_name in ("flow hit", "return", "first STUN", "drop"):
             by_rate: dict[int, list[float]] = {}
             for r in rows:
                 if r["path"] == path_name and program(r) == name and r["ns_per_pkt"]:

@@ -8,8 +8,12 @@ veths; the C generator sends each path's packets at a fixed rate, and the kernel
 accounting of the attached program (``kernel.bpf_stats_enabled``: run_time_ns and
 run_cnt, read before and after) gives the ns per packet *in place*, caches as the
 traffic leaves them. Paths: a flow hit (DTLS from the client to the VIP: Geneve out), a
-return (Geneve from the transceiver: decapsulated to the client), a drop (junk at the
-VIP: DROP_NOT_WEBRTC). Low rates show the cold-cache cost that BPF_PROG_TEST_RUN hides.
+return (Geneve from the transceiver: decapsulated to the client), a first STUN (a Binding
+request with a valid route token from one of 1,024 client ports: token check, rate
+buckets, a new pending flow, Geneve out; the bench sets a 1 ns pending timeout, so a
+port's earlier pending entry, where the LRU map still holds one, has expired and every
+check is a new flow, which the relay's FWD_NEW_FLOW counter confirms), a drop (junk at
+the VIP: DROP_NOT_WEBRTC). Low rates show the cold-cache cost that BPF_PROG_TEST_RUN hides.
 Each path and rate is measured for each program in alternating rounds: the working
 tree's, ``bpf/`` at git revision ``--before REV``, and the working tree's with the
 next-hop cache (bpf/nexthop.h) compiled out (``-DNEXTHOP_CACHE=0``: bpf_fib_lookup for
@@ -31,8 +35,10 @@ from typing import Any
 from bench import report
 from bench.lab import netlab as nl
 from bench.xdp_micro import source_at
+from controlplane.datapath.layout import Stat
+from controlplane.datapath.store import RateConfig
 from controlplane.kernel.loader import Loader
-from icegate import geneve, inet
+from icegate import geneve, inet, token
 
 NAME = "profile_xdp"
 RATES = (100, 1_000, 10_000, 30_000, 100_000)
@@ -41,6 +47,9 @@ SIZE = 172
 # The transceiver's registered Geneve port: §3 r7 drops a return from any other port
 # (DROP_RETURN_WRONG_BACKEND), and with 7000 here every "return" was that drop.
 RETURN_SOURCE_PORT = nl.SINK_PORT
+PATHS = ("flow hit", "return", "first STUN", "drop")
+STUN_BASE_PORT = 41000  # clear of the installed flows' ports (nl.BASE_PORT + 0..63)
+STUN_PORTS = 1024  # the generator's most
 
 
 def return_prefix(size: int) -> str:
@@ -88,12 +97,24 @@ def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float
         at = (lab.gen_ns, nl.GEN_IP, nl.BASE_PORT)
         source = (lab.sink_ns, nl.SINK_IP, RETURN_SOURCE_PORT)
         dst, dport, prefix, nports = nl.TUNNEL_IP, nl.SINK_PORT, return_prefix(SIZE), 1
+    elif path == "first STUN":
+        source = (lab.gen_ns, nl.GEN_IP, STUN_BASE_PORT)
+        prefix, nports = nl.check_prefix(token.mint(0, nl.KEY, 1, 1), SIZE), STUN_PORTS
     elif path == "drop":
         prefix = "63"  # first byte 99: no RFC 7983 class, DROP_NOT_WEBRTC
-    with lab.sink(seconds + 5, -1, at) as received:
-        t0, n0 = nl.bpf_stats(target.prog_id)
-        sent = lab.gen(dst, dport, pps, seconds, SIZE, prefix, nports, source)
-        t1, n1 = nl.bpf_stats(target.prog_id)
+    store = target.store
+    tunnel, rates = store.tunnel(), store.rate_config()
+    if path == "first STUN":
+        store.set_config(tunnel, RateConfig(pending_timeout_ns=1))
+    try:
+        with lab.sink(seconds + 5, -1, at) as received:
+            before = store.counters()[Stat.FWD_NEW_FLOW][0]
+            t0, n0 = nl.bpf_stats(target.prog_id)
+            sent = lab.gen(dst, dport, pps, seconds, SIZE, prefix, nports, source)
+            t1, n1 = nl.bpf_stats(target.prog_id)
+            new_flows = store.counters()[Stat.FWD_NEW_FLOW][0] - before
+    finally:
+        store.set_config(tunnel, rates)
     runs = n1 - n0
     return {
         "path": path,
@@ -101,8 +122,14 @@ def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float
         "sent": sent.sent,
         "gen_kept_up": sent.errors == 0 and sent.pps >= 0.98 * pps,
         "delivered": received.get("received", 0),
+        "new_flows": new_flows,
         # the forwarding paths are what they say only when the sink got what was sent
-        "path_checked": path == "drop" or received.get("received", 0) >= 0.98 * sent.sent,
+        # (and, for the first STUN, when each was a new flow)
+        "path_checked": path == "drop"
+        or (
+            received.get("received", 0) >= 0.98 * sent.sent
+            and (path != "first STUN" or new_flows >= 0.98 * sent.sent)
+        ),
         "runs": runs,
         "ns_per_pkt": round((t1 - t0) / runs, 1) if runs else None,
         "loadavg": nl.loadavg(),
@@ -114,7 +141,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     programs = list(dict.fromkeys(r["program"] for r in rows))
     out = []
     for program in programs:
-        for path in ("flow hit", "return", "drop"):
+        for path in PATHS:
             cells = []
             for rate in rates:
                 same = [
@@ -156,7 +183,7 @@ def main() -> None:
                 for program in programs:
                     with attached(lab, program) as target:
                         for rate in rates:
-                            for path in ("flow hit", "return", "drop"):
+                            for path in PATHS:
                                 row = one(lab, target, path, rate, seconds)
                                 row.update(
                                     program=program.label, nexthop_cache=program.nexthop_cache, round=rnd

@@ -32,9 +32,14 @@ ALL = (
     "b7_flow_table",
     "b10_floods",
     "b5_voice",
+    "sessions",
     "plots",
 )
-QUICK_ARGS = {"xdp_micro": ["--runs", "2000"], "plots": []}
+QUICK_ARGS = {
+    "xdp_micro": ["--runs", "2000"],
+    "sessions": ["--mode", "xdp", "--sessions", "4", "--seconds", "2", "--rounds", "1"],
+    "plots": [],
+}
 
 
 def benchmarks(root: Path = CHECKOUT) -> dict[str, str]:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,9 @@ from controlplane.config import RelayConfig, RelayLimits, TunnelConfig, VipConfi
 from controlplane.datapath.layout import BackendState
 from controlplane.datapath.store import Backend, Flow, RateConfig, TunnelEndpoint, Vip
 from controlplane.kernel.loader import Loader
-from icegate import inet, netns
+from icegate import inet, netns, stun
 from labkit.lab.kernel import set_offloads
+from labkit.packets import attr
 
 C_SOURCE = Path(__file__).parents[1] / "c" / "udpbench.c"
 KEY = bytes(range(16))
@@ -46,6 +48,18 @@ MACS = {
 GEN_CPU, RELAY_CPU = 0, 1
 GENEVE_INNER = 8 + 20 + 8  # Geneve header, inner IPv4, inner UDP: where the client's payload starts
 DTLS_PREFIX = "17fefd"  # a DTLS application-data record (RFC 7983: first byte 20-63)
+
+
+def check_prefix(ufrag: str, size: int) -> str:
+    """The generator's prefix (hex) for STUN Binding requests with ``ufrag`` (a route token,
+    valid or forged) in USERNAME, then a SOFTWARE attribute whose value is where the
+    generator writes its sequence number, send time and filler, so that the STUN lengths
+    hold for a UDP payload of ``size`` bytes (a multiple of 4)."""
+    user = attr(stun.ATTR_USERNAME, f"{ufrag}:cLnT".encode())
+    head_len = 20 + len(user) + 4
+    software = struct.pack("!HH", 0x8022, size - head_len)
+    header = struct.pack("!HHI", stun.BINDING_REQUEST, size - 20, stun.COOKIE) + bytes(range(12))
+    return (header + user + software).hex()
 
 
 def build_udpbench(out_dir: Path) -> Path:

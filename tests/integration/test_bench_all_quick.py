@@ -36,6 +36,9 @@ def test_bench_all_quick(tmp_path: Path) -> None:
         "b2_latency",
         "b3_first_packets",
         "b7_flow_table",
+        "b10_floods",
+        "b5_voice",
+        "sessions",
     }
     for name, data in results.items():
         assert data["benchmark"] == name and data["environment"]["kernel"], name
@@ -46,6 +49,11 @@ def test_bench_all_quick(tmp_path: Path) -> None:
     for row in b1["rows"]:
         assert row["sent"] > 0 and "gen_kept_up" in row and row["loss"] is not None, row
     assert all(r["xdp_runs"] > 0 for r in b1["rows"] if r["peer"] == "xdp")  # bpf_stats counted
+    profile = results["profile_xdp"]  # every path timed what it names (first STUN: new flows)
+    assert {r["path"] for r in profile["rows"]} == {"flow hit", "return", "first STUN", "drop"}
+    assert all(r["path_checked"] and r["runs"] > 0 for r in profile["rows"]), profile["rows"]
+    [mode] = results["sessions"]["modes"]  # B6: real sessions through the XDP relay, measured
+    assert mode["mode"] == "xdp" and mode["load"]["icegate"]["sessions_with_audio_back"] == 4, mode
     b3 = results["b3_first_packets"]
     assert {r["peer"] for r in b3["rows"]} == {"xdp", "twin (uvloop)"}
     assert all("misrouted" in r and "lost" in r for r in b3["rows"])
