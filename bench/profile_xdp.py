@@ -1,6 +1,6 @@
 """The XDP program's cost in place, per path, from 100 pps to 100 kpps (bpf_stats).
 
-    .venv/bin/python -m bench.profile_xdp [--quick] [--seconds 3] [--before REV] [--uncached]
+    .venv/bin/python -m bench.profile_xdp [--quick] [--seconds 3] [--before REV] [--uncached] [--busy]
                                           [--prefix P] [--out bench/results]
 
 The bench lab (bench/lab/netlab.py) with the XDP relay attached in native mode to real
@@ -17,8 +17,11 @@ the VIP: DROP_NOT_WEBRTC). Low rates show the cold-cache cost that BPF_PROG_TEST
 Each path and rate is measured for each program in alternating rounds: the working
 tree's, ``bpf/`` at git revision ``--before REV``, and the working tree's with the
 next-hop cache (bpf/nexthop.h) compiled out (``-DNEXTHOP_CACHE=0``: bpf_fib_lookup for
-every packet; ``--uncached``, the default without ``--before``). The table gives the
-median over rounds.
+every packet; ``--uncached``, the default without ``--before``). With ``--busy`` the
+working tree's program is measured once more with the generator's CPU (where veth runs the
+program) kept busy by a spinner at nice 19: the vCPU then never halts between packets,
+which separates the cost of waking from idle (caches and TLB another guest or the host
+used meanwhile) from the program's own. The table gives the median over rounds.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Program:
     label: str
     source: Path | None = None  # None: the working tree's
     nexthop_cache: bool = True
+    busy: bool = False  # the generator's CPU kept busy (--busy)
 
 
 @contextlib.contextmanager
@@ -88,33 +92,59 @@ def attached(lab: nl.BenchLab, program: Program) -> Iterator[nl.Target]:
         nl.Loader = real  # type: ignore[misc]
 
 
-def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float) -> dict[str, Any]:
-    assert target.prog_id is not None
-    at: tuple[str, str, int] | None = None
+@dataclass(frozen=True)
+class Traffic:
+    """What the generator sends for one path: to ``dst:dport``, payloads starting with
+    ``prefix``, from ``nports`` ports (``source``: namespace, address, first port; None:
+    the generator's own); ``at``: where the sink listens (None: the transceiver's tunnel)."""
+
+    dst: str
+    dport: int
+    prefix: str
+    nports: int
     source: tuple[str, str, int] | None = None
-    dst, dport, prefix, nports = nl.VIP, nl.VIP_PORT, nl.DTLS_PREFIX, 64
+    at: tuple[str, str, int] | None = None
+
+
+def traffic(lab: nl.BenchLab, path: str) -> Traffic:
+    if path == "flow hit":
+        return Traffic(nl.VIP, nl.VIP_PORT, nl.DTLS_PREFIX, 64)
     if path == "return":
-        at = (lab.gen_ns, nl.GEN_IP, nl.BASE_PORT)
         source = (lab.sink_ns, nl.SINK_IP, RETURN_SOURCE_PORT)
-        dst, dport, prefix, nports = nl.TUNNEL_IP, nl.SINK_PORT, return_prefix(SIZE), 1
-    elif path == "first STUN":
-        source = (lab.gen_ns, nl.GEN_IP, STUN_BASE_PORT)
-        prefix, nports = nl.check_prefix(token.mint(0, nl.KEY, 1, 1), SIZE), STUN_PORTS
-    elif path == "drop":
-        prefix = "63"  # first byte 99: no RFC 7983 class, DROP_NOT_WEBRTC
+        at = (lab.gen_ns, nl.GEN_IP, nl.BASE_PORT)
+        return Traffic(nl.TUNNEL_IP, nl.SINK_PORT, return_prefix(SIZE), 1, source, at)
+    if path == "first STUN":
+        prefix = nl.check_prefix(token.mint(0, nl.KEY, 1, 1), SIZE)
+        return Traffic(nl.VIP, nl.VIP_PORT, prefix, STUN_PORTS, (lab.gen_ns, nl.GEN_IP, STUN_BASE_PORT))
+    if path == "drop":  # first byte 99: no RFC 7983 class, DROP_NOT_WEBRTC
+        return Traffic(nl.VIP, nl.VIP_PORT, "63", 64)
+    raise ValueError(f"no such path: {path!r} (one of {', '.join(PATHS)})")
+
+
+@contextlib.contextmanager
+def configured_for(target: nl.Target, path: str) -> Iterator[None]:
+    """The first STUN path needs every check to be a new flow: a 1 ns pending timeout
+    while it runs, so a port's earlier pending entry has always expired."""
     store = target.store
     tunnel, rates = store.tunnel(), store.rate_config()
     if path == "first STUN":
         store.set_config(tunnel, RateConfig(pending_timeout_ns=1))
     try:
-        with lab.sink(seconds + 5, -1, at) as received:
-            before = store.counters()[Stat.FWD_NEW_FLOW][0]
-            t0, n0 = nl.bpf_stats(target.prog_id)
-            sent = lab.gen(dst, dport, pps, seconds, SIZE, prefix, nports, source)
-            t1, n1 = nl.bpf_stats(target.prog_id)
-            new_flows = store.counters()[Stat.FWD_NEW_FLOW][0] - before
+        yield
     finally:
         store.set_config(tunnel, rates)
+
+
+def one(lab: nl.BenchLab, target: nl.Target, path: str, pps: int, seconds: float) -> dict[str, Any]:
+    assert target.prog_id is not None
+    t = traffic(lab, path)
+    store = target.store
+    with configured_for(target, path), lab.sink(seconds + 5, -1, t.at) as received:
+        before = store.counters()[Stat.FWD_NEW_FLOW][0]
+        t0, n0 = nl.bpf_stats(target.prog_id)
+        sent = lab.gen(t.dst, t.dport, pps, seconds, SIZE, t.prefix, t.nports, t.source)
+        t1, n1 = nl.bpf_stats(target.prog_id)
+        new_flows = store.counters()[Stat.FWD_NEW_FLOW][0] - before
     runs = n1 - n0
     return {
         "path": path,
@@ -164,6 +194,7 @@ def main() -> None:
     parser.add_argument("--rates", help="comma-separated packet rates (default 100,1000,10000,30000,100000)")
     parser.add_argument("--before", help="also measure bpf/ at this git revision")
     parser.add_argument("--uncached", action="store_true", help="also measure without the next-hop cache")
+    parser.add_argument("--busy", action="store_true", help="also measure with the generator's CPU kept busy")
     parser.add_argument("--prefix", default="ppx", help="lab namespace prefix (default ppx)")
     parser.add_argument("--out", type=Path, default=report.RESULTS, help="results folder")
     args = parser.parse_args()
@@ -178,10 +209,13 @@ def main() -> None:
             programs.append(Program(f"before ({args.before})", source_at(args.before, Path(tmp))))
         if args.uncached or not args.before:
             programs.append(Program("no next-hop cache", nexthop_cache=False))
+        if args.busy:
+            programs.append(Program("current, CPU kept busy", busy=True))
         with nl.bench_lab(args.prefix) as lab, nl.bpf_stats_enabled():
             for rnd in range(rounds):
                 for program in programs:
-                    with attached(lab, program) as target:
+                    busy = nl.cpu_kept_busy(nl.GEN_CPU) if program.busy else contextlib.nullcontext()
+                    with attached(lab, program) as target, busy:
                         for rate in rates:
                             for path in PATHS:
                                 row = one(lab, target, path, rate, seconds)

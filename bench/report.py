@@ -15,6 +15,16 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 
 
+def git(*args: str) -> str:
+    """``git ARGS`` in the checkout; "" when git or the repository is missing."""
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=False
+        ).stdout
+    except OSError:
+        return ""
+
+
 def environment() -> dict[str, Any]:
     """What a number depends on: kernel, CPU, cores, Python, commit, time."""
     model = ""
@@ -25,16 +35,11 @@ def environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    # Code that differs from the commit (results and plots aside) makes the figures its own.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!docs/img")
+    if commit and changed.strip():
+        commit += "+changes"
     return {
         "kernel": platform.release(),
         "cpu": model,

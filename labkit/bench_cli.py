@@ -26,6 +26,7 @@ HELPERS = {"__init__", "report", "plain_answerer", "b5_direct"}  # modules of be
 ALL = (
     "xdp_micro",
     "profile_xdp",
+    "perf_xdp",
     "b1_cpu",
     "b2_latency",
     "b3_first_packets",
@@ -35,6 +36,7 @@ ALL = (
     "sessions",
     "plots",
 )
+FULL_ARGS = {"profile_xdp": ["--busy"]}  # the full run's options beyond a benchmark's defaults
 QUICK_ARGS = {
     "xdp_micro": ["--runs", "2000"],
     "sessions": ["--mode", "xdp", "--sessions", "4", "--seconds", "2", "--rounds", "1"],
@@ -106,7 +108,7 @@ def run_all(found: dict[str, str], args: tuple[str, ...]) -> int:
             if out is not None:
                 argv += ["--results", out, "--out", str(Path(out) / "img")]
         else:
-            argv += QUICK_ARGS.get(module, ["--quick"]) if quick else []
+            argv += QUICK_ARGS.get(module, ["--quick"]) if quick else FULL_ARGS.get(module, [])
             argv += ["--out", out] if out is not None else []
         click.echo(f"== {module}: {' '.join(argv[1:])}", err=True)
         if subprocess.call(argv, cwd=CHECKOUT) != 0:

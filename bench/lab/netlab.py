@@ -401,6 +401,23 @@ def coturn_relay(lab: BenchLab, size: int) -> Iterator[Target]:
         stop(proc)
 
 
+@contextlib.contextmanager
+def cpu_kept_busy(cpu: int) -> Iterator[None]:
+    """A spinner at nice 19 pinned to ``cpu``: it takes only time nobody else wants, and
+    the CPU never goes idle."""
+
+    def pinned_low() -> None:
+        os.sched_setaffinity(0, {cpu})
+        os.nice(19)
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pinned_low)
+    try:
+        yield
+    finally:
+        spin.send_signal(signal.SIGKILL)
+        spin.wait()
+
+
 # ---- one measured run ----
 def bpf_stats(prog_id: int) -> tuple[int, int]:
     """(run_time_ns, run_cnt) of a program: the kernel's own accounting (bpf_stats_enabled)."""

@@ -32,6 +32,7 @@ def test_bench_all_quick(tmp_path: Path) -> None:
     assert set(results) >= {
         "xdp_micro",
         "profile_xdp",
+        "perf_xdp",
         "b1_cpu",
         "b2_latency",
         "b3_first_packets",
@@ -52,6 +53,12 @@ def test_bench_all_quick(tmp_path: Path) -> None:
     profile = results["profile_xdp"]  # every path timed what it names (first STUN: new flows)
     assert {r["path"] for r in profile["rows"]} == {"flow hit", "return", "first STUN", "drop"}
     assert all(r["path_checked"] and r["runs"] > 0 for r in profile["rows"]), profile["rows"]
+    # perf's samples are the program's, charged to functions, and their sum and the kernel's
+    # own accounting describe the same work: two measurements within a factor of four
+    [perf] = results["perf_xdp"]["rows"]
+    assert perf["runs"] > 0 and perf["samples_program"] >= 20, perf
+    assert "the program's own instructions" in perf["functions_ns_per_pkt"], perf
+    assert 0.25 < perf["ns_per_pkt_sampled"] / perf["ns_per_pkt_bpf_stats"] < 4, perf
     [mode] = results["sessions"]["modes"]  # B6: real sessions through the XDP relay, measured
     assert mode["mode"] == "xdp" and mode["load"]["icegate"]["sessions_with_audio_back"] == 4, mode
     b3 = results["b3_first_packets"]

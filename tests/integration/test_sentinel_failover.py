@@ -74,10 +74,16 @@ def ha_world(ns_prefix: str, procs: Processes, tmp_path: Path) -> Iterator[tuple
     dc = lab.namespace("dc")
     host = lab.config.private.redis_address
     try:
-        primary = procs.start(redis_server_argv(host, REDIS_PORT, loglevel="warning"), ns=dc)
+        # A full resync writes an RDB file even without --save: into tmp_path, not the cwd.
+        dirs = {name: tmp_path / name for name in ("primary", "replica")}
+        for folder in dirs.values():
+            folder.mkdir()
+        primary = procs.start(
+            redis_server_argv(host, REDIS_PORT, loglevel="warning", directory=str(dirs["primary"])), ns=dc
+        )
         replica = procs.start(
             [
-                *redis_server_argv(host, REPLICA_PORT, loglevel="warning"),
+                *redis_server_argv(host, REPLICA_PORT, loglevel="warning", directory=str(dirs["replica"])),
                 "--replicaof",
                 host,
                 str(REDIS_PORT),
