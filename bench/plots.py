@@ -62,15 +62,16 @@ def b1(data: dict[str, Any], out: Path) -> Path:
 
 
 def profile(data: dict[str, Any], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.6))
     rows = data["rows"]
 
     def program(r: dict[str, Any]) -> str:  # older results have only the cache flag
         return str(r.get("program") or ("current" if r.get("nexthop_cache", True) else "no next-hop cache"))
 
+    colors = {"flow hit": "tab:blue", "return": "tab:orange", "first STUN": "tab:green", "drop": "tab:red"}
     for n, name in enumerate(dict.fromkeys(program(r) for r in rows)):
         style = ("-", ":", "--")[n % 3]
-        for path_name in ("flow hit", "return", "first STUN", "drop"):
+        for path_name, color in colors.items():
             by_rate: dict[int, list[float]] = {}
             for r in rows:
                 if r["path"] == path_name and program(r) == name and r["ns_per_pkt"]:
@@ -78,14 +79,16 @@ def profile(data: dict[str, Any], out: Path) -> Path:
             pts = sorted((rate, statistics.median(v)) for rate, v in by_rate.items())
             if pts:
                 label = path_name + ("" if name == "current" else f" ({name})")
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, marker="o", label=label)
     ax.axhline(200, color="grey", linestyle="--", linewidth=1, label="target 200 ns (flow hit)")
     ax.set_xscale("log")
+    ax.set_yscale("log")  # 100 pps costs tens of times 100 kpps; the targets sit at the bottom
     ax.set_xlabel("offered load (pps)")
     ax.set_ylabel("ns per packet in place (bpf_stats)")
     ax.set_title("XDP program cost in place, per path")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     return _save(fig, out / "profile_xdp.png")
 
 
