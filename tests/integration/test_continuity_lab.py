@@ -52,6 +52,7 @@ from labkit.support import Processes, alive, put_route_key, wait_for
 from tests.integration.test_transceiver_relay import (
     AGENT_PORT,
     KEY,
+    ONE_TURN,
     VIPS,
     Transceiver,
     World,
@@ -302,13 +303,7 @@ table ip {TABLE} {{
     client, turn, lost = run_in_namespace(stack.client_ns("c1"), call)
     assert lost >= 30, f"the gap dropped only {lost} packets: the utterance was not lost"
     assert turn["repeated"] == 1, turn
-    assert client.event_types() == [
-        "speech_started",
-        "speech_stopped",
-        "end_of_turn",
-        "response_started",
-        "response_done",
-    ]
+    assert client.event_types() == ONE_TURN  # the repeat's, once
     assert abs(turn["heard_hz"] - 440.0) < 5.0, turn
     assert turn["rtt_ms"] is not None and turn["rtt_ms"] < 2000, turn
 
