@@ -44,9 +44,7 @@ import argparse
 import asyncio
 import json
 import os
-import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,9 +60,8 @@ from yarl import URL
 
 from bench import agent_latency, report
 from bench.lab.exits import lab_exit_codes
-from icegate import netns
 from icegate.errors import IcegateError
-from labkit.browser import CHROMIUM, FLAGS, MEDIA_FLAGS, PageServer, end_session
+from labkit.browser import CHROMIUM, FLAGS, MEDIA_FLAGS, PageServer, first_report
 from labkit.clients import run_in_namespace
 from labkit.demo import AGENT_PORT, Demo, Options, Progress, http_get, wait_until
 from labkit.support import REPO
@@ -156,18 +153,8 @@ def chromium(namespace: str, plan: Mapping[str, Any], timeout: float) -> dict[st
     server = PageServer(namespace, PAGE)
     with tempfile.TemporaryDirectory(prefix="b5-chromium-") as tmp:
         url = f"http://127.0.0.1:{server.port}/?plan={urllib.parse.quote(json.dumps(plan))}"
-        log = Path(tmp) / "chromium.log"
-        with log.open("w") as out:
-            argv = [CHROMIUM, *FLAGS, *MEDIA_FLAGS, f"--user-data-dir={tmp}/profile", url]
-            proc = netns.spawn(namespace, argv, stdout=out, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        try:
-            result = server.reports.get(timeout=timeout)
-        except queue.Empty:
-            raise IcegateError(f"no report from Chromium:\n{log.read_text()[-3000:]}") from None
-        finally:
-            end_session(proc)
-            server.close()
+        argv = [CHROMIUM, *FLAGS, *MEDIA_FLAGS, f"--user-data-dir={tmp}/profile", url]
+        result = first_report(namespace, argv, server, Path(tmp) / "chromium.log", timeout)
     if "error" in result:
         raise IcegateError(f"Chromium page: {result['error']}")
     return result

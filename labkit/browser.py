@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from icegate import netns
+from icegate.errors import IcegateError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -66,6 +67,24 @@ class PageServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def first_report(
+    namespace: str, argv: list[str], server: PageServer, log: Path, timeout: float
+) -> dict[str, Any]:
+    """Run Chromium (``argv``, its page's URL last) in ``namespace``, its output in ``log``;
+    the page's first report to ``server``. Chromium's session and the server end either way;
+    IcegateError with the log's tail if no report came within ``timeout`` seconds."""
+    with log.open("w") as out:
+        proc = netns.spawn(namespace, argv, stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        return server.reports.get(timeout=timeout)
+    except queue.Empty:
+        raise IcegateError(f"no report from Chromium:\n{log.read_text()[-3000:]}") from None
+    finally:
+        end_session(proc)
+        server.close()
 
 
 def end_session(leader: subprocess.Popen[Any], timeout: float = 5.0) -> None:

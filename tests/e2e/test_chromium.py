@@ -17,8 +17,6 @@ Either way the relay's flows must show the browser's real address and port.
 from __future__ import annotations
 
 import os
-import queue
-import subprocess
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import numpy as np
 import pytest
 
 from icegate import netns
-from labkit.browser import CHROMIUM, FLAGS, MEDIA_FLAGS, PageServer, end_session
+from labkit.browser import CHROMIUM, FLAGS, MEDIA_FLAGS, PageServer, first_report
 from labkit.demo import Demo, Options, Progress
 from labkit.lab import Lab
 from transceiver.client import RATE, silence, tone
@@ -69,16 +67,7 @@ def run_browser(lab: Lab, client: str, audio: str, tmp: Path) -> Browser:
         write_wav(wav)
         argv += [*MEDIA_FLAGS, f"--use-file-for-fake-audio-capture={wav}"]
     log = tmp / "chromium.log"
-    with log.open("w") as out:
-        proc = netns.spawn(namespace, [*argv, url], stdout=out, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        report = server.reports.get(timeout=REPORT_TIMEOUT_S)
-    except queue.Empty:
-        raise AssertionError(f"no report from the page:\n{log.read_text()[-3000:]}") from None
-    finally:
-        end_session(proc)
-        server.close()
+    report = first_report(namespace, [*argv, url], server, log, REPORT_TIMEOUT_S)
     return Browser(report, log.read_text())
 
 
