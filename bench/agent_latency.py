@@ -271,13 +271,8 @@ def main() -> None:
     say = Progress()
     say(f"bench.agent_latency: relay mode {args.mode}, {args.turns} turns per run, lab {args.lab_name}")
     demo = Demo(Options(agent="tone", mode=args.mode, lab_name=args.lab_name), say)
-    with lab_exit_codes(say):
-        try:
-            demo.up()
-            data = measure(demo, args.turns, say)
-        finally:
-            if demo.built:
-                demo.lab.down()
+    with lab_exit_codes(say), demo.running():
+        data = measure(demo, args.turns, say)
     data["turns"] = args.turns
     json_path, md_path = report.write(NAME, data, table(data), args.out)
     say(f"wrote {json_path} and {md_path}")

@@ -352,13 +352,8 @@ def main() -> None:
     say = Progress()
     say(f"bench.b5_voice: relay mode {args.mode}, lab {args.lab_name}")
     demo = Demo(Options(agent="tone", mode=args.mode, lab_name=args.lab_name), say)
-    with lab_exit_codes(say):
-        try:
-            demo.up()
-            data = measure(demo, args.rounds, args.turns, args.bursts, args.receive_prefetch, say)
-        finally:
-            if demo.built:
-                demo.lab.down()
+    with lab_exit_codes(say), demo.running():
+        data = measure(demo, args.rounds, args.turns, args.bursts, args.receive_prefetch, say)
     name = NAME if args.receive_prefetch is None else f"{NAME}_prefetch{args.receive_prefetch}"
     json_path, md_path = report.write(name, data, table(data), args.out)
     say(f"wrote {json_path} and {md_path}")

@@ -280,14 +280,8 @@ def run_mode(
     mode: str, sessions: int, seconds: float, rounds: int, lab_name: str, cpu: int, say: Progress
 ) -> dict[str, Any]:
     """Build the lab for relay ``mode``, measure, and remove the lab (whatever happens)."""
-    demo = Demo(Options(agent="echo", mode=mode, lab_name=lab_name), say)
-    try:
-        demo.up()
+    with Demo(Options(agent="echo", mode=mode, lab_name=lab_name), say).running() as demo:
         return measure(demo, sessions, seconds, rounds, cpu, say)
-    finally:
-        if demo.built:
-            gone = demo.lab.down()
-            say(f"lab {lab_name} down in {gone.seconds:.1f}s (processes ended, namespaces and pins removed)")
 
 
 def run(

@@ -197,6 +197,22 @@ class Demo:
         summary["timings"] = timings
         return summary
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Demo]:
+        """:meth:`up`, then the lab torn down whatever happens (if this run built it)."""
+        try:
+            self.up()
+            yield self
+        finally:
+            if self.built:
+                self.down()
+
+    def down(self) -> None:
+        """Remove the lab (processes, namespaces, pins) and say how long it took."""
+        gone = self.lab.down()
+        what = "processes ended, namespaces and pins removed"
+        self.say(f"lab {self.lab.name} down in {gone.seconds:.1f}s ({what})")
+
     def up(self) -> dict[str, float]:
         """Lab, relay, transceivers and agents, all ready (the e2e tests start browsers against this)."""
         started = time.monotonic()
@@ -718,8 +734,7 @@ def demo(
             say(f"lab {lab_name} left up: see `icegate lab status --name {lab_name}`; remove it with "
                 f"`icegate lab down --name {lab_name}`")  # fmt: skip
         else:
-            gone = runner.lab.down()
-            say(f"lab {lab_name} down in {gone.seconds:.1f}s (processes ended, namespaces and pins removed)")
+            runner.down()
     summary["timings"]["total_s"] = round(time.monotonic() - say.started, 2)
     click.echo(json.dumps(summary, indent=1) if as_json else render(summary, runner.table))
     if not summary["ok"]:

@@ -21,8 +21,7 @@ VIP = "192.0.2.10:3478"
 
 def test_one_process_carries_every_session_through_the_relay(lab_name: str, tmp_path: Path) -> None:
     demo = Demo(Options(mode="userspace", lab_name=lab_name), Progress(quiet=True))
-    try:
-        demo.up()
+    with demo.running():
         txs = demo.lab.transceivers()
         plans = [
             SessionPlan(i + 1, txs[i % len(txs)].signaling_url, PITCHES[i % len(PITCHES)], 1.0)
@@ -35,9 +34,6 @@ def test_one_process_carries_every_session_through_the_relay(lab_name: str, tmp_
         pid = proc.pid
         result = wait_for_result(out, demo, 60 + SESSIONS)  # a lab process: lab down ends it on failure
         served = {tx.name: demo.transceiver_counters(tx) for tx in txs}
-    finally:
-        if demo.built:
-            demo.lab.down()
 
     assert set(result) == {"sessions", "self_check"}
     sessions = result["sessions"]
