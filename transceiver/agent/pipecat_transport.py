@@ -60,7 +60,6 @@ frames are announced here, so a Pipecat user aggregator should use
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import logging
@@ -100,10 +99,9 @@ from pipecat.processors.frameworks.rtvi.models import MESSAGE_LABEL as RTVI_LABE
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from icegate.errors import WireError
-from icegate.observe import http_responses, register_process
+from transceiver.agent.serving import WS_CLOSE_PROTOCOL, agent_app, answer_hello, load_spec
 from transceiver.agent_protocol import (
     FRAME_MS_CHOICES,
     MAX_DATA_BYTES,
@@ -114,7 +112,6 @@ from transceiver.agent_protocol import (
     Event,
     EventType,
     Negotiated,
-    accept_event,
     answer_formats,
     check_frame,
     decode_event,
@@ -125,7 +122,6 @@ logger = logging.getLogger(__name__)
 
 RESPONSE_IDLE_S = 0.4  # bare output audio (no TTS framing) that pauses this long ends its response
 MAX_PENDING = 250  # messages held until the pipeline starts (5 s of 20 ms frames); oldest dropped
-WS_CLOSE_PROTOCOL = 1002
 
 
 @dataclass(frozen=True)
@@ -497,16 +493,12 @@ Bot = Callable[[IcegateTransport], Awaitable[None]]
 async def run_call(ws: web.WebSocketResponse, bot: Bot, params: IcegateParams) -> None:
     """One call on an open WebSocket: the handshake, then ``bot(transport)`` until it returns."""
     first = await ws.receive()
-    try:
-        if first.type != WSMsgType.TEXT:
-            raise WireError("expected hello")
-        hello = decode_event(first.data, TO_AGENT)
-        negotiated = choose(hello, params)
-    except WireError as exc:
-        await ws.send_str(event(EventType.ERROR, code="negotiation", message=str(exc)).encode())
-        await ws.close(code=WS_CLOSE_PROTOCOL)
+    answered = await answer_hello(
+        ws, first.data if first.type == WSMsgType.TEXT else None, lambda hello: choose(hello, params)
+    )
+    if answered is None:
         return
-    await ws.send_str(accept_event(negotiated).encode())
+    hello, negotiated = answered
     call = Call(
         str(hello.get("session")),
         negotiated,
@@ -533,43 +525,13 @@ def make_app(bot: Bot, params: IcegateParams | None = None) -> web.Application:
     """An aiohttp application serving ``bot`` on ``GET /``, one call per WebSocket, and its
     metrics on ``GET /metrics`` (the SDK's agents' ``icegate_agent_*`` and ``process_*``)."""
     chosen = params or IcegateParams()
-    registry = CollectorRegistry(auto_describe=True)
-    register_process(registry, "agent")
-    connections = Gauge(
-        "icegate_agent_connections", "Sessions connected to this agent now.", registry=registry
-    )
-    sessions = Counter("icegate_agent_sessions", "Sessions this agent served.", registry=registry)
-
-    async def handle(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=65536)
-        await ws.prepare(request)
-        connections.inc()
-        sessions.inc()
-        try:
-            await run_call(ws, bot, chosen)
-        finally:
-            connections.dec()
-        return ws
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application(middlewares=[http_responses(registry, "icegate_agent")])
-    app.router.add_get("/", handle)
-    app.router.add_get("/metrics", metrics)
-    return app
+    return agent_app(lambda ws: run_call(ws, bot, chosen))
 
 
 def load_bot(spec: str) -> Bot:
     """``module:function`` -> the bot, ``async function(transport)``; ValueError saying what is wrong."""
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise ValueError(f"{spec!r}: expected module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{spec!r}: cannot import {module_name}: {exc}") from exc
-    bot = getattr(module, name, None)
+    bot = load_spec(spec, "module:function")
+    name = spec.partition(":")[2]
     if not inspect.iscoroutinefunction(bot):
         raise ValueError(f"{spec!r}: {name} is not an async function (the bot: async def {name}(transport))")
     return bot

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import itertools
 import logging
 import time
@@ -31,17 +30,15 @@ from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from icegate.errors import WireError
-from icegate.observe import http_responses, register_process
+from transceiver.agent.serving import WS_CLOSE_PROTOCOL, agent_app, answer_hello, load_spec
 from transceiver.agent_protocol import (
     TO_AGENT,
     AudioFormat,
     Event,
     EventType,
     Negotiated,
-    accept_event,
     answer_formats,
     check_frame,
     decode_event,
@@ -274,11 +271,16 @@ class Agent:
                 await self.on_error(Error(f["code"], str(f.get("message", ""))))
 
 
-def choose(hello: Event, agent: type[Agent]) -> tuple[Negotiated, Negotiated]:
-    """(what to accept, what the agent wants): its own choices where offered, else 48 kHz/20 ms."""
-    wanted = Negotiated(
+def wanted_formats(agent: type[Agent]) -> Negotiated:
+    """The rates and frame duration ``agent`` asks for."""
+    return Negotiated(
         AudioFormat(agent.input_rate, agent.frame_ms), AudioFormat(agent.output_rate, agent.frame_ms)
     )
+
+
+def choose(hello: Event, agent: type[Agent]) -> tuple[Negotiated, Negotiated]:
+    """(what to accept, what the agent wants): its own choices where offered, else 48 kHz/20 ms."""
+    wanted = wanted_formats(agent)
     return answer_formats(hello, wanted, "SDK"), wanted
 
 
@@ -289,18 +291,13 @@ async def run_session(ws: web.WebSocketResponse, factory: Callable[[], Agent]) -
     agent = await asyncio.to_thread(factory)
     first = await ws.receive()
     if first.type != WSMsgType.TEXT:
-        await ws.close(code=1002, message=b"expected hello")
+        await ws.close(code=WS_CLOSE_PROTOCOL, message=b"expected hello")
         return
-    try:
-        hello = decode_event(first.data, TO_AGENT)
-        if hello.type is not EventType.HELLO:
-            raise WireError(f"expected hello, got {hello.type.value}")
-        negotiated, wanted = choose(hello, type(agent))
-    except WireError as exc:
-        await ws.send_str(event(EventType.ERROR, code="negotiation", message=str(exc)).encode())
-        await ws.close(code=1002)
+    answered = await answer_hello(ws, first.data, lambda hello: choose(hello, type(agent))[0])
+    if answered is None:
         return
-    await ws.send_str(accept_event(negotiated).encode())
+    hello, negotiated = answered
+    wanted = wanted_formats(type(agent))
     agent._link = _Link(
         ws, negotiated, wanted, PcmConverter(negotiated.input, wanted.input), dict(hello.get("flow") or {})
     )
@@ -325,7 +322,7 @@ async def run_session(ws: web.WebSocketResponse, factory: Callable[[], Agent]) -
         logger.warning("agent protocol error action=close error=%s", exc)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_str(event(EventType.ERROR, code="protocol", message=str(exc)).encode())
-        await ws.close(code=1002)
+        await ws.close(code=WS_CLOSE_PROTOCOL)
     finally:
         await agent.stop_response()
         await agent.on_close()
@@ -335,31 +332,7 @@ async def run_session(ws: web.WebSocketResponse, factory: Callable[[], Agent]) -
 def make_app(factory: Callable[[], Agent]) -> web.Application:
     """An aiohttp application serving ``factory()`` agents on ``GET /`` (WebSocket), and
     its metrics on ``GET /metrics`` (``icegate_agent_*``, ``process_*``)."""
-    registry = CollectorRegistry(auto_describe=True)
-    register_process(registry, "agent")
-    connections = Gauge(
-        "icegate_agent_connections", "Sessions connected to this agent now.", registry=registry
-    )
-    sessions = Counter("icegate_agent_sessions", "Sessions this agent served.", registry=registry)
-
-    async def handle(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=65536)
-        await ws.prepare(request)
-        connections.inc()
-        sessions.inc()
-        try:
-            await run_session(ws, factory)
-        finally:
-            connections.dec()
-        return ws
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application(middlewares=[http_responses(registry, "icegate_agent")])
-    app.router.add_get("/", handle)
-    app.router.add_get("/metrics", metrics)
-    return app
+    return agent_app(lambda ws: run_session(ws, factory))
 
 
 async def serve(factory: Callable[[], Agent], host: str, port: int) -> web.AppRunner:
@@ -375,14 +348,8 @@ async def serve(factory: Callable[[], Agent], host: str, port: int) -> web.AppRu
 
 def load_app(spec: str) -> type[Agent]:
     """``module:Class`` -> the class (an :class:`Agent` subclass); ValueError saying what is wrong."""
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise ValueError(f"{spec!r}: expected module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{spec!r}: cannot import {module_name}: {exc}") from exc
-    cls = getattr(module, name, None)
+    cls = load_spec(spec, "module:Class")
+    name = spec.partition(":")[2]
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
         raise ValueError(f"{spec!r}: {name} is not an Agent subclass")
     return cls
